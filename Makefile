@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   -- installs into .venv, then trains the copy task with DNI on the CPU (minutes)
+#   make test   -- installs into .venv, then runs the test suite
+#
+# TORCH_SPEC picks the PyTorch build. The default pins the CPU build that these machines
+# carry locally. On a GPU machine use PyPI's standard (CUDA) build:  make demo TORCH_SPEC=torch
+PY ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+# Shared, noisy machines: keep intra-op threads modest (override for benchmarks).
+export OMP_NUM_THREADS ?= 2
+export WANDB_MODE ?= offline
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint clean
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(BIN)/dnirnn fit --config recipes/copy_dni.yaml
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check dnirnn tests scripts
+
+clean:
+	rm -rf $(VENV) lightning_logs wandb runs
