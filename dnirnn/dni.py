@@ -1,0 +1,432 @@
+r"""Truncated BPTT with Decoupled Neural Interfaces: the window update.
+
+Notation (DESIGN.md §1). A stream is cut into windows of T steps. Window k starts in the
+recurrent state ``s_k`` and ends in ``s_{k+1}``; ``l_k`` is its task loss (a sum of per-step
+terms, so that the window losses add up to the loss of the whole sequence). ``M_phi`` is the
+synthesizer, ``theta`` the core (+ readout, + Aux head).
+
+One window update is ONE forward and ONE backward pass through the window::
+
+    1. s_k      <- detach(s_k), a leaf with requires_grad         (the truncation)
+    2. s_{k+1}, l_k = core_theta(x_k, s_k)                       (one nn.LSTM call)
+    3. g_{k+1}  = detach(M_phi(s_{k+1}))     (0 if the episode ends at this boundary)
+    4. backward of the surrogate   l_k + beta * <g_{k+1}, s_{k+1}>        (beta = sg_scale)
+         theta.grad = dl_k/dtheta + beta * (ds_{k+1}/dtheta)^T g_{k+1}
+         s_k.grad   = delta_k = dl_k/ds_k + beta * (ds_{k+1}/ds_k)^T g_{k+1}
+                                                       (the bootstrapped target)
+    5. L_SG = || M_phi(s_k) - delta_k ||^2   (delta_k detached; M_phi recomputed on s_k)
+    6. step theta (core optimizer, core clip) and phi (its own optimizer, its own clip);
+       carry detach(s_{k+1}) into window k+1.
+
+With beta = 1, step 4 is the paper's update ``theta <- theta - a(sum dL/dtheta +
+delta_hat * dh_T/dtheta)`` and delta_k is exactly the paper's bootstrapped target. With
+beta < 1 the synthesizer becomes a beta-per-window *discounted* predictor of the future
+gradient: unrolling the target, M_phi(s_k) ~ sum_j beta^j (future window j's gradient).
+
+Boundaries (``boundary``):
+  - ``tbptt``:   g = 0, plain truncated BPTT (the baseline).
+  - ``dni``:     g = M_phi(s_{k+1}), as above.
+  - ``dni_aux``: as ``dni``; in addition an Aux head reads the core output o_t at every step
+                 t of the window and regresses g_{k+1} (the synthetic gradient at the END of
+                 the window, i.e. further in the future than t). Its loss
+                 ``aux_weight * mean_{t,b} ||A o_t - g_{k+1}||^2`` joins l_k in step 4, so the
+                 objective is task + aux, and delta_k is the gradient of that whole objective
+                 (the synthesizer predicts the future of the same objective).
+  - ``oracle``:  g = the TRUE gradient of the next W windows' task loss w.r.t. s_{k+1},
+                 by BPTT with frozen parameters (analysis and tests only; expensive).
+
+Nothing in this module syncs with the host: every diagnostic is returned as a tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dnirnn.model import LSTMCore
+from dnirnn.state import State, detach_state, flatten_state, unflatten_state
+from dnirnn.synthesizer import Synthesizer
+
+BOUNDARIES = ("tbptt", "dni", "dni_aux", "oracle")
+
+StepLoss = Callable[[Tensor, Tensor], Tensor]
+"""``step_loss(logits (T, B, O), targets) -> (T, B)`` per-step, per-sequence loss in nats."""
+
+
+@dataclass
+class Window:
+    """One truncation window, time-major.
+
+    Attributes:
+        x: inputs, ``(T, B)`` token ids or ``(T, B, C)`` features.
+        y: targets, ``(T, B)`` token ids or ``(T, B, C)`` channels.
+        mask: ``(T, B)`` weights of the scored steps, or None (all scored).
+        context: ``(B, C)`` conditioning context for the synthesizer at the boundary this
+            window STARTS from (cDNI), or None.
+    """
+
+    x: Tensor
+    y: Tensor
+    mask: Tensor | None = None
+    context: Tensor | None = None
+
+
+@dataclass
+class WindowResult:
+    """What one window update returns; every field is a detached tensor (no host sync).
+
+    Attributes:
+        loss: the window's task objective ``l_k`` (nats / loss_norm).
+        nats: summed task loss over scored steps, in nats.
+        count: number of scored steps (sum of the mask).
+        state: ``s_{k+1}``, detached: carry it into the next window.
+        sg_loss: ``L_SG`` of the synthesizer (0 where it was not trained).
+        aux_loss: the Aux objective (0 unless ``dni_aux``).
+        sg_norm: ``||g_{k+1}||``, the synthetic gradient injected at the end boundary.
+        target_norm: ``||delta_k||``, the bootstrapped target at the start boundary.
+        sg_cos: cosine between ``M_phi(s_k)`` and ``delta_k`` (0 where not trained).
+        grad_norm: the core's gradient norm before clipping.
+        finite: whether loss and core gradients were all finite.
+    """
+
+    loss: Tensor
+    nats: Tensor
+    count: Tensor
+    state: State
+    sg_loss: Tensor
+    aux_loss: Tensor
+    sg_norm: Tensor
+    target_norm: Tensor
+    sg_cos: Tensor
+    grad_norm: Tensor
+    finite: Tensor
+
+
+@dataclass
+class WindowGradients:
+    """The result of the forward/backward of one window (steps 1-4), before any step."""
+
+    start: State  # s_k as the leaves whose .grad holds delta_k
+    state: State  # s_{k+1}, detached
+    g_next: Tensor | None  # (B, S), the gradient injected at s_{k+1} (None: zero)
+    loss: Tensor  # l_k (task), detached
+    nats: Tensor
+    count: Tensor
+    aux_loss: Tensor
+
+    @property
+    def target(self) -> Tensor:
+        """``delta_k`` flattened to ``(B, S)``: see :func:`bootstrap_target`."""
+        return bootstrap_target(self.start)
+
+
+def surrogate_backward(
+    objective: Tensor,
+    ends: Sequence[Tensor],
+    g: Sequence[Tensor] | None,
+    sg_scale: float = 1.0,
+) -> None:
+    """Step 4: ONE backward pass of ``objective + sg_scale * <g, ends>``.
+
+    ``g`` (one tensor per tensor of ``ends``, detached) is injected as the incoming gradient
+    of ``ends`` instead of forming the dot product. ``g=None`` or ``sg_scale=0`` is plain
+    backprop of ``objective`` (TBPTT).
+    """
+    if g is None or sg_scale == 0.0:
+        objective.backward()
+        return
+    outputs, incoming = list(ends), [gi.detach() * sg_scale for gi in g]
+    if objective.requires_grad:  # (a layer with no loss of its own has only the g term)
+        outputs, incoming = [objective, *outputs], [None, *incoming]
+    torch.autograd.backward(outputs, incoming)
+
+
+def synthesizer_regression(
+    synthesizer: nn.Module, inputs: Tensor, target: Tensor, context: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Step 5: ``L_SG = mean_b ||M_phi(s) - delta||^2`` with ``delta`` detached.
+
+    Args:
+        synthesizer: ``M_phi``.
+        inputs: the (detached) flat state ``(B, S)`` the synthetic gradient is predicted at.
+        target: ``delta``, ``(B, S)``.
+        context: optional cDNI context ``(B, C)``.
+
+    Returns:
+        ``(L_SG, cosine(M_phi(s), delta))``; only ``L_SG`` carries a graph (into phi).
+    """
+    pred = synthesizer(inputs.detach(), context)  # (B, S)
+    target = target.detach()
+    loss = (pred - target).pow(2).sum(-1).mean()
+    cos = F.cosine_similarity(pred.detach().flatten(), target.flatten(), dim=0, eps=1e-30)
+    return loss, cos
+
+
+def bootstrap_target(start: State) -> Tensor:
+    """``delta_k = dl_k/ds_k + beta (ds_{k+1}/ds_k)^T g_{k+1}``, read off the leaves' ``.grad``.
+
+    Returns ``(B, S)``; zeros if no gradient reached the start state.
+    """
+    grads = tuple(torch.zeros_like(s) if s.grad is None else s.grad for s in start)
+    return flatten_state(grads)  # type: ignore[arg-type]
+
+
+class DNIRNN(nn.Module):
+    """The pure-PyTorch engine: core, synthesizer, optional Aux head, and the objective.
+
+    Args:
+        core: the recurrent sequence model.
+        step_loss: per-step loss ``(logits, y) -> (T, B)`` in nats (see ``StepLoss``).
+        loss_norm: constant divisor of the summed loss (e.g. ``B * T`` for language models,
+            ``B`` for copy tasks). Constant per run, so window objectives add up to the
+            sequence objective.
+        boundary: one of ``BOUNDARIES``.
+        synthesizer: ``M_phi``; required for ``dni`` and ``dni_aux``.
+        sg_scale: ``beta``, the weight of the synthetic gradient in the surrogate.
+        aux_weight: weight of the Aux loss (``dni_aux``).
+        oracle_windows: ``W``, how many future windows the ``oracle`` boundary looks ahead.
+    """
+
+    def __init__(
+        self,
+        core: LSTMCore,
+        step_loss: StepLoss,
+        loss_norm: float,
+        boundary: str = "dni",
+        synthesizer: Synthesizer | None = None,
+        sg_scale: float = 1.0,
+        aux_weight: float = 1.0,
+        oracle_windows: int = 1,
+    ) -> None:
+        super().__init__()
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+        if boundary in ("dni", "dni_aux") and synthesizer is None:
+            raise ValueError(f"boundary={boundary!r} needs a synthesizer")
+        if sg_scale < 0:
+            raise ValueError(f"sg_scale must be >= 0, got {sg_scale}")
+        if aux_weight < 0:
+            raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
+        if oracle_windows < 1:
+            raise ValueError(f"oracle_windows must be >= 1, got {oracle_windows}")
+        if not loss_norm > 0:
+            raise ValueError(f"loss_norm must be > 0, got {loss_norm}")
+        self.core, self.synthesizer = core, synthesizer
+        self.step_loss, self.loss_norm = step_loss, float(loss_norm)
+        self.boundary, self.sg_scale = boundary, float(sg_scale)
+        self.aux_weight, self.oracle_windows = float(aux_weight), oracle_windows
+        self.aux = (  # the Aux head A: o_t (H) -> predicted g_{k+1} (S)
+            nn.Linear(core.cfg.hidden_size, core.state_size) if boundary == "dni_aux" else None
+        )
+
+    @property
+    def trains_synthesizer(self) -> bool:
+        return self.boundary in ("dni", "dni_aux")
+
+    def core_parameters(self) -> list[nn.Parameter]:
+        """theta: everything the core optimizer steps (core, readout, Aux head)."""
+        params = list(self.core.parameters())
+        return params + (list(self.aux.parameters()) if self.aux is not None else [])
+
+    # ---- the objective ------------------------------------------------------------------
+
+    def task_loss(self, logits: Tensor, window: Window) -> tuple[Tensor, Tensor, Tensor]:
+        """``(l_k, nats, count)``: the window's task objective and its metric sums."""
+        per_step = self.step_loss(logits, window.y)  # (T, B)
+        if window.mask is not None:
+            per_step = per_step * window.mask
+            count = window.mask.sum()
+        else:
+            count = torch.tensor(float(per_step.numel()), device=per_step.device)
+        nats = per_step.sum()
+        return nats / self.loss_norm, nats, count
+
+    def synthetic_gradient(self, state: State, context: Tensor | None = None) -> Tensor:
+        """``M_phi(s)`` for a detached state: ``(B, S)``, no graph."""
+        assert self.synthesizer is not None
+        with torch.no_grad():
+            return self.synthesizer(flatten_state(state), context)
+
+    def oracle_gradient(self, state: State, future: Sequence[Window]) -> Tensor:
+        """The TRUE gradient of the next windows' task loss w.r.t. ``state``: ``(B, S)``.
+
+        Full BPTT through ``future`` (the windows that follow the boundary, up to the episode
+        end) with frozen parameters: parameter ``.grad`` is untouched. Zeros if ``future``
+        is empty (the episode ends at this boundary).
+        """
+        if len(future) == 0:
+            return torch.zeros_like(flatten_state(state))
+        s = detach_state(state, requires_grad=True)
+        leaves, total = s, 0.0
+        with torch.enable_grad():
+            for w in future:
+                logits, _, s = self.core(w.x, s)
+                total = total + self.task_loss(logits, w)[0]
+            grads = torch.autograd.grad(total, leaves, allow_unused=True)
+        grads = tuple(torch.zeros_like(l) if g is None else g for g, l in zip(grads, leaves))
+        return flatten_state(grads)  # type: ignore[arg-type]
+
+    # ---- steps 1-4 ----------------------------------------------------------------------
+
+    def window_gradients(
+        self,
+        window: Window,
+        state: State,
+        *,
+        episode_end: bool = False,
+        future: Sequence[Window] = (),
+        next_context: Tensor | None = None,
+    ) -> WindowGradients:
+        """Steps 1-4: forward the window, inject g_{k+1}, ONE backward pass.
+
+        Accumulates into the core parameters' ``.grad`` (zero them first) and leaves
+        ``delta_k`` in the start leaves' ``.grad``. Nothing is stepped.
+
+        Args:
+            window: the window's data.
+            state: ``s_k`` (any graph attached to it is cut here).
+            episode_end: the episode ends at ``s_{k+1}``: ``g_{k+1} = 0``.
+            future: for ``oracle``: the windows after this one (the first ``W`` are used).
+            next_context: cDNI context for ``M_phi(s_{k+1})``.
+        """
+        start = detach_state(state, requires_grad=True)  # 1.
+        logits, outputs, end = self.core(window.x, start)  # 2. (T,B,O), (T,B,H), s_{k+1}
+        loss, nats, count = self.task_loss(logits, window)
+        g_next = None if episode_end else self._boundary_gradient(end, future, next_context)  # 3.
+        objective, aux_loss = loss, torch.zeros((), device=loss.device, dtype=loss.dtype)
+        if self.aux is not None:
+            target = torch.zeros_like(flatten_state(end)) if g_next is None else g_next
+            pred = self.aux(outputs)  # (T, B, S)
+            aux_loss = self.aux_weight * (pred - target).pow(2).sum(-1).mean()
+            objective = objective + aux_loss
+        g_end = None if g_next is None else unflatten_state(g_next, self.core.cfg.num_layers)
+        surrogate_backward(objective, end, g_end, self.sg_scale)  # 4.
+        return WindowGradients(
+            start=start, state=detach_state(end), g_next=g_next,
+            loss=loss.detach(), nats=nats.detach(), count=count, aux_loss=aux_loss.detach(),
+        )
+
+    def _boundary_gradient(
+        self, end: State, future: Sequence[Window], context: Tensor | None
+    ) -> Tensor | None:
+        if self.boundary == "tbptt":
+            return None
+        if self.boundary == "oracle":
+            return self.oracle_gradient(detach_state(end), list(future)[: self.oracle_windows])
+        return self.synthetic_gradient(detach_state(end), context)
+
+    # ---- step 5 -------------------------------------------------------------------------
+
+    def synthesizer_loss(
+        self, start: State, target: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``L_SG = mean_b ||M_phi(s_k) - delta_k||^2`` and cosine(M_phi(s_k), delta_k)."""
+        assert self.synthesizer is not None
+        return synthesizer_regression(
+            self.synthesizer, flatten_state(detach_state(start)), target, context
+        )
+
+
+@dataclass
+class Optimizers:
+    """The two optimizers and their clip norms: theta and phi never share either."""
+
+    core: torch.optim.Optimizer
+    synthesizer: torch.optim.Optimizer | None = None
+    core_clip: float | None = None
+    synthesizer_clip: float | None = None
+    _core_params: list[Tensor] = field(default_factory=list, repr=False)
+    _synth_params: list[Tensor] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self._core_params = [p for g in self.core.param_groups for p in g["params"]]
+        if self.synthesizer is not None:
+            self._synth_params = [p for g in self.synthesizer.param_groups for p in g["params"]]
+            shared = {id(p) for p in self._core_params} & {id(p) for p in self._synth_params}
+            if shared:
+                raise ValueError("the core and synthesizer optimizers must not share parameters")
+
+
+def _grad_norm(params: list[Tensor], clip: float | None) -> Tensor:
+    """The gradient norm of ``params``, clipped to ``clip`` in place if given (no host sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=params[0].device if params else None)
+    if clip is None:
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    return torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+
+
+def window_update(
+    net: DNIRNN,
+    opts: Optimizers,
+    window: Window,
+    state: State,
+    *,
+    episode_start: bool = False,
+    episode_end: bool = False,
+    future: Sequence[Window] = (),
+    next_context: Tensor | None = None,
+) -> WindowResult:
+    """One DNI window update (steps 1-6 of the module docstring).
+
+    Args:
+        net: the engine.
+        opts: core and synthesizer optimizers with their own clip norms.
+        window: this window's data.
+        state: ``s_k``, carried from the previous window (or zeros at an episode start).
+        episode_start: ``s_k`` is a fresh episode start (zeros), not a boundary whose
+            synthetic gradient was used: the synthesizer is not trained on it.
+        episode_end: the episode ends at ``s_{k+1}``: ``g_{k+1} = 0``.
+        future: for the ``oracle`` boundary, the windows that follow (see ``oracle_gradient``).
+        next_context: cDNI context at ``s_{k+1}``.
+
+    Returns:
+        A ``WindowResult`` of detached tensors; carry ``result.state`` into the next window.
+    """
+    opts.core.zero_grad(set_to_none=True)
+    wg = net.window_gradients(
+        window, state, episode_end=episode_end, future=future, next_context=next_context
+    )
+    grad_norm = _grad_norm(opts._core_params, opts.core_clip)
+    opts.core.step()  # 6. (theta)
+    target = wg.target  # delta_k, (B, S)
+    zero = torch.zeros((), device=target.device, dtype=target.dtype)
+    sg_loss, sg_cos = zero, zero
+    if net.trains_synthesizer and not episode_start:  # 5.
+        if opts.synthesizer is None:
+            raise ValueError(f"boundary={net.boundary!r} needs a synthesizer optimizer")
+        sg_loss, sg_cos = net.synthesizer_loss(wg.start, target, window.context)
+        opts.synthesizer.zero_grad(set_to_none=True)
+        sg_loss.backward()
+        if opts.synthesizer_clip is not None:
+            _grad_norm(opts._synth_params, opts.synthesizer_clip)
+        opts.synthesizer.step()  # 6. (phi)
+    sg_norm = zero if wg.g_next is None else torch.linalg.vector_norm(wg.g_next)
+    finite = torch.isfinite(wg.loss) & torch.isfinite(grad_norm.to(target.device))
+    return WindowResult(
+        loss=wg.loss, nats=wg.nats, count=wg.count, state=wg.state,
+        sg_loss=sg_loss.detach(), aux_loss=wg.aux_loss, sg_norm=sg_norm,
+        target_norm=torch.linalg.vector_norm(target), sg_cos=sg_cos,
+        grad_norm=grad_norm.detach(), finite=finite,
+    )
+
+
+def split_windows(
+    x: Tensor, y: Tensor, window: int, mask: Tensor | None = None
+) -> list[Window]:
+    """Cuts time-major ``(N, B, ...)`` tensors into windows of ``window`` steps (views).
+
+    The last window is shorter if ``window`` does not divide ``N``.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    n = x.shape[0]
+    return [
+        Window(x[i : i + window], y[i : i + window], None if mask is None else mask[i : i + window])
+        for i in range(0, n, window)
+    ]

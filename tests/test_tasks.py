@@ -1,0 +1,210 @@
+"""Copy / Repeat Copy: the episode layout of DeepMind's dnc/repeat_copy.py, cost, curriculum."""
+
+import math
+
+import pytest
+import torch
+
+from dnirnn.data.repeat_copy import (
+    Episode,
+    RepeatCopy,
+    bits_per_step,
+    level_size,
+    next_level,
+    step_loss,
+    to_human_readable,
+)
+
+BITS = 5
+CASES = [(1, 1), (1, 3), (2, 2), (3, 1), (4, 3), (7, 10), (6, 12)]
+
+
+def _sample(task, batch, L, R, seed=0):
+    return task.sample(batch, L, R, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("L,R", CASES)
+def test_repeat_copy_layout(L, R):
+    task = RepeatCopy(num_bits=BITS, repeat=True, norm_max=10)
+    B = 4
+    ep = _sample(task, B, L, R)
+    T = L * R + L + 3
+    start, count, end = BITS, BITS + 1, BITS
+    ans = L + 2  # first answer step
+
+    assert task.obs_size == BITS + 2 and task.target_size == BITS + 1
+    assert ep.obs.shape == (T, B, BITS + 2)
+    assert ep.target.shape == (T, B, BITS + 1)
+    assert ep.mask.shape == (T, B)
+    assert ep.obs.dtype == ep.target.dtype == ep.mask.dtype == torch.float32
+    assert task.num_steps(L, R) == T
+
+    # start marker at step 0 only, and nothing else at step 0
+    assert torch.all(ep.obs[0, :, start] == 1)
+    assert torch.all(ep.obs[1:, :, start] == 0)
+    assert torch.all(ep.obs[0, :, :BITS] == 0) and torch.all(ep.obs[0, :, count] == 0)
+
+    # the pattern: binary, at steps 1..L, on the bit channels only
+    pattern = ep.obs[1 : L + 1, :, :BITS]
+    assert set(pattern.unique().tolist()) <= {0.0, 1.0}
+    assert torch.all(ep.obs[1 : L + 1, :, BITS:] == 0)
+
+    # the repeat count: R / norm_max at step L + 1 only, nothing else on that step
+    assert torch.allclose(ep.obs[L + 1, :, count], torch.full((B,), R / 10))
+    assert torch.all(ep.obs[torch.arange(T) != L + 1][:, :, count] == 0)
+    assert torch.all(ep.obs[L + 1, :, : BITS + 1] == 0)
+
+    # inputs are zero during the answer
+    assert torch.all(ep.obs[ans:] == 0)
+
+    # the target plays the pattern R times from step L + 2, then the end marker
+    assert torch.all(ep.target[:ans] == 0)
+    for r in range(R):
+        block = ep.target[ans + r * L : ans + (r + 1) * L]
+        assert torch.equal(block[:, :, :BITS], pattern)
+        assert torch.all(block[:, :, end] == 0)
+    assert torch.all(ep.target[T - 1, :, end] == 1)
+    assert torch.all(ep.target[T - 1, :, :BITS] == 0)
+    assert torch.all(ep.target[: T - 1, :, end] == 0)
+
+    # the mask covers exactly the L*R + 1 answer steps
+    expected_mask = torch.zeros(T, B)
+    expected_mask[ans:] = 1
+    assert torch.equal(ep.mask, expected_mask)
+    assert ep.mask[:, 0].sum() == L * R + 1
+
+
+@pytest.mark.parametrize("L", [1, 2, 5, 9])
+def test_copy_layout(L):
+    task = RepeatCopy(num_bits=BITS, repeat=False)
+    B = 3
+    ep = _sample(task, B, L, 1)
+    T = 2 * L + 2
+    assert task.obs_size == BITS + 1 and task.target_size == BITS + 1
+    assert ep.obs.shape == (T, B, BITS + 1) and ep.target.shape == (T, B, BITS + 1)
+
+    assert torch.all(ep.obs[0, :, BITS] == 1) and torch.all(ep.obs[1:, :, BITS] == 0)
+    assert torch.all(ep.obs[0, :, :BITS] == 0)
+    pattern = ep.obs[1 : L + 1, :, :BITS]
+    assert torch.all(ep.obs[L + 1 :] == 0)
+
+    assert torch.all(ep.target[: L + 1] == 0)
+    assert torch.equal(ep.target[L + 1 : 2 * L + 1, :, :BITS], pattern)
+    assert torch.all(ep.target[: T - 1, :, BITS] == 0)
+    assert torch.all(ep.target[T - 1, :, BITS] == 1)
+    assert torch.all(ep.target[T - 1, :, :BITS] == 0)
+
+    assert torch.all(ep.mask[: L + 1] == 0) and torch.all(ep.mask[L + 1 :] == 1)
+    assert ep.mask[:, 0].sum() == L + 1
+
+
+def test_patterns_are_random_and_seeded():
+    task = RepeatCopy(num_bits=8)
+    a = _sample(task, 64, 6, 2, seed=123)
+    b = _sample(task, 64, 6, 2, seed=123)
+    c = _sample(task, 64, 6, 2, seed=124)
+    assert torch.equal(a.obs, b.obs) and torch.equal(a.target, b.target)
+    assert not torch.equal(a.obs, c.obs)
+    # Bernoulli(0.5) bits: 64 * 6 * 8 = 3072 draws; the mean is within ~6 sigma of 0.5
+    mean = a.obs[1:7, :, :8].mean().item()
+    assert abs(mean - 0.5) < 0.06
+    # episodes of the batch differ
+    assert not torch.equal(a.obs[:, 0], a.obs[:, 1])
+
+
+def test_sample_validates_arguments():
+    task = RepeatCopy(num_bits=4)
+    with pytest.raises(ValueError, match="length"):
+        task.sample(2, 0)
+    with pytest.raises(ValueError, match="repeats"):
+        task.sample(2, 3, 0)
+    with pytest.raises(ValueError, match="batch_size"):
+        task.sample(0, 3)
+    with pytest.raises(ValueError, match="repeats == 1"):
+        RepeatCopy(num_bits=4, repeat=False).sample(2, 3, 2)
+    with pytest.raises(ValueError, match="num_bits"):
+        RepeatCopy(num_bits=0)
+    with pytest.raises(ValueError, match="norm_max"):
+        RepeatCopy(norm_max=0)
+
+
+def test_episode_to():
+    ep = _sample(RepeatCopy(num_bits=3), 2, 2, 2)
+    moved = ep.to("cpu")
+    assert isinstance(moved, Episode)
+    assert torch.equal(moved.obs, ep.obs) and moved.num_steps == 2 * 2 + 2 + 3
+    assert moved.batch_size == 2
+
+
+def test_step_loss_and_bits_per_step_hand_computed():
+    task = RepeatCopy(num_bits=BITS)
+    ep = _sample(task, 3, 3, 2)
+    zeros = torch.zeros_like(ep.target)
+    # logits 0: sigmoid 1/2 on every channel, ln 2 nats each, whatever the target
+    assert torch.allclose(
+        step_loss(zeros, ep.target), torch.full(ep.mask.shape, BITS + 1.0) * math.log(2)
+    )
+    assert torch.allclose(bits_per_step(zeros, ep.target, ep.mask), torch.tensor(BITS + 1.0))
+
+    # confident and right: ~0 bits; one channel confidently wrong on one answer step
+    logits = (ep.target * 2 - 1) * 30.0
+    assert bits_per_step(logits, ep.target, ep.mask) < 1e-9
+    wrong = logits.clone()
+    wrong[-1, 0, BITS] = -30.0  # miss the end marker of episode 0
+    n_answer = ep.mask.sum()
+    expected = torch.nn.functional.softplus(torch.tensor(30.0)) / math.log(2) / n_answer
+    assert torch.allclose(bits_per_step(wrong, ep.target, ep.mask), expected, rtol=1e-5)
+
+    # errors off the mask do not count
+    off = logits.clone()
+    off[0] = -off[0] + 5.0
+    assert bits_per_step(off, ep.target, ep.mask) < 1e-9
+
+
+def test_step_loss_single_channel_value():
+    logits = torch.tensor([[[2.0, -1.0]]])  # (1, 1, 2)
+    target = torch.tensor([[[1.0, 1.0]]])
+    expected = math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(1.0))
+    assert step_loss(logits, target).shape == (1, 1)
+    assert step_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_next_level_sequences():
+    seq, level = [], (1, 1)
+    for _ in range(7):
+        seq.append(level)
+        level = next_level(*level, repeat=True)
+    assert seq == [(1, 1), (2, 1), (2, 2), (3, 1), (3, 2), (3, 3), (4, 1)]
+
+    seq, level = [], (1, 1)
+    for _ in range(4):
+        seq.append(level)
+        level = next_level(*level, repeat=False)
+    assert seq == [(1, 1), (2, 1), (3, 1), (4, 1)]
+    assert RepeatCopy(repeat=True).next_level(3, 2) == (3, 3)
+    assert level_size(3, 2) == 6 and level_size(5) == 5
+    with pytest.raises(ValueError):
+        next_level(0, 1, repeat=True)
+
+
+def test_to_human_readable_shows_pattern():
+    task = RepeatCopy(num_bits=4, norm_max=10)
+    L, R = 5, 3
+    ep = _sample(task, 2, L, R, seed=7)
+    index = 1
+    text = task.to_human_readable(ep, index=index)
+    for j in range(4):
+        bits = "".join("1" if v else "." for v in ep.obs[1 : L + 1, index, j].tolist())
+        obs_row = "." + bits + "." * (L * R + 2)
+        target_row = "." * (L + 2) + bits * R + "."
+        assert f"|{obs_row}|" in text
+        assert f"|{target_row}|" in text
+    assert "R = 3" in text
+    assert "|" + "1" + "." * (L * R + L + 2) + "|" in text  # the start marker row
+    assert "|" + "." * (L + 2) + "1" * (L * R + 1) + "|" in text  # the mask row
+
+    # perfect output: 0 wrong bits; flip one answer bit: 1 wrong bit
+    logits = (ep.target * 2 - 1) * 5.0
+    assert "0 wrong bits" in to_human_readable(ep, logits, index=index)
+    logits[L + 2, index, 0] *= -1
+    assert "1 wrong bits" in to_human_readable(ep, logits, index=index)
