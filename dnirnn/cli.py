@@ -1,0 +1,146 @@
+"""``dnirnn fit|validate|test --config recipes/X.yaml [--model.window=4 ...]`` (LightningCLI).
+
+Every run writes to ``trainer.default_root_dir`` (``runs/<recipe>`` in the recipes):
+
+    runs/<recipe>/version_N/   metrics.csv, hparams.yaml, config.yaml, summary.json,
+                               checkpoints/last.ckpt (+ the periodic ones)
+    runs/<recipe>/wandb/       the W&B run (offline when no API key is configured)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from dnirnn.lit import DNIModule
+
+
+def wandb_has_key() -> bool:
+    """Whether W&B can log online: an API key in the environment or in ~/.netrc."""
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return False
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def make_loggers(root: Path, project: str = "dnirnn", use_wandb: bool = True) -> list:
+    """A local CSV record (first: it names the run folder) and W&B (offline without a key)."""
+    csv = CSVLogger(save_dir=str(root), name="")
+    if not use_wandb:
+        return [csv]
+    online = wandb_has_key()
+    if not online:
+        os.environ.setdefault("WANDB_MODE", "offline")
+    wandb = WandbLogger(project=project, save_dir=str(root), name=root.name, offline=not online)
+    return [csv, wandb]
+
+
+class RunRecord(L.Callback):
+    """Writes ``summary.json`` (final metrics, steps, curriculum) next to ``metrics.csv``, and
+    says how to upload an offline W&B run."""
+
+    def _write(self, trainer: L.Trainer, pl_module: DNIModule, stage: str) -> None:
+        if not trainer.is_global_zero or trainer.log_dir is None:
+            return
+        metrics = {k: _number(v) for k, v in trainer.callback_metrics.items()}
+        record = {"stage": stage, "global_step": trainer.global_step,
+                  "epoch": trainer.current_epoch, "metrics": metrics}
+        if pl_module.task is not None and pl_module.task.episodic:
+            record["curriculum"] = pl_module.task.state_dict()
+        path = Path(trainer.log_dir) / "summary.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        for lg in trainer.loggers:
+            if isinstance(lg, WandbLogger) and os.environ.get("WANDB_MODE") == "offline":
+                print(f"W&B ran offline (no API key configured). Upload this run with:\n"
+                      f"  wandb sync {lg.save_dir}/wandb/offline-run-*")
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module, "fit")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer, pl_module, "validate")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module, "test")
+
+
+def _number(v: Any) -> float:
+    v = float(v.detach().cpu()) if isinstance(v, torch.Tensor) else float(v)
+    return v if math.isfinite(v) else str(v)
+
+
+class ConfigToLoggers(SaveConfigCallback):
+    """Saves config.yaml in the run folder and logs the FULL config (trainer, data, model) to
+    every logger (W&B run config, hparams)."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        config = self.parser.dump(self.config, skip_none=False, format="json")
+        for lg in trainer.loggers:
+            lg.log_hyperparams({"config": json.loads(config)})
+
+
+class DNICLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.task_name", "model.task", apply_on="instantiate")
+        parser.link_arguments("data.input_size", "model.input_size", apply_on="instantiate")
+        parser.link_arguments("data.output_size", "model.output_size", apply_on="instantiate")
+        parser.add_argument("--checkpoint_every", type=int, default=0,
+                            help="also checkpoint every N training steps (0: each epoch only)")
+        parser.add_argument("--wandb_project", type=str, default="dnirnn")
+        parser.add_argument("--wandb", type=bool, default=True,
+                            help="log to W&B as well as the local CSV record")
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer_cfg = cfg.get("trainer", {})
+        root = Path(trainer_cfg.get("default_root_dir") or "runs/default")
+        if trainer_cfg.get("logger") in (None, True):
+            kwargs["logger"] = make_loggers(root, cfg.get("wandb_project", "dnirnn"),
+                                            bool(cfg.get("wandb", True)))
+        every = int(cfg.get("checkpoint_every") or 0)
+        ckpt = ModelCheckpoint(save_last=True, save_top_k=-1 if every else 1,
+                               every_n_train_steps=every or None)
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": [ckpt, RunRecord()]}
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(args: list[str] | None = None) -> None:
+    torch.set_float32_matmul_precision("high")
+    DNICLI(
+        DNIModule,
+        L.LightningDataModule,
+        subclass_mode_data=True,
+        save_config_callback=ConfigToLoggers,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+    _finish_wandb()
+
+
+def _finish_wandb() -> None:
+    """Closes the W&B run, so its file is complete and a next run in this process is new."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Lightning data modules: they build a task (``dnirnn.tasks``) and hand out positions.
+
+The training "loader" yields integer positions, not tensors: the LightningModule fetches the
+span from the task, whose data already sits on the device (windows are views). The positions
+of an epoch are read from the module when the epoch's iteration starts, so a run resumed
+from a mid-epoch checkpoint continues at the exact batch where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from dnirnn.data.ptb import LEVELS, load_corpus
+from dnirnn.tasks import CopyTask, LanguageModelTask
+
+PTB_VOCAB = {"char": 50, "word": 10_000}
+
+
+class Positions(IterableDataset):
+    """Yields the integers of ``positions()``, evaluated afresh at every iteration."""
+
+    def __init__(self, positions: Callable[[], range], length: Callable[[], int]) -> None:
+        self.positions, self.length = positions, length
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.positions())
+
+    def __len__(self) -> int:
+        return self.length()
+
+
+def _loader(dataset: IterableDataset) -> DataLoader:
+    # A private generator: creating an iterator then draws no number from the global RNG
+    # (which dropout uses), so a resumed run's RNG stream matches the uninterrupted run's.
+    return DataLoader(dataset, batch_size=None, num_workers=0, generator=torch.Generator())
+
+
+class _TaskDataModule(L.LightningDataModule):
+    task: LanguageModelTask | CopyTask | None = None
+
+    def _module(self):
+        return self.trainer.lightning_module
+
+    def train_dataloader(self) -> DataLoader:
+        return _loader(Positions(lambda: self._module().train_positions(), self._epoch_length))
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        def positions() -> range:
+            return range(self.task.num_batches(split, self._module().hparams.eval_chunk))
+
+        return _loader(Positions(positions, lambda: len(positions())))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+
+class PTBDataModule(_TaskDataModule):
+    """Penn Treebank, character or word level, ``batchify`` layout.
+
+    Args:
+        level: "char" (50 symbols with <eos>; bits per character) or "word" (10k vocabulary;
+            perplexity).
+        root: data folder; else env ``DNIRNN_DATA``; else ``data/ptb``. Missing files are
+            downloaded from the canonical URLs and SHA-256 checked.
+        batch_size: training columns.
+        eval_batch_size: validation/test columns.
+        download: allow downloading missing files.
+    """
+
+    def __init__(
+        self,
+        level: str = "char",
+        root: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 10,
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        if level not in LEVELS:
+            raise ValueError(f"data.level must be one of {LEVELS}, got {level!r}")
+        for name, v in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if v < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {v}")
+        self.level, self.root, self.download = level, root, download
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.task_name, self.input_size = "lm", PTB_VOCAB[level]
+        self.output_size = self.input_size
+        self.vocab = None
+
+    def setup(self, stage: str) -> None:
+        if self.task is not None:
+            return
+        corpus = load_corpus(self.root, self.level, download=self.download)
+        assert len(corpus.vocab) == self.input_size, len(corpus.vocab)
+        for split, n in (("train", len(corpus.train)), ("valid", len(corpus.valid)),
+                         ("test", len(corpus.test))):
+            size = self.batch_size if split == "train" else self.eval_batch_size
+            if n < size + 1:
+                raise ValueError(
+                    f"data.batch_size / eval_batch_size: the {split} stream has {n} tokens, "
+                    f"too few for {size} columns; lower the batch size"
+                )
+        self.vocab = corpus.vocab
+        self.task = LanguageModelTask(corpus, self.batch_size, self.eval_batch_size)
+
+    def _epoch_length(self) -> int:
+        return self.task.num_batches("train", self._module().chunk)
+
+
+class CopyDataModule(_TaskDataModule):
+    """Copy (``repeat=false``) or Repeat Copy (``repeat=true``), generated on the fly.
+
+    Args:
+        repeat: repeat copy (with the repeat-count channel) or plain copy.
+        num_bits: pattern width.
+        norm_max: the repeat count is presented as R / norm_max.
+        batch_size: episodes per training step.
+        steps_per_epoch: training steps per "epoch" (validation and checkpoint cadence).
+        val_batches: validation batches at the current level.
+        start_length: the curriculum's first pattern length.
+        seed: seeds the episode generator (batch p uses a generator seeded by (seed, p)).
+    """
+
+    def __init__(
+        self,
+        repeat: bool = False,
+        num_bits: int = 8,
+        norm_max: int = 10,
+        batch_size: int = 32,
+        steps_per_epoch: int = 100,
+        val_batches: int = 2,
+        start_length: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, v in (("num_bits", num_bits), ("batch_size", batch_size),
+                        ("steps_per_epoch", steps_per_epoch), ("val_batches", val_batches),
+                        ("start_length", start_length), ("norm_max", norm_max)):
+            if v < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {v}")
+        self.steps_per_epoch = steps_per_epoch
+        self.task = CopyTask(repeat, num_bits, norm_max, batch_size, seed, start_length,
+                             val_batches)
+        self.task_name = "copy"
+        self.input_size, self.output_size = self.task.input_size, self.task.output_size
+
+    def _epoch_length(self) -> int:
+        return self.steps_per_epoch

@@ -1,0 +1,295 @@
+"""The LightningModule: a thin orchestrator over the pure engine (``dnirnn.dni``).
+
+Manual optimisation. Each ``training_step`` receives a *position* (see ``dnirnn.tasks``),
+fetches that span of data from the task (already on the device), cuts it into windows of
+``window`` steps and runs ``window_update`` on each: streams carry the recurrent state across
+windows, steps and batches (reset at epoch start); episodes start from zeros and inject
+``g = 0`` at their end. Metrics are summed on the device across the windows; the only host
+syncs are Lightning's logging, once per step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from dnirnn.data import repeat_copy
+from dnirnn.dni import BOUNDARIES, DNIRNN, Optimizers, WindowResult, split_windows, window_update
+from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.state import State
+from dnirnn.synthesizer import SYNTHESIZER_KINDS, Synthesizer
+from dnirnn.tasks import Batch, CopyTask, LanguageModelTask, lm_step_loss
+
+TASKS = {"lm": lm_step_loss, "copy": repeat_copy.step_loss}
+TRAIN_KEYS = ("sg_loss", "aux_loss", "sg_norm", "target_norm", "sg_cos", "grad_norm")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training step produced a non-finite loss or gradient."""
+
+
+class DNIModule(L.LightningModule):
+    """Trains an LSTM with truncated BPTT and synthetic gradients.
+
+    Args:
+        task: "lm" (token streams) or "copy" (episodes); linked from the data module.
+        input_size: vocabulary size (lm) or observation channels (copy); linked from data.
+        output_size: vocabulary size (lm) or target channels (copy); linked from data.
+        hidden_size: LSTM units per layer.
+        num_layers: stacked LSTM layers.
+        embed_size: embedding width (lm); defaults to hidden_size.
+        dropout: dropout on embedding, between layers and before the readout.
+        boundary: "tbptt", "dni", "dni_aux" or "oracle" (see ``dnirnn.dni``).
+        window: T, the truncation window in steps.
+        windows_per_step: K, windows per ``training_step`` for streams (episodes always run
+            all their windows in one step).
+        sg_scale: beta, the weight of the synthetic gradient (1 = the paper).
+        aux_weight: weight of the Aux loss (``dni_aux``).
+        oracle_windows: W, windows of look-ahead of the ``oracle`` boundary.
+        synthesizer: "linear" or "mlp".
+        synthesizer_hidden: hidden units of the mlp synthesizer.
+        synthesizer_layers: hidden layers of the mlp synthesizer.
+        lr: core learning rate (Adam).
+        synthesizer_lr: synthesizer learning rate (its own Adam).
+        clip: core gradient-norm clip (null: none).
+        synthesizer_clip: synthesizer gradient-norm clip (null: none), never shared with the core.
+        eval_chunk: steps per validation/test forward call (the result is independent of it).
+    """
+
+    def __init__(
+        self,
+        task: str = "lm",
+        input_size: int = 1,
+        output_size: int = 1,
+        hidden_size: int = 256,
+        num_layers: int = 1,
+        embed_size: int | None = None,
+        dropout: float = 0.0,
+        boundary: str = "dni",
+        window: int = 8,
+        windows_per_step: int = 8,
+        sg_scale: float = 1.0,
+        aux_weight: float = 1.0,
+        oracle_windows: int = 1,
+        synthesizer: str = "mlp",
+        synthesizer_hidden: int = 512,
+        synthesizer_layers: int = 1,
+        lr: float = 1e-3,
+        synthesizer_lr: float = 1e-4,
+        clip: float | None = 1.0,
+        synthesizer_clip: float | None = 1.0,
+        eval_chunk: int = 256,
+    ) -> None:
+        super().__init__()
+        _validate(locals())
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        core = LSTMCore(CoreConfig(input_size, output_size, hidden_size, num_layers,
+                                   embed=task == "lm", embed_size=embed_size, dropout=dropout))
+        synth = None
+        if boundary in ("dni", "dni_aux"):
+            synth = Synthesizer(core.state_size, synthesizer, synthesizer_hidden, synthesizer_layers)
+        self.engine = DNIRNN(core, TASKS[task], 1.0, boundary, synth, sg_scale, aux_weight,
+                             oracle_windows)
+        self.task: LanguageModelTask | CopyTask | None = None
+        self.carried: State | None = None  # the recurrent state carried between steps
+        self.data_position = 0  # the next training position (see dnirnn.tasks)
+        self.steps_done = 0
+        self._opts: Optimizers | None = None
+        self._eval: dict[str, Any] = {}
+        self.last_train_error: Tensor | None = None  # read by the curriculum callback
+
+    # ---- set-up -------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        if dm is None or getattr(dm, "task", None) is None:
+            raise RuntimeError("DNIModule needs a dnirnn data module (CopyDataModule / PTBDataModule)")
+        self.task = dm.task
+        self.engine.loss_norm = self.task.loss_norm(self.hparams.window)
+
+    def on_fit_start(self) -> None:
+        self.task.to(self.device)
+
+    def on_validation_start(self) -> None:
+        self.task.to(self.device)
+
+    def on_test_start(self) -> None:
+        self.task.to(self.device)
+
+    @property
+    def chunk(self) -> int:
+        """Steps of data per training_step for streams: ``window * windows_per_step``."""
+        return self.hparams.window * self.hparams.windows_per_step
+
+    def train_positions(self) -> range:
+        """The positions the rest of this epoch covers (read when an epoch's iteration starts)."""
+        if self.task.episodic:
+            per_epoch = self.trainer.datamodule.steps_per_epoch
+            return range(self.data_position, (self.data_position // per_epoch + 1) * per_epoch)
+        n = self.task.num_batches("train", self.chunk)
+        return range(self.data_position if self.data_position < n else 0, n)
+
+    def configure_optimizers(self):
+        core = torch.optim.Adam(self.engine.core_parameters(), lr=self.hparams.lr)
+        if self.engine.synthesizer is None:
+            return core
+        synth = torch.optim.Adam(self.engine.synthesizer.parameters(), lr=self.hparams.synthesizer_lr)
+        return [core, synth]
+
+    def _optimizers(self) -> Optimizers:
+        if self._opts is None:
+            opts = self.optimizers()
+            opts = opts if isinstance(opts, list) else [opts]
+            raw = [o.optimizer for o in opts]  # the engine steps them; no Lightning wrapper
+            self._opts = Optimizers(raw[0], raw[1] if len(raw) > 1 else None,
+                                    self.hparams.clip, self.hparams.synthesizer_clip)
+        return self._opts
+
+    # ---- training -----------------------------------------------------------------------
+
+    def training_step(self, position: int, batch_idx: int) -> None:
+        position = int(position)
+        batch = self.task.batch("train", position, self.chunk)
+        if batch.reset or self.carried is None:
+            self.carried = self.engine.core.zero_state(batch.x.shape[1])
+        results = self._run_windows(batch)
+        self.data_position, self.steps_done = position + 1, self.steps_done + 1
+        self._count_step()
+        self._log_train(results)
+
+    def _run_windows(self, batch: Batch) -> list[WindowResult]:
+        opts, state = self._optimizers(), self.carried
+        windows = split_windows(batch.x, batch.y, self.hparams.window, batch.mask)
+        oracle = self.engine.boundary == "oracle"
+        results = []
+        for k, w in enumerate(windows):
+            res = window_update(
+                self.engine, opts, w, state,
+                episode_start=batch.reset and k == 0,
+                episode_end=batch.last and k == len(windows) - 1,
+                future=windows[k + 1 :] if oracle else (),
+            )
+            state = res.state
+            results.append(res)
+        self.carried = state
+        return results
+
+    def _count_step(self) -> None:
+        # The engine steps the raw optimizers, so Lightning did not count this step; one
+        # training_step (K windows) is one step of `trainer.global_step` / `max_steps`.
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()
+        progress.increment_completed()
+
+    def _log_train(self, results: list[WindowResult]) -> None:
+        nats = torch.stack([r.nats for r in results]).sum()
+        count = torch.stack([r.count for r in results]).sum()
+        finite = torch.stack([r.finite for r in results]).all()
+        self.last_finite = finite
+        metrics = {f"train/{k}": v for k, v in self.task.metrics(nats, count).items()}
+        for key in TRAIN_KEYS:
+            metrics[f"train/{key}"] = torch.stack([getattr(r, key) for r in results]).mean()
+        self.last_train_error = metrics.get("train/bits_per_step")
+        loss = metrics.pop("train/loss")
+        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if self.task.episodic:
+            self._log_curriculum()
+
+    def _log_curriculum(self) -> None:
+        t = self.task
+        self.log_dict({"curriculum/level": float(t.level), "curriculum/length": float(t.length),
+                       "curriculum/repeats": float(t.repeats),
+                       "curriculum/max_level_solved": float(t.max_level_solved)},
+                      on_step=True, prog_bar=False)
+        self.log("level", float(t.level), prog_bar=True, on_step=True, logger=False)
+
+    # ---- evaluation: the whole stream forward with carried state -------------------------
+
+    def validation_step(self, position: int, batch_idx: int) -> None:
+        self._eval_step("valid", int(position))
+
+    def test_step(self, position: int, batch_idx: int) -> None:
+        self._eval_step("test", int(position))
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval = {}
+
+    def on_test_epoch_start(self) -> None:
+        self._eval = {}
+
+    def _eval_step(self, split: str, position: int) -> None:
+        batch = self.task.batch(split, position, self.hparams.eval_chunk)
+        if batch.reset or "state" not in self._eval:
+            self._eval["state"] = self.engine.core.zero_state(batch.x.shape[1])
+        logits, _, self._eval["state"] = self.engine.core(batch.x, self._eval["state"])
+        per_step = self.engine.step_loss(logits, batch.y)  # (T, B)
+        count = torch.tensor(float(per_step.numel()), device=per_step.device)
+        if batch.mask is not None:
+            per_step, count = per_step * batch.mask, batch.mask.sum()
+        self._eval["nats"] = self._eval.get("nats", 0.0) + per_step.sum()
+        self._eval["count"] = self._eval.get("count", 0.0) + count
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def _log_eval(self, prefix: str) -> None:
+        if "nats" not in self._eval:
+            return
+        metrics = self.task.metrics(self._eval["nats"], self._eval["count"])
+        self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, prog_bar=True)
+
+    # ---- checkpoints: state dicts + everything needed to continue exactly ----------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["dnirnn"] = {
+            "carried": None if self.carried is None else [s.cpu() for s in self.carried],
+            "data_position": self.data_position,
+            "steps_done": self.steps_done,
+            "task": self.task.state_dict() if self.task is not None else {},
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get("dnirnn")
+        if extra is None:
+            raise ValueError("not a dnirnn checkpoint: it has no 'dnirnn' section")
+        carried = extra["carried"]
+        self.carried = None if carried is None else tuple(s.to(self.device) for s in carried)
+        self.data_position, self.steps_done = extra["data_position"], extra["steps_done"]
+        if self.task is not None:
+            self.task.load_state_dict(extra["task"])
+        torch.set_rng_state(extra["torch_rng"])
+        if extra.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(extra["cuda_rng"])
+
+
+def _validate(args: dict[str, Any]) -> None:
+    """Config checks with messages that name the field and the fix."""
+    def need(ok: bool, field: str, msg: str) -> None:
+        if not ok:
+            raise ValueError(f"model.{field}: {msg} (got {args[field]!r})")
+
+    need(args["task"] in TASKS, "task", f"must be one of {tuple(TASKS)}")
+    need(args["boundary"] in BOUNDARIES, "boundary", f"must be one of {BOUNDARIES}")
+    need(args["synthesizer"] in SYNTHESIZER_KINDS, "synthesizer",
+         f"must be one of {SYNTHESIZER_KINDS}")
+    for f in ("window", "windows_per_step", "hidden_size", "num_layers", "oracle_windows",
+              "eval_chunk", "input_size", "output_size", "synthesizer_hidden",
+              "synthesizer_layers"):
+        need(isinstance(args[f], int) and args[f] >= 1, f, "must be an integer >= 1")
+    for f in ("sg_scale", "aux_weight"):
+        need(args[f] >= 0, f, "must be >= 0")
+    for f in ("lr", "synthesizer_lr"):
+        need(args[f] > 0, f, "must be > 0")
+    for f in ("clip", "synthesizer_clip"):
+        need(args[f] is None or args[f] > 0, f, "must be > 0, or null for no clipping")
+    need(0 <= args["dropout"] < 1, "dropout", "must be in [0, 1)")

@@ -1,0 +1,180 @@
+"""Tasks: where the data comes from, what it costs, and what is reported (no Lightning).
+
+A task hands the training loop ``Batch``es by *position*, so that a run can stop anywhere and
+resume exactly (the position is saved in the checkpoint):
+
+- ``LanguageModelTask`` (streams, PTB): the training stream is batchified once and kept on
+  the device; batch ``p`` of an epoch is the ``chunk``-step slice starting at ``p * chunk``
+  (a view). The recurrent state is carried across batches and reset at epoch start.
+- ``CopyTask`` (episodes): batch ``p`` is a fresh batch of episodes drawn from a generator
+  seeded by ``(seed, p)`` at the current curriculum level; the state is reset every episode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dnirnn.data import repeat_copy
+from dnirnn.data.ptb import Corpus, batchify
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class Batch:
+    """A span of time-major data. ``reset``: start from zero state (epoch/episode start);
+    ``last``: nothing follows this span (epoch end for streams), so ``g = 0`` at its end."""
+
+    x: Tensor
+    y: Tensor
+    mask: Tensor | None
+    reset: bool
+    last: bool
+
+
+def lm_step_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy in nats, ``(T, B, V), (T, B) -> (T, B)``."""
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+
+
+class LanguageModelTask:
+    """Next-token prediction on a token stream with carried state (PTB char or word level).
+
+    Args:
+        corpus: the encoded splits and vocabulary.
+        batch_size: training columns (``batchify`` layout).
+        eval_batch_size: validation/test columns.
+    """
+
+    episodic = False
+
+    def __init__(self, corpus: Corpus, batch_size: int, eval_batch_size: int = 10) -> None:
+        self.corpus, self.level = corpus, corpus.level
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.streams = {
+            "train": batchify(corpus.train, batch_size),  # (N, B)
+            "valid": batchify(corpus.valid, eval_batch_size),
+            "test": batchify(corpus.test, eval_batch_size),
+        }
+        self.input_size = self.output_size = len(corpus.vocab)
+        self.step_loss = lm_step_loss
+
+    def to(self, device: torch.device) -> LanguageModelTask:
+        self.streams = {k: v.to(device) for k, v in self.streams.items()}
+        return self
+
+    def num_batches(self, split: str, chunk: int) -> int:
+        """Whole ``chunk``-step spans in the split (the tail shorter than a chunk is dropped
+        in training; evaluation keeps it, see ``batch``)."""
+        n = self.streams[split].shape[0] - 1
+        if split == "train":
+            if n < chunk:
+                raise ValueError(
+                    f"the training stream has {n} steps per column, fewer than one training "
+                    f"step's span (window * windows_per_step = {chunk}); lower them or "
+                    "data.batch_size"
+                )
+            return n // chunk
+        return math.ceil(n / chunk)
+
+    def batch(self, split: str, position: int, chunk: int) -> Batch:
+        """Span ``position`` of ``split``: inputs ``(chunk, B)``, targets shifted by one."""
+        stream = self.streams[split]
+        start = position * chunk
+        stop = min(start + chunk, stream.shape[0] - 1)
+        last = position == self.num_batches(split, chunk) - 1
+        return Batch(stream[start:stop], stream[start + 1 : stop + 1], None, position == 0, last)
+
+    def loss_norm(self, window: int) -> float:
+        """The window objective is the mean loss per token of a full window."""
+        return float(self.batch_size * window)
+
+    def metrics(self, nats: Tensor, count: Tensor) -> dict[str, Tensor]:
+        mean = nats / count.clamp_min(1)
+        out = {"loss": mean}
+        if self.level == "char":
+            out["bpc"] = mean / LN2
+        else:
+            out["ppl"] = mean.exp()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class CopyTask:
+    """Copy / Repeat Copy with a curriculum (DESIGN.md §3).
+
+    The level is ``(length L, repeats R)``; it starts at ``(start_length, 1)`` and ``advance``
+    raises it (copy: L+1; repeat copy: R up to L, then L+1). ``max_level_solved`` is the
+    answer length ``L * R`` of the largest level whose error fell below the threshold.
+    """
+
+    episodic = True
+
+    def __init__(
+        self,
+        repeat: bool = False,
+        num_bits: int = 8,
+        norm_max: int = 10,
+        batch_size: int = 32,
+        seed: int = 0,
+        start_length: int = 1,
+        val_batches: int = 2,
+    ) -> None:
+        self.generator = repeat_copy.RepeatCopy(num_bits=num_bits, repeat=repeat, norm_max=norm_max)
+        self.repeat, self.batch_size, self.seed = repeat, batch_size, seed
+        self.length, self.repeats, self.max_level_solved = start_length, 1, 0
+        self.val_batches = val_batches
+        self.input_size = self.generator.obs_size
+        self.output_size = self.generator.target_size
+        self.step_loss = repeat_copy.step_loss
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> CopyTask:
+        self.device = torch.device(device)
+        return self
+
+    @property
+    def level(self) -> int:
+        return repeat_copy.level_size(self.length, self.repeats)
+
+    def advance(self) -> None:
+        """The current level is solved: record it and move to the next."""
+        self.max_level_solved = max(self.max_level_solved, self.level)
+        self.length, self.repeats = repeat_copy.next_level(self.length, self.repeats, self.repeat)
+
+    def num_batches(self, split: str, chunk: int = 0) -> int:
+        return self.val_batches
+
+    def batch(self, split: str, position: int, chunk: int = 0) -> Batch:
+        offset = {"train": 0, "valid": 1, "test": 2}[split]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + position * 3 + offset)
+        ep = self.generator.sample(self.batch_size, self.length, self.repeats, generator=g)
+        ep = ep.to(self.device)
+        return Batch(ep.obs, ep.target, ep.mask, True, True)
+
+    def loss_norm(self, window: int) -> float:
+        """The objective is the episode's summed loss, averaged over the batch."""
+        return float(self.batch_size)
+
+    def metrics(self, nats: Tensor, count: Tensor) -> dict[str, Tensor]:
+        mean = nats / count.clamp_min(1)
+        return {"loss": mean, "bits_per_step": mean / LN2}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"length": self.length, "repeats": self.repeats,
+                "max_level_solved": self.max_level_solved}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.length, self.repeats = int(state["length"]), int(state["repeats"])
+        self.max_level_solved = int(state["max_level_solved"])
