@@ -42,7 +42,8 @@ Both levels follow the DNI window update of ``dnirnn.dni`` (one forward, ONE bac
         surrogate_s = sum_{j=i0}^{i0+T_s-1} <G_j, m_j> + beta <g_s, z_{i0+T_s}>
         theta_s.grad = d surrogate_s / d theta_s     -> step theta_s
         z_{i0}.grad  = delta_s                         -> L_s  = ||M_s(z_{i0}) - delta_s||^2
-        ū_i.grad     = the TRUE gradient on u_i        -> L_if = mean_i ||M_if(u_i) - ū_i.grad||^2
+        ū_i.grad     = d surrogate_s / d u_i           -> L_if = mean_i ||M_if(u_i) - ū_i.grad||^2
+                       (exact through the slow core: the slow level's TRUE gradient on u_i)
 
 ``m_{i0}`` is the top-layer h of the start leaf ``z_{i0}``, so ``G_{i0}`` reaches only the slow
 bootstrapped target delta_s (the previous span saw it through ``g_s``), and ``m_{i0+T_s}`` is
@@ -107,7 +108,7 @@ class HierarchyConfig:
     slow_window: int = 8
     """``T_s``: the slow core's TBPTT window, in ticks; ``k * T_s`` is a multiple of ``T_f``."""
     fast_synthesizer: str | None = "mlp"
-    """Kind of ``M_f`` (``linear``/``mlp``), or None: ``g_f = 0`` (plain TBPTT for the fast core)."""
+    """Kind of ``M_f`` (``linear``/``mlp``), or None: ``g_f = 0`` (plain TBPTT, fast core)."""
     slow_synthesizer: str | None = "mlp"
     """Kind of ``M_s``, or None: ``g_s = 0`` (plain TBPTT for the slow core)."""
     interface_synthesizer: str | None = "mlp"
