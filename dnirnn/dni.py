@@ -139,7 +139,9 @@ def surrogate_backward(
     if g is None or sg_scale == 0.0:
         objective.backward()
         return
-    outputs, incoming = list(ends), [gi.detach() * sg_scale for gi in g]
+    # (x * 1.0 == x bit for bit: skip the multiply at the paper's beta = 1)
+    incoming = [gi.detach() if sg_scale == 1.0 else gi.detach() * sg_scale for gi in g]
+    outputs = list(ends)
     if objective.requires_grad:  # (a layer with no loss of its own has only the g term)
         outputs, incoming = [objective, *outputs], [None, *incoming]
     torch.autograd.backward(outputs, incoming)
@@ -241,7 +243,8 @@ class DNIRNN(nn.Module):
             per_step = per_step * window.mask
             count = window.mask.sum()
         else:
-            count = torch.tensor(float(per_step.numel()), device=per_step.device)
+            # torch.full, not torch.tensor: no host-to-device copy (a sync on CUDA)
+            count = torch.full((), float(per_step.numel()), device=per_step.device)
         nats = per_step.sum()
         return nats / self.loss_norm, nats, count
 

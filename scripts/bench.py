@@ -1,0 +1,535 @@
+"""Throughput and peak-memory benchmark of truncated BPTT / DNI training (DESIGN.md §5, issue 5).
+
+Every figure is measured in ONE process, interleaved: for each repetition, every (T, variant)
+pair is run once (round-robin, the variant order rotated per repetition), and the reported
+tokens/s is the median over the repetitions. Ratios are formed from those medians, so slow
+drift of a shared machine hits every variant alike.
+
+Variants (all train the same network: embedding -> nn.LSTM -> readout, cross-entropy on a
+random token stream of ``vocab`` symbols, Adam lr 1e-3, core gradient clip 1.0):
+
+  floor            forward + backward only (zero_grad, no clip, no optimizer step)
+  bare             bare PyTorch TBPTT loop: + clip + Adam step, state detached per window
+  engine_tbptt     dnirnn engine without Lightning: ``window_update`` over the windows
+  engine_dni         (same, boundary="dni")
+  engine_dni_aux     (same, boundary="dni_aux")
+  tbptt            dnirnn ``DNIModule`` run by a ``lightning.Trainer`` (the real training path)
+  dni                (same, boundary="dni")
+  dni_aux            (same, boundary="dni_aux")
+  naive_lightning  Lightning's documented TBPTT pattern: automatic optimisation, one window
+                   per ``training_step`` (one DataLoader batch), hidden state kept on the
+                   module and detached
+
+Each variant processes the same number of tokens per repetition (``steps`` time steps of a
+``batch``-column stream) after a warm-up of ``warmup`` time steps; for the Lightning variants
+the clock starts at the first measured ``training_step`` and stops at ``on_train_end`` (the
+Trainer's construction and set-up are not timed).
+
+Peak memory is measured in a separate, untimed pass (one run per variant): on CUDA
+``torch.cuda.max_memory_allocated`` above the allocation before the run; on CPU the peak
+resident set size above the RSS before the run, sampled every millisecond from
+``/proc/self/statm`` by a thread (after ``malloc_trim``) -- approximate.
+
+Usage::
+
+    OMP_NUM_THREADS=2 python scripts/bench.py --device cpu --preset small [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from dnirnn.data.ptb import Corpus
+from dnirnn.data.vocab import Vocab
+from dnirnn.datamodules import _TaskDataModule
+from dnirnn.dni import DNIRNN, Optimizers, split_windows, window_update
+from dnirnn.lit import DNIModule
+from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.synthesizer import Synthesizer
+from dnirnn.tasks import LanguageModelTask, lm_step_loss
+
+PRESETS = {
+    "small": {"vocab": 50, "hidden": 128, "batch": 32},
+    "paper": {"vocab": 50, "hidden": 1024, "batch": 256},
+}
+VARIANTS = (
+    "floor", "bare", "engine_tbptt", "engine_dni", "engine_dni_aux",
+    "tbptt", "dni", "dni_aux", "naive_lightning",
+)
+RATIOS = {  # name: (numerator, denominator)
+    "dni_over_tbptt": ("dni", "tbptt"),
+    "dni_aux_over_tbptt": ("dni_aux", "tbptt"),
+    "tbptt_over_bare": ("tbptt", "bare"),
+    "bare_over_floor": ("bare", "floor"),
+    "engine_dni_over_engine_tbptt": ("engine_dni", "engine_tbptt"),
+    "engine_tbptt_over_bare": ("engine_tbptt", "bare"),
+    "tbptt_over_engine_tbptt": ("tbptt", "engine_tbptt"),
+    "dni_over_engine_dni": ("dni", "engine_dni"),
+    "naive_lightning_over_bare": ("naive_lightning", "bare"),
+}
+LR, CLIP = 1e-3, 1.0
+
+
+@dataclass
+class BenchConfig:
+    """What is measured. ``steps`` and ``warmup`` are time steps per column; both must be
+    multiples of ``span``, which every T must divide."""
+
+    device: str = "cpu"
+    preset: str = "small"
+    vocab: int = 50
+    hidden: int = 128
+    batch: int = 32
+    windows: tuple[int, ...] = (2, 8, 32)
+    span: int = 64  # time steps per DNIModule training_step (windows_per_step = span // T)
+    steps: int = 512
+    warmup: int = 64
+    reps: int = 5
+    variants: tuple[str, ...] = VARIANTS
+    memory: bool = True
+    seed: int = 0
+    threads: int = field(default_factory=torch.get_num_threads)
+
+    def __post_init__(self) -> None:
+        for t in self.windows:
+            if self.span % t:
+                raise ValueError(f"window T={t} must divide span={self.span}")
+        if self.steps % self.span or self.warmup % self.span or self.steps < self.span:
+            raise ValueError("steps and warmup must be multiples of span (steps >= span)")
+        unknown = set(self.variants) - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+
+    @property
+    def tokens(self) -> int:
+        """Tokens processed (and timed) per variant per repetition."""
+        return self.steps * self.batch
+
+
+# ---- timing and memory ---------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Clock:
+    """Seconds between ``start()`` and ``stop()``, with device syncs."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.t0, self.elapsed = device, None, None
+
+    def start(self) -> None:
+        _sync(self.device)
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        _sync(self.device)
+        self.elapsed = time.perf_counter() - self.t0
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def memory_method(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "torch.cuda.max_memory_allocated above the allocation before the run"
+    return ("CPU peak RSS above the RSS before the run (after malloc_trim), sampled at ~1 kHz "
+            "from /proc/self/statm; approximate (allocator reuse can hide allocations)")
+
+
+def peak_memory(device: torch.device, fn: Callable[[], object]) -> int:
+    """Peak memory (bytes) used by ``fn()`` above what was in use before it."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        _sync(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - base)
+    _malloc_trim()
+    base = peak = _rss_bytes()
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_bytes())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    return max(0, max(peak, _rss_bytes()) - base)
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+
+def make_stream(cfg: BenchConfig, steps: int, seed: int) -> torch.Tensor:
+    """A random ``(steps + 1, batch)`` token stream (inputs are rows ``:-1``, targets ``1:``)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(cfg.vocab, (steps + 1, cfg.batch), generator=g)
+
+
+def make_task(cfg: BenchConfig, steps: int, seed: int) -> LanguageModelTask:
+    """A ``LanguageModelTask`` over a synthetic corpus of random tokens, long enough for
+    ``steps`` time steps per column plus one spare span (so no epoch ends while measured)."""
+    g = torch.Generator().manual_seed(seed)
+    n = (steps + cfg.span + 2) * cfg.batch
+    corpus = Corpus(
+        train=torch.randint(cfg.vocab, (n,), generator=g),
+        valid=torch.randint(cfg.vocab, (64,), generator=g),
+        test=torch.randint(cfg.vocab, (64,), generator=g),
+        vocab=Vocab([f"t{i}" for i in range(cfg.vocab)]),
+        level="char",
+    )
+    return LanguageModelTask(corpus, cfg.batch, eval_batch_size=2)
+
+
+class _TaskData(_TaskDataModule):
+    """A dnirnn data module over an in-memory task."""
+
+    def __init__(self, task: LanguageModelTask) -> None:
+        super().__init__()
+        self.task = task
+
+    def _epoch_length(self) -> int:
+        return self.task.num_batches("train", self._module().chunk)
+
+
+# ---- variants: plain PyTorch ---------------------------------------------------------------
+
+
+class BareLM(nn.Module):
+    def __init__(self, vocab: int, hidden: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, hidden)
+        self.lstm = nn.LSTM(hidden, hidden)
+        self.readout = nn.Linear(hidden, vocab)
+
+    def forward(self, x, state):
+        out, state = self.lstm(self.embed(x), state)
+        return self.readout(out), state
+
+
+def run_bare(cfg: BenchConfig, T: int, device: torch.device, *, step: bool = True) -> float:
+    """Bare PyTorch TBPTT (``step``) or its forward+backward floor; returns timed seconds."""
+    stream = make_stream(cfg, cfg.warmup + cfg.steps, cfg.seed).to(device)
+    model = BareLM(cfg.vocab, cfg.hidden).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    params = list(model.parameters())
+    h = torch.zeros(1, cfg.batch, cfg.hidden, device=device)
+    state = (h, torch.zeros_like(h))
+    clock = _Clock(device)
+    for t0 in range(0, cfg.warmup + cfg.steps, T):
+        if t0 == cfg.warmup:
+            clock.start()
+        x, y = stream[t0 : t0 + T], stream[t0 + 1 : t0 + T + 1]
+        state = (state[0].detach(), state[1].detach())
+        logits, state = model(x, state)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if step:
+            torch.nn.utils.clip_grad_norm_(params, CLIP, foreach=True)
+            opt.step()
+    clock.stop()
+    return clock.elapsed
+
+
+def _engine(cfg: BenchConfig, boundary: str, T: int) -> DNIRNN:
+    """The engine exactly as ``DNIModule`` builds it (its default synthesizer)."""
+    core = LSTMCore(CoreConfig(cfg.vocab, cfg.vocab, cfg.hidden, 1, embed=True))
+    synth = None
+    if boundary != "tbptt":
+        synth = Synthesizer(core.state_size, "mlp", 512, 1)
+    return DNIRNN(core, lm_step_loss, float(cfg.batch * T), boundary, synth)
+
+
+def run_engine(cfg: BenchConfig, T: int, device: torch.device, boundary: str) -> float:
+    """The dnirnn engine without Lightning: ``window_update`` over the stream's windows."""
+    stream = make_stream(cfg, cfg.warmup + cfg.steps, cfg.seed).to(device)
+    net = _engine(cfg, boundary, T).to(device)
+    synth = net.synthesizer
+    opts = Optimizers(
+        torch.optim.Adam(net.core_parameters(), lr=LR),
+        None if synth is None else torch.optim.Adam(synth.parameters(), lr=1e-4),
+        CLIP, None if synth is None else CLIP,
+    )
+    clock = _Clock(device)
+    state = net.core.zero_state(cfg.batch)
+    for s0 in range(0, cfg.warmup + cfg.steps, cfg.span):  # one "training_step" per span
+        if s0 == cfg.warmup:
+            clock.start()
+        windows = split_windows(stream[s0 : s0 + cfg.span], stream[s0 + 1 : s0 + cfg.span + 1], T)
+        for k, w in enumerate(windows):
+            res = window_update(net, opts, w, state, episode_start=s0 == 0 and k == 0)
+            state = res.state
+    clock.stop()
+    return clock.elapsed
+
+
+# ---- variants: Lightning -------------------------------------------------------------------
+
+
+class _TimerCallback(L.Callback):
+    """Starts the clock at the training_step of ``start_batch``, stops it at train end."""
+
+    def __init__(self, device: torch.device, start_batch: int) -> None:
+        self.clock, self.start_batch = _Clock(device), start_batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.start_batch:
+            self.clock.start()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.clock.stop()
+
+
+def _trainer(device: torch.device, max_steps: int, timer: L.Callback, **kw) -> L.Trainer:
+    return L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+        max_steps=max_steps, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], **kw,
+    )
+
+
+def run_dnimodule(cfg: BenchConfig, T: int, device: torch.device, boundary: str) -> float:
+    """The real dnirnn training path: ``DNIModule`` fitted by a Lightning Trainer."""
+    task = make_task(cfg, cfg.warmup + cfg.steps, cfg.seed)
+    module = DNIModule(task="lm", input_size=cfg.vocab, output_size=cfg.vocab,
+                       hidden_size=cfg.hidden, boundary=boundary, window=T,
+                       windows_per_step=cfg.span // T, lr=LR, clip=CLIP)
+    timer = _TimerCallback(device, cfg.warmup // cfg.span)
+    trainer = _trainer(device, (cfg.warmup + cfg.steps) // cfg.span, timer)
+    trainer.fit(module, datamodule=_TaskData(task))
+    return timer.clock.elapsed
+
+
+class _Windows(Dataset):
+    """One TBPTT window ``(x, y)`` per item, as Lightning's TBPTT docs feed them."""
+
+    def __init__(self, stream: torch.Tensor, T: int) -> None:
+        self.stream, self.T = stream, T
+
+    def __len__(self) -> int:
+        return (self.stream.shape[0] - 1) // self.T
+
+    def __getitem__(self, i: int):
+        t0 = i * self.T
+        return self.stream[t0 : t0 + self.T], self.stream[t0 + 1 : t0 + self.T + 1]
+
+
+class NaiveTBPTT(L.LightningModule):
+    """Lightning's documented TBPTT pattern: automatic optimisation, one window per step."""
+
+    def __init__(self, vocab: int, hidden: int) -> None:
+        super().__init__()
+        self.model = BareLM(vocab, hidden)
+        self.hidden = None
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits, hidden = self.model(x, self.hidden)
+        self.hidden = tuple(h.detach() for h in hidden)  # truncate
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=LR)
+
+
+def run_naive_lightning(cfg: BenchConfig, T: int, device: torch.device) -> float:
+    stream = make_stream(cfg, cfg.warmup + cfg.steps, cfg.seed)  # on the host, as in the docs
+    loader = DataLoader(_Windows(stream, T), batch_size=None, shuffle=False, num_workers=0)
+    timer = _TimerCallback(device, cfg.warmup // T)
+    trainer = _trainer(device, (cfg.warmup + cfg.steps) // T, timer, gradient_clip_val=CLIP)
+    trainer.fit(NaiveTBPTT(cfg.vocab, cfg.hidden), train_dataloaders=loader)
+    return timer.clock.elapsed
+
+
+def runner(name: str) -> Callable[[BenchConfig, int, torch.device], float]:
+    if name == "floor":
+        return lambda cfg, T, dev: run_bare(cfg, T, dev, step=False)
+    if name == "bare":
+        return run_bare
+    if name.startswith("engine_"):
+        boundary = name.removeprefix("engine_")
+        return lambda cfg, T, dev: run_engine(cfg, T, dev, boundary)
+    if name in ("tbptt", "dni", "dni_aux"):
+        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, name)
+    if name == "naive_lightning":
+        return run_naive_lightning
+    raise ValueError(name)
+
+
+# ---- the benchmark -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silences Lightning's banner and its advice about DataLoader workers."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric",
+                                                "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            for lg, lv in zip(loggers, levels):
+                lg.setLevel(lv)
+
+
+def measure(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Runs the benchmark; returns the JSON-able result (see ``--json``)."""
+    device = torch.device(cfg.device)
+    times: dict[int, dict[str, list[float]]] = {t: {v: [] for v in cfg.variants}
+                                                for t in cfg.windows}
+    pairs = [(t, v) for t in cfg.windows for v in cfg.variants]
+    with _quiet():
+        for rep in range(cfg.reps):
+            shift = rep % len(pairs)
+            for T, name in pairs[shift:] + pairs[:shift]:  # round-robin, rotated per rep
+                times[T][name].append(runner(name)(cfg, T, device))
+            log(f"rep {rep + 1}/{cfg.reps} done")
+        memory: dict[int, dict[str, int]] = {t: {} for t in cfg.windows}
+        if cfg.memory:
+            for T, name in pairs:
+                memory[T][name] = peak_memory(device, lambda: runner(name)(cfg, T, device))  # noqa: B023
+    out: dict = {
+        "config": {**asdict(cfg), "windows": list(cfg.windows), "variants": list(cfg.variants),
+                   "tokens_per_variant_per_rep": cfg.tokens},
+        "torch": torch.__version__, "lightning": L.__version__,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(), "memory_method": memory_method(device),
+        "results": {},
+    }
+    for T in cfg.windows:
+        tps = {v: cfg.tokens / statistics.median(times[T][v]) for v in cfg.variants}
+        ratios = {k: tps[a] / tps[b] for k, (a, b) in RATIOS.items()
+                  if a in tps and b in tps}
+        spread = {v: (max(times[T][v]) - min(times[T][v])) / statistics.median(times[T][v])
+                  for v in cfg.variants}
+        out["results"][str(T)] = {
+            "tokens_per_s": tps, "ratios": ratios, "peak_memory_bytes": memory[T],
+            "rel_spread": spread,
+        }
+    return out
+
+
+def format_table(res: dict) -> str:
+    cfg = res["config"]
+    lines = [
+        f"device={cfg['device']} ({res['device_name']}) preset={cfg['preset']} "
+        f"vocab={cfg['vocab']} hidden={cfg['hidden']} batch={cfg['batch']} "
+        f"threads={res['threads']} torch={res['torch']} lightning={res['lightning']}",
+        f"tokens per variant per rep={cfg['tokens_per_variant_per_rep']} reps={cfg['reps']} "
+        f"span={cfg['span']} (median over reps; interleaved round-robin)",
+        f"memory: {res['memory_method']}",
+        "",
+    ]
+    variants = cfg["variants"]
+    head = f"{'variant':<16}" + "".join(f"{'T=' + t:>25}" for t in res["results"])
+    lines += ["tokens/s  (peak MiB)  [max-min spread/median]", head]
+    for v in variants:
+        row = f"{v:<16}"
+        for r in res["results"].values():
+            mem = r["peak_memory_bytes"].get(v)
+            mem_s = "" if mem is None else f" ({mem / 2**20:.1f})"
+            row += f"{r['tokens_per_s'][v]:>10,.0f}{mem_s:>8} [{r['rel_spread'][v]:.2f}]"
+        lines.append(row)
+    lines += ["", "ratios (of median tokens/s)", f"{'ratio':<30}"
+              + "".join(f"{'T=' + t:>10}" for t in res["results"])]
+    for k in RATIOS:
+        if all(k in r["ratios"] for r in res["results"].values()):
+            lines.append(f"{k:<30}" + "".join(f"{r['ratios'][k]:>10.3f}"
+                                              for r in res["results"].values()))
+    return "\n".join(lines)
+
+
+def config_from_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Namespace]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="small")
+    p.add_argument("--quick", action="store_true", help="few steps/reps (< 60 s on CPU)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    p.add_argument("--windows", type=int, nargs="+", default=[2, 8, 32])
+    p.add_argument("--steps", type=int, help="timed time steps per column per rep")
+    p.add_argument("--warmup", type=int, help="untimed warm-up time steps per column")
+    p.add_argument("--reps", type=int, help="repetitions (median reported)")
+    p.add_argument("--span", type=int, default=64, help="time steps per DNIModule step")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    a = p.parse_args(argv)
+    if "OMP_NUM_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    quick = {"steps": 128, "warmup": 64, "reps": 3} if a.quick else {}
+    full = {"steps": 1024, "warmup": 128, "reps": 5}
+    if a.preset == "paper" and not a.quick:
+        full = {"steps": 512, "warmup": 128, "reps": 3}
+    pick = {k: getattr(a, k) if getattr(a, k) is not None else (quick or full)[k]
+            for k in ("steps", "warmup", "reps")}
+    cfg = BenchConfig(device=a.device, preset=a.preset, **PRESETS[a.preset],
+                      windows=tuple(a.windows), span=a.span, variants=tuple(a.variants),
+                      memory=not a.no_memory, threads=torch.get_num_threads(), **pick)
+    return cfg, a
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg, args = config_from_args(argv)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    t0 = time.perf_counter()
+    res = measure(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+    res["wall_s"] = time.perf_counter() - t0
+    print(format_table(res))
+    print(f"wall: {res['wall_s']:.1f} s")
+    if args.json:
+        print(json.dumps(res, allow_nan=False, default=float))
+    bad = [k for r in res["results"].values() for k, v in r["ratios"].items()
+           if not math.isfinite(v)]
+    if bad:
+        raise SystemExit(f"non-finite ratios: {bad}")
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Smoke test of scripts/bench.py: every variant runs and the JSON has every key (not timed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("dnirnn_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_bench_json_has_every_variant_and_ratio(bench):
+    cfg = bench.BenchConfig(vocab=11, hidden=8, batch=4, windows=(2,), span=2, steps=4,
+                            warmup=2, reps=1)
+    res = json.loads(json.dumps(bench.measure(cfg), allow_nan=False))
+    assert set(res["results"]) == {"2"}
+    for r in res["results"].values():
+        assert set(r["tokens_per_s"]) == set(bench.VARIANTS)
+        assert all(_positive(v) for v in r["tokens_per_s"].values())
+        for key in ("dni_over_tbptt", "dni_aux_over_tbptt", "tbptt_over_bare", "bare_over_floor"):
+            assert _positive(r["ratios"][key]), key
+        assert set(r["ratios"]) == set(bench.RATIOS)
+        assert set(r["peak_memory_bytes"]) == set(bench.VARIANTS)
+        assert all(v >= 0 for v in r["peak_memory_bytes"].values())
+    assert "memory_method" in res and res["config"]["tokens_per_variant_per_rep"] == 4 * 4
+    assert bench.format_table(res)
+
+
+def test_bench_cli_flags(bench):
+    cfg, args = bench.config_from_args(["--quick", "--json", "--preset", "paper", "--device",
+                                        "cpu"])
+    assert args.json and cfg.hidden == 1024 and cfg.batch == 256 and cfg.vocab == 50
+    assert cfg.windows == (2, 8, 32) and cfg.reps == 3
+    with pytest.raises(ValueError):
+        bench.BenchConfig(windows=(3,), span=64)
