@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from dnirnn.lit import DNIModule
+from dnirnn.checkpointing import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    check_checkpoint,
+    read_checkpoint,
+)
+from dnirnn.data.ptb import DataError
+from dnirnn.lit import DNIModule, NonFiniteLossError
 
 
 def wandb_has_key() -> bool:
@@ -54,14 +62,15 @@ class RunRecord(L.Callback):
     says how to upload an offline W&B run."""
 
     def _write(self, trainer: L.Trainer, pl_module: DNIModule, stage: str) -> None:
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if not trainer.is_global_zero or log_dir is None:
             return
         metrics = {k: _number(v) for k, v in trainer.callback_metrics.items()}
         record = {"stage": stage, "global_step": trainer.global_step,
                   "epoch": trainer.current_epoch, "metrics": metrics}
         if pl_module.task is not None and pl_module.task.episodic:
             record["curriculum"] = pl_module.task.state_dict()
-        path = Path(trainer.log_dir) / "summary.json"
+        path = Path(log_dir) / "summary.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2) + "\n")
         for lg in trainer.loggers:
@@ -117,26 +126,76 @@ class DNICLI(LightningCLI):
         ckpt = ModelCheckpoint(save_last=True, save_top_k=-1 if every else 1,
                                every_n_train_steps=every or None)
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": [ckpt, RunRecord()]}
+        if not trainer_cfg.get("plugins"):
+            kwargs["plugins"] = [AtomicCheckpointIO()]  # a kill mid-save keeps last.ckpt whole
         return super().instantiate_trainer(**kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would load --ckpt_path here (a raw traceback for a bad file) and
+        # silently replace the model config given on the command line by the checkpoint's.
+        # dnirnn keeps the config as given and checks that the checkpoint fits it (preflight).
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path and path not in CKPT_ALIASES:
+            read_checkpoint(path)
+
+    # Checks before anything is written (no run folder yet): the data fits the config, and
+    # --ckpt_path is a readable dnirnn checkpoint of this model.
+    def _preflight(self, stage: str) -> None:
+        preflight(self.model, self.datamodule, self.trainer, stage,
+                  self.config_init[self.subcommand].get("ckpt_path"))
+
+    def before_fit(self) -> None:
+        self._preflight("fit")
+
+    def before_validate(self) -> None:
+        self._preflight("validate")
+
+    def before_test(self) -> None:
+        self._preflight("test")
+
+
+CKPT_ALIASES = ("last", "best", "hpc", "registry")
+
+
+def preflight(model: DNIModule, datamodule: L.LightningDataModule, trainer: L.Trainer,
+              stage: str, ckpt_path: str | None) -> None:
+    """Raises ``ValueError`` / ``DataError`` / ``CheckpointError`` on bad input."""
+    world = trainer.num_devices * trainer.num_nodes
+    if hasattr(datamodule, "check"):
+        datamodule.check(stage, model, world)
+    if ckpt_path and ckpt_path not in CKPT_ALIASES:
+        check_checkpoint(ckpt_path, model)
+
+
+USER_ERRORS = (ValueError, DataError, CheckpointError, NonFiniteLossError)
 
 
 def main(args: list[str] | None = None) -> None:
+    """Runs the CLI. Bad input (config, data, checkpoint) and a non-finite loss end the run
+    with exit code 2 and a one-paragraph message on stderr (``DNIRNN_DEBUG=1``: traceback);
+    see docs/errors.md."""
     torch.set_float32_matmul_precision("high")
-    DNICLI(
-        DNIModule,
-        L.LightningDataModule,
-        subclass_mode_data=True,
-        save_config_callback=ConfigToLoggers,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    try:
+        DNICLI(
+            DNIModule,
+            L.LightningDataModule,
+            subclass_mode_data=True,
+            save_config_callback=ConfigToLoggers,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except USER_ERRORS as e:
+        _finish_wandb()
+        if os.environ.get("DNIRNN_DEBUG"):
+            raise
+        print(f"dnirnn: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     _finish_wandb()
 
 
 def _finish_wandb() -> None:
     """Closes the W&B run, so its file is complete and a next run in this process is new."""
-    import sys
-
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish()

@@ -38,7 +38,10 @@ class Curriculum(L.Callback):
         self.steps += 1
         if self.steps < self.check_every:
             return
-        mean = float(self.error_sum) / self.steps  # the one host sync, every check_every steps
+        total = self.error_sum
+        if trainer.world_size > 1:  # every process must take the same decision
+            total = trainer.strategy.reduce(total.clone(), reduce_op="mean")
+        mean = float(total) / self.steps  # the one host sync, every check_every steps
         self.error_sum, self.steps = None, 0
         task = pl_module.task
         if mean < self.threshold:

@@ -54,6 +54,17 @@ class _TaskDataModule(L.LightningDataModule):
 
         return _loader(Positions(positions, lambda: len(positions())))
 
+    def check(self, stage: str, model, world: int = 1) -> None:
+        """Pre-flight checks, before anything is written: the data loads and fits the model's
+        config and the number of processes (raises ValueError / DataError)."""
+        self.setup(stage)
+        if world > 1 and stage == "fit":
+            from dnirnn.tasks import _check_shard
+
+            _check_shard(self.task.batch_size, world)
+        if stage == "fit" and not self.task.episodic:
+            self.task.num_batches("train", model.chunk)
+
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("valid")
 

@@ -5,7 +5,28 @@ fetches that span of data from the task (already on the device), cuts it into wi
 ``window`` steps and runs ``window_update`` on each: streams carry the recurrent state across
 windows, steps and batches (reset at epoch start); episodes start from zeros and inject
 ``g = 0`` at their end. Metrics are summed on the device across the windows; the only host
-syncs are Lightning's logging, once per step.
+syncs are Lightning's logging and the finiteness check, once per step.
+
+Non-finite loss or gradients: the engine returns ``finite`` flags per window; they are
+reduced on the device and read once per training step. A non-finite step raises
+``NonFiniteLossError`` (naming the step) inside ``training_step``, i.e. before the checkpoint
+callbacks of that step run, so the last checkpoint on disk holds finite parameters.
+
+Data parallel (``trainer.strategy=ddp``): each process trains on its shard of the global
+batch (``task.shard``); the engine steps the raw optimizers, so Lightning's DDP reducer is not
+used (it is inert under manual optimisation) and the replicas are kept identical here, by
+gradient hooks (``register_post_accumulate_grad_hook``) that all-reduce every gradient as
+soon as backward accumulates it, i.e. before the engine clips and steps:
+
+- ``loss_norm`` keeps the GLOBAL batch size, so the task term and the bootstrapped target
+  ``delta_k = s_k.grad`` have the single-process scale; core gradients are SUMMED over
+  processes (= the gradient of the global-batch objective, clipped on the global norm). The
+  Aux term is a mean over the local batch, so its weight is divided by the world size.
+- the synthesizer loss is a mean over the local batch: its gradients are AVERAGED.
+
+Hence a DDP run equals single-process training on the global batch (up to float
+summation order; not with dropout, whose masks are drawn per process). The carried state is
+gathered across processes into the checkpoint (global layout) and sliced back on load.
 """
 
 from __future__ import annotations
@@ -91,7 +112,8 @@ class DNIModule(L.LightningModule):
                                    embed=task == "lm", embed_size=embed_size, dropout=dropout))
         synth = None
         if boundary in ("dni", "dni_aux"):
-            synth = Synthesizer(core.state_size, synthesizer, synthesizer_hidden, synthesizer_layers)
+            synth = Synthesizer(core.state_size, synthesizer, synthesizer_hidden,
+                                synthesizer_layers)
         self.engine = DNIRNN(core, TASKS[task], 1.0, boundary, synth, sg_scale, aux_weight,
                              oracle_windows)
         self.task: LanguageModelTask | CopyTask | None = None
@@ -101,15 +123,22 @@ class DNIModule(L.LightningModule):
         self._opts: Optimizers | None = None
         self._eval: dict[str, Any] = {}
         self.last_train_error: Tensor | None = None  # read by the curriculum callback
+        self.last_finite: Tensor | None = None
+        self._grad_hooks: list[Any] | None = None
 
     # ---- set-up -------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
         if dm is None or getattr(dm, "task", None) is None:
-            raise RuntimeError("DNIModule needs a dnirnn data module (CopyDataModule / PTBDataModule)")
+            raise RuntimeError(
+                "DNIModule needs a dnirnn data module (CopyDataModule / PTBDataModule)")
         self.task = dm.task
-        self.engine.loss_norm = self.task.loss_norm(self.hparams.window)
+        world = self.trainer.world_size
+        if world > 1:
+            self.task.shard(self.trainer.global_rank, world)
+        self.engine.aux_weight = self.hparams.aux_weight / world  # see the module docstring
+        self.engine.loss_norm = self.task.loss_norm(self.hparams.window)  # global batch
 
     def on_fit_start(self) -> None:
         self.task.to(self.device)
@@ -137,7 +166,8 @@ class DNIModule(L.LightningModule):
         core = torch.optim.Adam(self.engine.core_parameters(), lr=self.hparams.lr)
         if self.engine.synthesizer is None:
             return core
-        synth = torch.optim.Adam(self.engine.synthesizer.parameters(), lr=self.hparams.synthesizer_lr)
+        synth = torch.optim.Adam(self.engine.synthesizer.parameters(),
+                                 lr=self.hparams.synthesizer_lr)
         return [core, synth]
 
     def _optimizers(self) -> Optimizers:
@@ -152,7 +182,9 @@ class DNIModule(L.LightningModule):
     # ---- training -----------------------------------------------------------------------
 
     def training_step(self, position: int, batch_idx: int) -> None:
-        position = int(position)
+        position, step = int(position), self.trainer.global_step
+        if self._grad_hooks is None:
+            self._grad_hooks = self._sync_gradients()
         batch = self.task.batch("train", position, self.chunk)
         if batch.reset or self.carried is None:
             self.carried = self.engine.core.zero_state(batch.x.shape[1])
@@ -160,6 +192,49 @@ class DNIModule(L.LightningModule):
         self.data_position, self.steps_done = position + 1, self.steps_done + 1
         self._count_step()
         self._log_train(results)
+        self._check_finite(step)
+
+    def _check_finite(self, step: int) -> None:
+        """One host sync per step; raises before this step's checkpoint could be written."""
+        finite = self.last_finite.float()
+        if self.trainer.world_size > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if bool(finite):
+            return
+        cb = self.trainer.checkpoint_callback
+        last = getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "")
+        where = f"the last checkpoint, {last}," if last else "no checkpoint was written; any"
+        raise NonFiniteLossError(
+            f"training step {step} (trainer.global_step, the 'step' of metrics.csv) produced a "
+            f"non-finite loss or gradient; training stopped before saving it, so {where} holds "
+            f"the last good (finite) parameters. Lower model.lr, set model.clip / "
+            f"model.synthesizer_clip, or check the data; then resume with --ckpt_path or "
+            f"start again."
+        )
+
+    def _sync_gradients(self) -> list[Any]:
+        """Under DDP, all-reduces each gradient as backward accumulates it (see the module
+        docstring): core gradients summed, synthesizer gradients averaged."""
+        world = self.trainer.world_size
+        if world <= 1 or not torch.distributed.is_initialized():
+            return []
+        opts = self._optimizers()
+
+        def reducer(scale: float):
+            def hook(p: Tensor) -> None:
+                torch.distributed.all_reduce(p.grad)
+                if scale != 1.0:
+                    p.grad.mul_(scale)
+            return hook
+
+        return [p.register_post_accumulate_grad_hook(reducer(scale))
+                for params, scale in ((opts._core_params, 1.0), (opts._synth_params, 1 / world))
+                for p in params]
+
+    def on_fit_end(self) -> None:
+        for h in self._grad_hooks or []:
+            h.remove()
+        self._grad_hooks = None
 
     def _run_windows(self, batch: Batch) -> list[WindowResult]:
         opts, state = self._optimizers(), self.carried
@@ -248,9 +323,16 @@ class DNIModule(L.LightningModule):
 
     # ---- checkpoints: state dicts + everything needed to continue exactly ----------------
 
+    def _world(self) -> int:
+        trainer = self._trainer
+        return trainer.world_size if trainer is not None else 1
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        carried = self.carried
+        if carried is not None and self._world() > 1:  # every rank dumps; gather the columns
+            carried = tuple(torch.cat(self.all_gather(s).unbind(0), dim=1) for s in carried)
         checkpoint["dnirnn"] = {
-            "carried": None if self.carried is None else [s.cpu() for s in self.carried],
+            "carried": None if carried is None else [s.cpu() for s in carried],
             "data_position": self.data_position,
             "steps_done": self.steps_done,
             "task": self.task.state_dict() if self.task is not None else {},
@@ -263,6 +345,10 @@ class DNIModule(L.LightningModule):
         if extra is None:
             raise ValueError("not a dnirnn checkpoint: it has no 'dnirnn' section")
         carried = extra["carried"]
+        world = self._world()
+        if carried is not None and world > 1:  # the global layout: keep this rank's columns
+            b, r = carried[0].shape[1] // world, self.trainer.global_rank
+            carried = [s[:, r * b : (r + 1) * b] for s in carried]
         self.carried = None if carried is None else tuple(s.to(self.device) for s in carried)
         self.data_position, self.steps_done = extra["data_position"], extra["steps_done"]
         if self.task is not None:

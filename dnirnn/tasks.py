@@ -64,6 +64,18 @@ class LanguageModelTask:
         }
         self.input_size = self.output_size = len(corpus.vocab)
         self.step_loss = lm_step_loss
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> LanguageModelTask:
+        """Data parallel: this process trains on the contiguous block of columns
+        ``[rank * B / world, (rank + 1) * B / world)`` of the global ``batchify`` layout
+        (``loss_norm`` keeps the global B). Evaluation streams are not sharded."""
+        _check_shard(self.batch_size, world)
+        b = self.batch_size // world
+        full = batchify(self.corpus.train, self.batch_size)
+        self.streams["train"] = full[:, rank * b : (rank + 1) * b].contiguous()
+        self.rank, self.world = rank, world
+        return self
 
     def to(self, device: torch.device) -> LanguageModelTask:
         self.streams = {k: v.to(device) for k, v in self.streams.items()}
@@ -139,6 +151,16 @@ class CopyTask:
         self.output_size = self.generator.target_size
         self.step_loss = repeat_copy.step_loss
         self.device = torch.device("cpu")
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> CopyTask:
+        """Data parallel: every process draws the same global batch of training episodes
+        from the ``(seed, position)`` generator and keeps its rows
+        ``[rank * B / world, (rank + 1) * B / world)`` (``loss_norm`` keeps the global B).
+        Validation and test batches are not sharded."""
+        _check_shard(self.batch_size, world)
+        self.rank, self.world = rank, world
+        return self
 
     def to(self, device: torch.device) -> CopyTask:
         self.device = torch.device(device)
@@ -160,8 +182,13 @@ class CopyTask:
         offset = {"train": 0, "valid": 1, "test": 2}[split]
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + position * 3 + offset)
         ep = self.generator.sample(self.batch_size, self.length, self.repeats, generator=g)
-        ep = ep.to(self.device)
-        return Batch(ep.obs, ep.target, ep.mask, True, True)
+        obs, target, mask = ep.obs, ep.target, ep.mask
+        if split == "train" and self.world > 1:
+            b = self.batch_size // self.world
+            rows = slice(self.rank * b, (self.rank + 1) * b)
+            obs, target, mask = obs[:, rows], target[:, rows], mask[:, rows]
+        dev = self.device
+        return Batch(obs.to(dev), target.to(dev), mask.to(dev), True, True)
 
     def loss_norm(self, window: int) -> float:
         """The objective is the episode's summed loss, averaged over the batch."""
@@ -178,3 +205,11 @@ class CopyTask:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.length, self.repeats = int(state["length"]), int(state["repeats"])
         self.max_level_solved = int(state["max_level_solved"])
+
+
+def _check_shard(batch_size: int, world: int) -> None:
+    if world < 1 or batch_size % world:
+        raise ValueError(
+            f"data.batch_size: {batch_size} training columns/episodes cannot be split evenly "
+            f"over {world} processes; use a multiple of trainer.devices * trainer.num_nodes"
+        )

@@ -81,7 +81,7 @@ def write_table(rows, args) -> None:
     lines += ["", "Paper (Jaderberg et al. 2016, Table 1, max length solved, much longer "
               "training): copy T=2: BPTT 7, DNI 16, DNI+Aux 17; T=4: 10 / 18 / 18. "
               "Repeat copy T=2: 7 / 39 / 39; T=4: 19 / 39 / 46.", "", "## Commands", ""]
-    for task, window, cells in rows:
+    for _task, _window, cells in rows:
         for m in MODES:
             lines.append(f"- `{cells[m]['cmd']}`  ({cells[m]['seconds']} s)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -129,8 +130,13 @@ def test_wandb_offline_run_is_written_and_readable(tmp_path):
                   *TINY, wandb=True)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
-    run = read_run(runs[0])
-    steps = [h for h in run["history"] if "train/loss" in h]
+    deadline = time.monotonic() + 30  # wandb-core may still be flushing the file
+    while True:
+        run = read_run(runs[0])
+        steps = [h for h in run["history"] if "train/loss" in h]
+        if len(steps) == 4 and "config" in run["config"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert [h["trainer/global_step"] for h in steps] == [0, 1, 2, 3]
     csv_losses = train_losses(version)
     for h in steps:  # W&B and the local CSV record agree

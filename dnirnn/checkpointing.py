@@ -1,0 +1,126 @@
+"""Checkpoints that survive a kill, and a check that a checkpoint fits before a run starts.
+
+- ``AtomicCheckpointIO``: every checkpoint (``last.ckpt`` included) is written to a temp file
+  in the same folder, flushed and fsync'ed, then ``os.replace``d over the target (and the
+  folder fsync'ed). A process killed during a save leaves the previous checkpoint intact
+  (and at worst a stray ``.<name>.*.tmp`` file), never a truncated ``last.ckpt``.
+  Lightning's own ``TorchCheckpointIO`` opens the target for writing directly.
+- ``check_checkpoint``: reads ``--ckpt_path`` on the CPU and compares it with the model
+  before anything is written, so that a garbage file, a checkpoint of another config or a
+  non-dnirnn checkpoint fail with a message that says which and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message names the file and the fix."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temp file beside ``path``, fsync, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with an atomic, durable save (see the module docstring)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        atomic_torch_save(checkpoint, path)
+
+
+_FIX = "start afresh without --ckpt_path"
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Loads a dnirnn checkpoint on the CPU.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable (garbage, truncated) or not a dnirnn
+            checkpoint.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"ckpt_path: checkpoint {p} does not exist; pass an existing "
+                              f"file (e.g. runs/<recipe>/version_N/checkpoints/last.ckpt) or "
+                              f"{_FIX}.")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle means the same thing
+        raise CheckpointError(
+            f"ckpt_path: checkpoint {p} cannot be read ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); it is truncated, corrupt or not a "
+            f"PyTorch file. Resume from another checkpoint of the run (an "
+            f"epoch=*-step=*.ckpt beside it) or {_FIX}."
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "dnirnn" not in ckpt:
+        what = "no 'state_dict'" if not isinstance(ckpt, dict) or "state_dict" not in ckpt \
+            else "no 'dnirnn' section (data position, carried state, curriculum)"
+        raise CheckpointError(
+            f"ckpt_path: {p} is not a dnirnn training checkpoint ({what}). Pass a checkpoint "
+            f"written by `dnirnn fit` (version_N/checkpoints/last.ckpt), or {_FIX}."
+        )
+    return ckpt
+
+
+def check_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module) -> dict[str, Any]:
+    """Loads ``path`` on the CPU and checks it can resume ``model``; returns the checkpoint.
+
+    Raises:
+        CheckpointError: see ``read_checkpoint``; or the checkpoint's tensors do not fit this
+            model (another config): the message lists the hyperparameters that differ.
+    """
+    p, ckpt = Path(path), read_checkpoint(path)
+    own, theirs = model.state_dict(), ckpt["state_dict"]
+    bad = sorted(set(own) ^ set(theirs))
+    bad += [k for k in own if k in theirs and tuple(own[k].shape) != tuple(theirs[k].shape)]
+    if bad:
+        hp = ckpt.get("hyper_parameters") or {}
+        mine = dict(getattr(model, "hparams", {}))
+        diff = [f"model.{k}={hp[k]!r} there, {mine[k]!r} here" for k in mine
+                if k in hp and hp[k] != mine[k]]
+        k = bad[0]
+        example = (f"{k}: {tuple(theirs[k].shape)} there, {tuple(own[k].shape)} here"
+                   if k in own and k in theirs else f"{k} in only one of them")
+        raise CheckpointError(
+            f"ckpt_path: {p} was written by a different model config"
+            f"{' (' + '; '.join(diff) + ')' if diff else ''}: {len(bad)} tensor(s) do not fit, "
+            f"e.g. {example}. Rerun with the checkpoint's config (config.yaml in its run "
+            f"folder) or {_FIX}."
+        )
+    return ckpt
