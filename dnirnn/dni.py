@@ -168,6 +168,24 @@ def synthesizer_regression(
     return loss, cos
 
 
+def masked_task_loss(
+    step_loss: StepLoss, loss_norm: float, logits: Tensor, window: Window
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(l, nats, count)``: the masked summed loss / ``loss_norm``, and its metric sums.
+
+    ``nats`` is the masked sum in nats, ``count`` the number of scored steps (the mask's sum).
+    """
+    per_step = step_loss(logits, window.y)  # (T, B)
+    if window.mask is not None:
+        per_step = per_step * window.mask
+        count = window.mask.sum()
+    else:
+        # torch.full, not torch.tensor: no host-to-device copy (a sync on CUDA)
+        count = torch.full((), float(per_step.numel()), device=per_step.device)
+    nats = per_step.sum()
+    return nats / loss_norm, nats, count
+
+
 def bootstrap_target(start: State) -> Tensor:
     """``delta_k = dl_k/ds_k + beta (ds_{k+1}/ds_k)^T g_{k+1}``, read off the leaves' ``.grad``.
 
@@ -238,15 +256,7 @@ class DNIRNN(nn.Module):
 
     def task_loss(self, logits: Tensor, window: Window) -> tuple[Tensor, Tensor, Tensor]:
         """``(l_k, nats, count)``: the window's task objective and its metric sums."""
-        per_step = self.step_loss(logits, window.y)  # (T, B)
-        if window.mask is not None:
-            per_step = per_step * window.mask
-            count = window.mask.sum()
-        else:
-            # torch.full, not torch.tensor: no host-to-device copy (a sync on CUDA)
-            count = torch.full((), float(per_step.numel()), device=per_step.device)
-        nats = per_step.sum()
-        return nats / self.loss_norm, nats, count
+        return masked_task_loss(self.step_loss, self.loss_norm, logits, window)
 
     def synthetic_gradient(self, state: State, context: Tensor | None = None) -> Tensor:
         """``M_phi(s)`` for a detached state: ``(B, S)``, no graph."""
@@ -354,7 +364,7 @@ class Optimizers:
                 raise ValueError("the core and synthesizer optimizers must not share parameters")
 
 
-def _grad_norm(params: list[Tensor], clip: float | None) -> Tensor:
+def grad_norm(params: list[Tensor], clip: float | None) -> Tensor:
     """The gradient norm of ``params``, clipped to ``clip`` in place if given (no host sync)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
@@ -395,7 +405,7 @@ def window_update(
     wg = net.window_gradients(
         window, state, episode_end=episode_end, future=future, next_context=next_context
     )
-    grad_norm = _grad_norm(opts._core_params, opts.core_clip)
+    core_norm = grad_norm(opts._core_params, opts.core_clip)
     opts.core.step()  # 6. (theta)
     target = wg.target  # delta_k, (B, S)
     zero = torch.zeros((), device=target.device, dtype=target.dtype)
@@ -407,15 +417,15 @@ def window_update(
         opts.synthesizer.zero_grad(set_to_none=True)
         sg_loss.backward()
         if opts.synthesizer_clip is not None:
-            _grad_norm(opts._synth_params, opts.synthesizer_clip)
+            grad_norm(opts._synth_params, opts.synthesizer_clip)
         opts.synthesizer.step()  # 6. (phi)
     sg_norm = zero if wg.g_next is None else torch.linalg.vector_norm(wg.g_next)
-    finite = torch.isfinite(wg.loss) & torch.isfinite(grad_norm.to(target.device))
+    finite = torch.isfinite(wg.loss) & torch.isfinite(core_norm.to(target.device))
     return WindowResult(
         loss=wg.loss, nats=wg.nats, count=wg.count, state=wg.state,
         sg_loss=sg_loss.detach(), aux_loss=wg.aux_loss, sg_norm=sg_norm,
         target_norm=torch.linalg.vector_norm(target), sg_cos=sg_cos,
-        grad_norm=grad_norm.detach(), finite=finite,
+        grad_norm=core_norm.detach(), finite=finite,
     )
 
 

@@ -71,8 +71,9 @@ from dnirnn.dni import (
     Optimizers,
     StepLoss,
     Window,
-    _grad_norm,
     bootstrap_target,
+    grad_norm,
+    masked_task_loss,
     split_windows,
     surrogate_backward,
     synthesizer_regression,
@@ -245,14 +246,7 @@ class TwoTimescaleRNN(nn.Module):
 
     def task_loss(self, logits: Tensor, window: Window) -> tuple[Tensor, Tensor, Tensor]:
         """``(l, nats, count)``: masked summed nats / loss_norm, and the metric sums."""
-        per_step = self.step_loss(logits, window.y)  # (T, B)
-        if window.mask is not None:
-            per_step = per_step * window.mask
-            count = window.mask.sum()
-        else:
-            count = torch.tensor(float(per_step.numel()), device=per_step.device)
-        nats = per_step.sum()
-        return nats / self.loss_norm, nats, count
+        return masked_task_loss(self.step_loss, self.loss_norm, logits, window)
 
     @staticmethod
     def synthetic_gradient(synthesizer: Synthesizer | None, inputs: Tensor) -> Tensor | None:
@@ -494,7 +488,7 @@ def adam_optimizers(
 
 def _step(opt: torch.optim.Optimizer, clip: float | None) -> Tensor:
     """Clips (if ``clip``) and steps ``opt``; returns the gradient norm before clipping."""
-    norm = _grad_norm([p for g in opt.param_groups for p in g["params"]], clip)
+    norm = grad_norm([p for g in opt.param_groups for p in g["params"]], clip)
     opt.step()
     return norm.detach()
 

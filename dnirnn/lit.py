@@ -38,7 +38,15 @@ import torch
 from torch import Tensor
 
 from dnirnn.data import repeat_copy
-from dnirnn.dni import BOUNDARIES, DNIRNN, Optimizers, WindowResult, split_windows, window_update
+from dnirnn.dni import (
+    BOUNDARIES,
+    DNIRNN,
+    Optimizers,
+    Window,
+    WindowResult,
+    split_windows,
+    window_update,
+)
 from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.state import State
 from dnirnn.synthesizer import SYNTHESIZER_KINDS, Synthesizer
@@ -302,11 +310,8 @@ class DNIModule(L.LightningModule):
         if batch.reset or "state" not in self._eval:
             self._eval["state"] = self.engine.core.zero_state(batch.x.shape[1])
         logits, _, self._eval["state"] = self.engine.core(batch.x, self._eval["state"])
-        per_step = self.engine.step_loss(logits, batch.y)  # (T, B)
-        count = torch.tensor(float(per_step.numel()), device=per_step.device)
-        if batch.mask is not None:
-            per_step, count = per_step * batch.mask, batch.mask.sum()
-        self._eval["nats"] = self._eval.get("nats", 0.0) + per_step.sum()
+        _, nats, count = self.engine.task_loss(logits, Window(batch.x, batch.y, batch.mask))
+        self._eval["nats"] = self._eval.get("nats", 0.0) + nats
         self._eval["count"] = self._eval.get("count", 0.0) + count
 
     def on_validation_epoch_end(self) -> None:

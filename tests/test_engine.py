@@ -21,21 +21,12 @@ from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.state import detach_state, flatten_state, unflatten_state, zero_state
 from dnirnn.synthesizer import Synthesizer
 
+from .conftest import mse_steps
+
 B, IN, OUT, H = 3, 4, 2, 5
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Exactness is checked in float64; the default is restored for the other test files."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
-def mse_steps(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(T, B, O), (T, B, O) -> (T, B)."""
-    return 0.5 * (logits - y).pow(2).sum(-1)
+pytestmark = pytest.mark.usefixtures("float64")  # exactness is checked in float64
 
 
 def make_net(boundary: str, layers: int = 2, seed: int = 0, **kw) -> DNIRNN:
