@@ -78,6 +78,7 @@ from dnirnn.dni import (
     surrogate_backward,
     synthesizer_regression,
 )
+from dnirnn.optim import adam
 from dnirnn.state import State, detach_state, flatten_state, unflatten_state, zero_state
 from dnirnn.synthesizer import SYNTHESIZER_KINDS, Synthesizer
 
@@ -473,15 +474,15 @@ def adam_optimizers(
     """Adam for every part (``synthesizer_lr`` defaults to ``lr``)."""
     slr = lr if synthesizer_lr is None else synthesizer_lr
 
-    def adam(module: nn.Module | None, rate: float) -> torch.optim.Optimizer | None:
-        return None if module is None else torch.optim.Adam(module.parameters(), lr=rate)
+    def opt(module: nn.Module | None, rate: float) -> torch.optim.Optimizer | None:
+        return None if module is None else adam(module.parameters(), rate)
 
     return HierarchyOptimizers(
-        fast=Optimizers(torch.optim.Adam(net.fast_parameters(), lr=lr),
-                        adam(net.fast_synthesizer, slr), clip, synthesizer_clip),
-        slow=Optimizers(torch.optim.Adam(net.slow_parameters(), lr=lr),
-                        adam(net.slow_synthesizer, slr), clip, synthesizer_clip),
-        interface=adam(net.interface_synthesizer, slr),
+        fast=Optimizers(adam(net.fast_parameters(), lr),
+                        opt(net.fast_synthesizer, slr), clip, synthesizer_clip),
+        slow=Optimizers(adam(net.slow_parameters(), lr),
+                        opt(net.slow_synthesizer, slr), clip, synthesizer_clip),
+        interface=opt(net.interface_synthesizer, slr),
         interface_clip=synthesizer_clip,
     )
 

@@ -48,6 +48,7 @@ from dnirnn.dni import (
     window_update,
 )
 from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.optim import adam
 from dnirnn.state import State
 from dnirnn.synthesizer import SYNTHESIZER_KINDS, Synthesizer
 from dnirnn.tasks import Batch, CopyTask, LanguageModelTask, lm_step_loss
@@ -171,11 +172,10 @@ class DNIModule(L.LightningModule):
         return range(self.data_position if self.data_position < n else 0, n)
 
     def configure_optimizers(self):
-        core = torch.optim.Adam(self.engine.core_parameters(), lr=self.hparams.lr)
+        core = adam(self.engine.core_parameters(), self.hparams.lr)
         if self.engine.synthesizer is None:
             return core
-        synth = torch.optim.Adam(self.engine.synthesizer.parameters(),
-                                 lr=self.hparams.synthesizer_lr)
+        synth = adam(self.engine.synthesizer.parameters(), self.hparams.synthesizer_lr)
         return [core, synth]
 
     def _optimizers(self) -> Optimizers:
