@@ -64,6 +64,7 @@ from dnirnn.datamodules import _TaskDataModule
 from dnirnn.dni import DNIRNN, Optimizers, split_windows, window_update
 from dnirnn.lit import DNIModule
 from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.optim import adam
 from dnirnn.synthesizer import Synthesizer
 from dnirnn.tasks import LanguageModelTask, lm_step_loss
 
@@ -73,11 +74,12 @@ PRESETS = {
 }
 VARIANTS = (
     "floor", "bare", "engine_tbptt", "engine_dni", "engine_dni_aux",
-    "tbptt", "dni", "dni_aux", "naive_lightning",
+    "tbptt", "dni", "dni_aux", "dni_linear", "naive_lightning",
 )
 RATIOS = {  # name: (numerator, denominator)
     "dni_over_tbptt": ("dni", "tbptt"),
     "dni_aux_over_tbptt": ("dni_aux", "tbptt"),
+    "dni_linear_over_tbptt": ("dni_linear", "tbptt"),
     "tbptt_over_bare": ("tbptt", "bare"),
     "bare_over_floor": ("bare", "floor"),
     "engine_dni_over_engine_tbptt": ("engine_dni", "engine_tbptt"),
@@ -118,6 +120,11 @@ class BenchConfig:
         unknown = set(self.variants) - set(VARIANTS)
         if unknown:
             raise ValueError(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+
+    @property
+    def synthesizer_hidden(self) -> int:
+        """The mlp synthesizer's hidden width: the state size 2H, as in every recipe."""
+        return 2 * self.hidden
 
     @property
     def tokens(self) -> int:
@@ -249,7 +256,7 @@ def run_bare(cfg: BenchConfig, T: int, device: torch.device, *, step: bool = Tru
     """Bare PyTorch TBPTT (``step``) or its forward+backward floor; returns timed seconds."""
     stream = make_stream(cfg, cfg.warmup + cfg.steps, cfg.seed).to(device)
     model = BareLM(cfg.vocab, cfg.hidden).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    opt = adam(model.parameters(), LR)
     params = list(model.parameters())
     h = torch.zeros(1, cfg.batch, cfg.hidden, device=device)
     state = (h, torch.zeros_like(h))
@@ -275,7 +282,7 @@ def _engine(cfg: BenchConfig, boundary: str, T: int) -> DNIRNN:
     core = LSTMCore(CoreConfig(cfg.vocab, cfg.vocab, cfg.hidden, 1, embed=True))
     synth = None
     if boundary != "tbptt":
-        synth = Synthesizer(core.state_size, "mlp", 512, 1)
+        synth = Synthesizer(core.state_size, "mlp", cfg.synthesizer_hidden, 1)
     return DNIRNN(core, lm_step_loss, float(cfg.batch * T), boundary, synth)
 
 
@@ -285,8 +292,8 @@ def run_engine(cfg: BenchConfig, T: int, device: torch.device, boundary: str) ->
     net = _engine(cfg, boundary, T).to(device)
     synth = net.synthesizer
     opts = Optimizers(
-        torch.optim.Adam(net.core_parameters(), lr=LR),
-        None if synth is None else torch.optim.Adam(synth.parameters(), lr=1e-4),
+        adam(net.core_parameters(), LR),
+        None if synth is None else adam(synth.parameters(), 1e-4),
         CLIP, None if synth is None else CLIP,
     )
     clock = _Clock(device)
@@ -328,12 +335,14 @@ def _trainer(device: torch.device, max_steps: int, timer: L.Callback, **kw) -> L
     )
 
 
-def run_dnimodule(cfg: BenchConfig, T: int, device: torch.device, boundary: str) -> float:
+def run_dnimodule(cfg: BenchConfig, T: int, device: torch.device, boundary: str,
+                  synthesizer: str = "mlp") -> float:
     """The real dnirnn training path: ``DNIModule`` fitted by a Lightning Trainer."""
     task = make_task(cfg, cfg.warmup + cfg.steps, cfg.seed)
     module = DNIModule(task="lm", input_size=cfg.vocab, output_size=cfg.vocab,
                        hidden_size=cfg.hidden, boundary=boundary, window=T,
-                       windows_per_step=cfg.span // T, lr=LR, clip=CLIP)
+                       windows_per_step=cfg.span // T, lr=LR, clip=CLIP,
+                       synthesizer=synthesizer, synthesizer_hidden=cfg.synthesizer_hidden)
     timer = _TimerCallback(device, cfg.warmup // cfg.span)
     trainer = _trainer(device, (cfg.warmup + cfg.steps) // cfg.span, timer)
     trainer.fit(module, datamodule=_TaskData(task))
@@ -371,7 +380,7 @@ class NaiveTBPTT(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=LR)
+        return adam(self.parameters(), LR)
 
 
 def run_naive_lightning(cfg: BenchConfig, T: int, device: torch.device) -> float:
@@ -393,12 +402,30 @@ def runner(name: str) -> Callable[[BenchConfig, int, torch.device], float]:
         return lambda cfg, T, dev: run_engine(cfg, T, dev, boundary)
     if name in ("tbptt", "dni", "dni_aux"):
         return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, name)
+    if name == "dni_linear":
+        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear")
     if name == "naive_lightning":
         return run_naive_lightning
     raise ValueError(name)
 
 
 # ---- the benchmark -------------------------------------------------------------------------
+
+
+def flop_bound(cfg: BenchConfig, T: int) -> dict[str, float]:
+    """The best ``dni*_over_tbptt`` a FLOP-bound device allows: core / (core + synthesizer).
+
+    Multiply-accumulates per sequence (column) per window, counting the matrix products only
+    (backward = 2x forward for the core): the core is ``3 T (4H(E+H) + HV)`` (LSTM with
+    embedding width E = H, readout to V symbols). A synthesizer on the flat state S = 2H costs
+    two forwards (``g_{k+1}`` and the prediction at ``s_k``) plus the weight gradients and,
+    for the mlp, the hidden layer's input gradient: ``7 S h`` for the mlp of width h,
+    ``3 S^2`` for the linear one. Adam on the synthesizer's parameters is not counted.
+    """
+    H, V, S, h = cfg.hidden, cfg.vocab, 2 * cfg.hidden, cfg.synthesizer_hidden
+    core = 3 * T * (4 * H * (H + H) + H * V)
+    return {"dni": core / (core + 7 * S * h), "dni_linear": core / (core + 3 * S * S)}
+
 
 
 @contextlib.contextmanager
@@ -450,7 +477,7 @@ def measure(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> di
                   for v in cfg.variants}
         out["results"][str(T)] = {
             "tokens_per_s": tps, "ratios": ratios, "peak_memory_bytes": memory[T],
-            "rel_spread": spread,
+            "rel_spread": spread, "flop_bound": flop_bound(cfg, T),
         }
     return out
 
@@ -482,6 +509,10 @@ def format_table(res: dict) -> str:
         if all(k in r["ratios"] for r in res["results"].values()):
             lines.append(f"{k:<30}" + "".join(f"{r['ratios'][k]:>10.3f}"
                                               for r in res["results"].values()))
+    lines += ["", "FLOP-bound ceiling of dni*_over_tbptt (see flop_bound)"]
+    for k in ("dni", "dni_linear"):
+        lines.append(f"{k + '_over_tbptt (bound)':<30}" + "".join(
+            f"{r['flop_bound'][k]:>10.3f}" for r in res["results"].values()))
     return "\n".join(lines)
 
 

@@ -34,7 +34,8 @@ def test_bench_json_has_every_variant_and_ratio(bench):
     for r in res["results"].values():
         assert set(r["tokens_per_s"]) == set(bench.VARIANTS)
         assert all(_positive(v) for v in r["tokens_per_s"].values())
-        for key in ("dni_over_tbptt", "dni_aux_over_tbptt", "tbptt_over_bare", "bare_over_floor"):
+        for key in ("dni_over_tbptt", "dni_aux_over_tbptt", "dni_linear_over_tbptt",
+                    "tbptt_over_bare", "bare_over_floor"):
             assert _positive(r["ratios"][key]), key
         assert set(r["ratios"]) == set(bench.RATIOS)
         assert set(r["peak_memory_bytes"]) == set(bench.VARIANTS)
@@ -50,3 +51,14 @@ def test_bench_cli_flags(bench):
     assert cfg.windows == (2, 8, 32) and cfg.reps == 3
     with pytest.raises(ValueError):
         bench.BenchConfig(windows=(3,), span=64)
+
+
+def test_flop_bound(bench):
+    """The ceiling is a fraction that grows with T, and the linear synthesizer's is higher."""
+    cfg = bench.BenchConfig()
+    bounds = [bench.flop_bound(cfg, t) for t in (2, 8, 32)]
+    for b in bounds:
+        assert 0 < b["dni"] < b["dni_linear"] < 1
+    assert bounds[0]["dni"] < bounds[1]["dni"] < bounds[2]["dni"]
+    # hidden 128, vocab 50, synthesizer width 256, T = 8: 3.3M core vs 459k synthesizer MACs
+    assert bounds[1]["dni"] == pytest.approx(3_299_328 / (3_299_328 + 458_752))
