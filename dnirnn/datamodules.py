@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from dnirnn.data.ptb import LEVELS, load_corpus
-from dnirnn.tasks import CopyTask, LanguageModelTask
+from dnirnn.tasks import CopyTask, LanguageModelTask, RecallTask
 
 PTB_VOCAB = {"char": 50, "word": 10_000}
 
@@ -40,7 +40,7 @@ def _loader(dataset: IterableDataset) -> DataLoader:
 
 
 class _TaskDataModule(L.LightningDataModule):
-    task: LanguageModelTask | CopyTask | None = None
+    task: LanguageModelTask | CopyTask | RecallTask | None = None
 
     def _module(self):
         return self.trainer.lightning_module
@@ -160,6 +160,43 @@ class CopyDataModule(_TaskDataModule):
         self.task = CopyTask(repeat, num_bits, norm_max, batch_size, seed, start_length,
                              val_batches)
         self.task_name = "copy"
+        self.input_size, self.output_size = self.task.input_size, self.task.output_size
+
+    def _epoch_length(self) -> int:
+        return self.steps_per_epoch
+
+
+class RecallDataModule(_TaskDataModule):
+    """Delayed recall (``dnirnn.data.recall``): a key, a gap of distractors, ``Q`` queries.
+
+    Args:
+        num_symbols: ``S``, the key/distractor alphabet (chance: log2(S) bits per query).
+        length: ``N``, steps per episode; the key-to-query gap is ``N - query_steps``.
+        query_steps: ``Q``, scored steps at the end of the episode.
+        batch_size: episodes per training step.
+        steps_per_epoch: training steps per "epoch" (validation and checkpoint cadence).
+        val_batches: validation/test batches (fixed episodes).
+        seed: seeds the episode generator (batch p uses a generator seeded by (seed, p)).
+    """
+
+    def __init__(
+        self,
+        num_symbols: int = 8,
+        length: int = 64,
+        query_steps: int = 8,
+        batch_size: int = 32,
+        steps_per_epoch: int = 100,
+        val_batches: int = 4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, v in (("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch),
+                        ("val_batches", val_batches)):
+            if v < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {v}")
+        self.steps_per_epoch = steps_per_epoch
+        self.task = RecallTask(num_symbols, length, query_steps, batch_size, seed, val_batches)
+        self.task_name = "recall"
         self.input_size, self.output_size = self.task.input_size, self.task.output_size
 
     def _epoch_length(self) -> int:

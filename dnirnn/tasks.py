@@ -8,6 +8,8 @@ resume exactly (the position is saved in the checkpoint):
   (a view). The recurrent state is carried across batches and reset at epoch start.
 - ``CopyTask`` (episodes): batch ``p`` is a fresh batch of episodes drawn from a generator
   seeded by ``(seed, p)`` at the current curriculum level; the state is reset every episode.
+- ``RecallTask`` (episodes, tokens): delayed recall (``dnirnn.data.recall``), batch ``p``
+  drawn from a generator seeded by ``(seed, p)``; fixed length, no curriculum.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dnirnn.data import repeat_copy
+from dnirnn.data.recall import Recall
 from dnirnn.data.ptb import Corpus, batchify
 
 LN2 = math.log(2.0)
@@ -205,6 +208,81 @@ class CopyTask:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.length, self.repeats = int(state["length"]), int(state["repeats"])
         self.max_level_solved = int(state["max_level_solved"])
+
+
+class RecallTask:
+    """Delayed recall (``dnirnn.data.recall``): a key, a gap of distractors, queries.
+
+    Args:
+        num_symbols: ``S``, the key/distractor alphabet.
+        length: ``N``, steps per episode.
+        query_steps: ``Q``, scored steps at the end.
+        batch_size: episodes per training step.
+        seed: batch ``p`` of a split is drawn from a generator seeded by ``(seed, p, split)``.
+        val_batches: validation/test batches (fixed episodes).
+    """
+
+    episodic = True
+
+    def __init__(
+        self,
+        num_symbols: int = 8,
+        length: int = 64,
+        query_steps: int = 8,
+        batch_size: int = 32,
+        seed: int = 0,
+        val_batches: int = 4,
+    ) -> None:
+        self.generator = Recall(num_symbols, length, query_steps)
+        self.batch_size, self.seed, self.val_batches = batch_size, seed, val_batches
+        self.input_size = self.generator.input_size
+        self.output_size = self.generator.output_size
+        self.step_loss = lm_step_loss
+        self.device = torch.device("cpu")
+        self.rank, self.world = 0, 1
+
+    @property
+    def episode_length(self) -> int:
+        return self.generator.length
+
+    def shard(self, rank: int, world: int) -> RecallTask:
+        """Data parallel: every process draws the global batch and keeps its rows."""
+        _check_shard(self.batch_size, world)
+        self.rank, self.world = rank, world
+        return self
+
+    def to(self, device: torch.device) -> RecallTask:
+        self.device = torch.device(device)
+        return self
+
+    def num_batches(self, split: str, chunk: int = 0) -> int:
+        return self.val_batches
+
+    def batch(self, split: str, position: int, chunk: int = 0) -> Batch:
+        offset = {"train": 0, "valid": 1, "test": 2}[split]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + position * 3 + offset)
+        ep = self.generator.sample(self.batch_size, generator=g)
+        x, y, mask = ep.x, ep.y, ep.mask
+        if split == "train" and self.world > 1:
+            b = self.batch_size // self.world
+            rows = slice(self.rank * b, (self.rank + 1) * b)
+            x, y, mask = x[:, rows], y[:, rows], mask[:, rows]
+        dev = self.device
+        return Batch(x.to(dev), y.to(dev), mask.to(dev), True, True)
+
+    def loss_norm(self, window: int) -> float:
+        """The objective is the episode's summed loss, averaged over the batch."""
+        return float(self.batch_size)
+
+    def metrics(self, nats: Tensor, count: Tensor) -> dict[str, Tensor]:
+        mean = nats / count.clamp_min(1)
+        return {"loss": mean, "bits_per_step": mean / LN2}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 def _check_shard(batch_size: int, world: int) -> None:
