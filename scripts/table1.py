@@ -381,6 +381,44 @@ def pattern_lines(all_cells: list[Cell], results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def diagnostics_summary(cell: Cell) -> dict[str, float]:
+    """Means over the second half of training of the diagnostics callback's measurements."""
+    m = read_metrics(cell.root)
+    out = {}
+    for key in ("diag/sg_true_cos", "diag/sg_true_norm_ratio", "diag/true_grad_norm"):
+        series = m.get(key, {})
+        late = [v for s, v in series.items() if s >= cell.max_steps / 2]
+        if late:
+            out[key] = sum(late) / len(late)
+    return out
+
+
+def diagnostics_lines(all_cells: list[Cell], results: dict[str, dict]) -> list[str]:
+    rows = []
+    for c in all_cells:
+        if c.name not in results:
+            continue
+        d = diagnostics_summary(c)
+        if not d:
+            continue
+        cos = d.get("diag/sg_true_cos")
+        ratio = d.get("diag/sg_true_norm_ratio")
+        rows.append(f"| {c.task} | {c.window} | {c.mode} | "
+                    f"{'' if cos is None else f'{cos:.3f}'} | "
+                    f"{'' if ratio is None else f'{ratio:.3f}'} | "
+                    f"{d.get('diag/true_grad_norm', float('nan')):.2e} |")
+    if not rows:
+        return []
+    return ["", "## Synthetic vs true future gradient (second half of training)", "",
+            "From `SyntheticGradientDiagnostics` (dnirnn/diagnostics.py): at the first "
+            "boundary of a training step, the synthetic gradient against the true gradient "
+            "of the future loss (the rest of the episode for copy tasks; the next 4 windows "
+            "for PTB), with frozen parameters. Means over the measurements in the second half "
+            "of training. For TBPTT only the true-gradient norm (what the truncation drops).",
+            "", "| task | T | mode | cos(SG, true) | norm ratio SG/true | true-gradient norm |",
+            "|---|---|---|---|---|---|", *rows]
+
+
 def _list(ts: list[int]) -> str:
     return ", ".join(map(str, ts)) if ts else "none"
 
@@ -430,6 +468,7 @@ def write_report(preset: Preset, all_cells: list[Cell], results: dict[str, dict]
         paper = [", ".join(_fmt(task, v) for v in PAPER[task][m]) for m in MODES]
         lines.append(f"| {task} | ours | {' | '.join(ours)} |")
         lines.append(f"| {task} | paper | {' | '.join(paper)} |")
+    lines += diagnostics_lines(all_cells, results)
     missing = [c.name for c in all_cells if c.name not in results]
     lines += ["", "## Pattern (computed from the table)", "", *pattern_lines(all_cells, results)]
     if missing:
@@ -579,6 +618,8 @@ def main(argv: list[str] | None = None) -> None:
     results = load_results(all_cells)
     plots = make_plots(all_cells, out.with_suffix(""))
     command = f"python scripts/table1.py --preset {preset.name} --jobs {args.jobs}"
+    if args.data_root:
+        command += f" --data-root {args.data_root}"
     write_report(preset, all_cells, results, out, command, plots)
     log(f"wrote {out} ({len(results)} of {len(all_cells)} cells) and {len(plots)} plots")
 

@@ -156,6 +156,9 @@ def test_report_and_plots_from_fake_runs(tmp_path):
             value = {"tbptt": 2, "dni": 4, "dni_aux": 4}[c.mode]
         if c.mode != "tbptt":
             rows += [{"step": 0, "diag/sg_true_cos": 0.0}, {"step": 100, "diag/sg_true_cos": 0.4}]
+            if c.task == "copy":  # the second half of training: averaged in the report
+                rows += [{"step": s, "diag/sg_true_cos": v, "diag/sg_true_norm_ratio": 0.8,
+                          "diag/true_grad_norm": 0.1} for s, v in ((2000, 0.4), (2900, 0.6))]
         fake_run(c.root, rows)
         results[c.name] = {"metric": value, "seconds": 10.0, "cmd": "dnirnn fit X",
                            "best_val_bpc": 1.8, "best_step": 100, "best_tokens": 1000,
@@ -183,6 +186,8 @@ def test_report_and_plots_from_fake_runs(tmp_path):
     assert "Missing cells (3)" in text and "ptb_char_T8_dni_aux" in text
     assert "![sg_true_cosine](table1_cpu/sg_true_cosine.png)" in text
     assert "`dnirnn fit X` then `dnirnn test Y`" in text
+    assert "| copy | 2 | dni | 0.500 | 0.800 | 1.00e-01 |" in text
+    assert "| repeat_copy | 2 | dni |" not in text  # no measurement in its second half
 
 
 def test_dry_run_prints_one_command_per_cell(tmp_path):
