@@ -529,6 +529,8 @@ def config_from_args(argv: list[str] | None = None) -> tuple[BenchConfig, argpar
     p.add_argument("--span", type=int, default=64, help="time steps per DNIModule step")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument("--profile", choices=VARIANTS, metavar="VARIANT",
+                   help="instead of the benchmark: torch.profiler table of one variant per T")
     a = p.parse_args(argv)
     if "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -544,10 +546,34 @@ def config_from_args(argv: list[str] | None = None) -> tuple[BenchConfig, argpar
     return cfg, a
 
 
+def profile(cfg: BenchConfig, name: str, rows: int = 15) -> str:
+    """torch.profiler's operator table (by self time) of one untimed run of ``name`` per T,
+    after one warm-up run: where the time goes."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    device = torch.device(cfg.device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    out = []
+    with _quiet():
+        for T in cfg.windows:
+            runner(name)(cfg, T, device)
+            with torch_profile(activities=activities) as prof:
+                runner(name)(cfg, T, device)
+            out += [f"== {name}, T={T} ==",
+                    prof.key_averages().table(sort_by=key, row_limit=rows)]
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = config_from_args(argv)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
+    if args.profile:
+        print(profile(cfg, args.profile))
+        return {}
     t0 = time.perf_counter()
     res = measure(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
     res["wall_s"] = time.perf_counter() - t0

@@ -62,3 +62,11 @@ def test_flop_bound(bench):
     assert bounds[0]["dni"] < bounds[1]["dni"] < bounds[2]["dni"]
     # hidden 128, vocab 50, synthesizer width 256, T = 8: 3.3M core vs 459k synthesizer MACs
     assert bounds[1]["dni"] == pytest.approx(3_299_328 / (3_299_328 + 458_752))
+
+
+def test_profile_prints_an_operator_table(bench):
+    cfg = bench.BenchConfig(vocab=11, hidden=8, batch=4, windows=(2,), span=2, steps=4,
+                            warmup=2, reps=1)
+    table = bench.profile(cfg, "engine_dni")
+    assert "== engine_dni, T=2 ==" in table and "Self CPU time total" in table
+    assert "aten::" in table
