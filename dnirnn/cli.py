@@ -1,5 +1,10 @@
 """``dnirnn fit|validate|test --config recipes/X.yaml [--model.window=4 ...]`` (LightningCLI).
 
+The model is any ``RecurrentModule`` (``dnirnn.lit``). A recipe either gives ``model:`` as
+plain init args of the default, ``DNIModule`` (every single-level recipe), or names another
+class with ``class_path`` / ``init_args`` (``dnirnn.lit_hierarchy.HierarchyModule``). Dotted
+overrides work the same for both: ``--model.window=4``.
+
 Every run writes to ``trainer.default_root_dir`` (``runs/<recipe>`` in the recipes):
 
     runs/<recipe>/version_N/   metrics.csv, hparams.yaml, config.yaml, summary.json,
@@ -29,7 +34,7 @@ from dnirnn.checkpointing import (
     read_checkpoint,
 )
 from dnirnn.data.ptb import DataError
-from dnirnn.lit import DNIModule, NonFiniteLossError
+from dnirnn.lit import NonFiniteLossError, RecurrentModule
 
 
 def wandb_has_key() -> bool:
@@ -61,7 +66,7 @@ class RunRecord(L.Callback):
     """Writes ``summary.json`` (final metrics, steps, curriculum) next to ``metrics.csv``, and
     says how to upload an offline W&B run."""
 
-    def _write(self, trainer: L.Trainer, pl_module: DNIModule, stage: str) -> None:
+    def _write(self, trainer: L.Trainer, pl_module: RecurrentModule, stage: str) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
         if not trainer.is_global_zero or log_dir is None:
             return
@@ -99,16 +104,22 @@ class ConfigToLoggers(SaveConfigCallback):
     every logger (W&B run config, hparams)."""
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        config = self.parser.dump(self.config, skip_none=False, format="json")
+        config = json.loads(self.parser.dump(self.config, skip_none=False, format="json"))
+        model = config.get("model")
+        if isinstance(model, dict) and "init_args" in model:  # flat, as the recipes write it:
+            config["model"] = {"class_path": model.get("class_path"), **model["init_args"]}
         for lg in trainer.loggers:
-            lg.log_hyperparams({"config": json.loads(config)})
+            lg.log_hyperparams({"config": config})
 
 
 class DNICLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.task_name", "model.task", apply_on="instantiate")
-        parser.link_arguments("data.input_size", "model.input_size", apply_on="instantiate")
-        parser.link_arguments("data.output_size", "model.output_size", apply_on="instantiate")
+        # model: plain init args mean DNIModule; class_path picks another RecurrentModule
+        parser.set_defaults({"model": {"class_path": "dnirnn.lit.DNIModule"}})
+        for name in ("task_name", "input_size", "output_size"):
+            target = "task" if name == "task_name" else name
+            parser.link_arguments(f"data.{name}", f"model.init_args.{target}",
+                                  apply_on="instantiate")
         parser.add_argument("--checkpoint_every", type=int, default=0,
                             help="also checkpoint every N training steps (0: each epoch only)")
         parser.add_argument("--wandb_project", type=str, default="dnirnn")
@@ -158,12 +169,14 @@ class DNICLI(LightningCLI):
 CKPT_ALIASES = ("last", "best", "hpc", "registry")
 
 
-def preflight(model: DNIModule, datamodule: L.LightningDataModule, trainer: L.Trainer,
+def preflight(model: RecurrentModule, datamodule: L.LightningDataModule, trainer: L.Trainer,
               stage: str, ckpt_path: str | None) -> None:
     """Raises ``ValueError`` / ``DataError`` / ``CheckpointError`` on bad input."""
     world = trainer.num_devices * trainer.num_nodes
     if hasattr(datamodule, "check"):
         datamodule.check(stage, model, world)
+    if getattr(datamodule, "task", None) is not None and hasattr(model, "check_task"):
+        model.check_task(datamodule.task, world)
     if ckpt_path and ckpt_path not in CKPT_ALIASES:
         check_checkpoint(ckpt_path, model)
 
@@ -178,8 +191,9 @@ def main(args: list[str] | None = None) -> None:
     torch.set_float32_matmul_precision("high")
     try:
         DNICLI(
-            DNIModule,
+            RecurrentModule,
             L.LightningDataModule,
+            subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=ConfigToLoggers,
             save_config_kwargs={"overwrite": True},

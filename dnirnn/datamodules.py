@@ -170,9 +170,10 @@ class RecallDataModule(_TaskDataModule):
     """Delayed recall (``dnirnn.data.recall``): a key, a gap of distractors, ``Q`` queries.
 
     Args:
-        num_symbols: ``S``, the key/distractor alphabet (chance: log2(S) bits per query).
+        num_symbols: ``S``, the keys (chance: log2(S) bits per query).
         length: ``N``, steps per episode; the key-to-query gap is ``N - query_steps``.
         query_steps: ``Q``, scored steps at the end of the episode.
+        num_distractors: ``D``, the distractor tokens between key and queries.
         batch_size: episodes per training step.
         steps_per_epoch: training steps per "epoch" (validation and checkpoint cadence).
         val_batches: validation/test batches (fixed episodes).
@@ -184,6 +185,7 @@ class RecallDataModule(_TaskDataModule):
         num_symbols: int = 8,
         length: int = 64,
         query_steps: int = 8,
+        num_distractors: int = 8,
         batch_size: int = 32,
         steps_per_epoch: int = 100,
         val_batches: int = 4,
@@ -195,7 +197,8 @@ class RecallDataModule(_TaskDataModule):
             if v < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {v}")
         self.steps_per_epoch = steps_per_epoch
-        self.task = RecallTask(num_symbols, length, query_steps, batch_size, seed, val_batches)
+        self.task = RecallTask(num_symbols, length, query_steps, num_distractors, batch_size,
+                               seed, val_batches)
         self.task_name = "recall"
         self.input_size, self.output_size = self.task.input_size, self.task.output_size
 

@@ -121,6 +121,8 @@ class HierarchyConfig:
     """``beta``: weight of the recurrent synthetic gradients ``g_f``, ``g_s``."""
     interface_sg_scale: float = 1.0
     """``beta_if``: weight of the interface synthetic gradient ``ĝ_i`` in the fast surrogate."""
+    forget_bias: float = 0.0
+    """Initial forget-gate bias of both cores (``init_forget_bias``); 0 = PyTorch's init."""
 
     def __post_init__(self) -> None:
         for name in ("input_size", "output_size", "k", "fast_hidden", "fast_layers",
@@ -168,6 +170,22 @@ class HierarchyState:
         return HierarchyState(detach_state(self.fast), detach_state(self.slow))
 
 
+def init_forget_bias(lstm: nn.LSTM, value: float) -> None:
+    """Sets the forget-gate bias of every layer of ``lstm`` to ``value`` (Jozefowicz et al.
+    2015: a positive bias makes a fresh LSTM remember, so gradients survive long spans).
+
+    ``nn.LSTM`` has two bias vectors per layer, gates ordered (i, f, g, o): each gets
+    ``value / 2`` on its f block. ``value = 0`` leaves PyTorch's init untouched.
+    """
+    if value == 0.0:
+        return
+    h = lstm.hidden_size
+    with torch.no_grad():
+        for name, p in lstm.named_parameters():
+            if name.startswith("bias_"):
+                p[h : 2 * h].fill_(value / 2)
+
+
 def _synthesizer(kind: str | None, size: int, hidden: int) -> Synthesizer | None:
     return None if kind is None else Synthesizer(size, kind=kind, hidden_size=hidden)
 
@@ -193,6 +211,8 @@ class TwoTimescaleRNN(nn.Module):
         self.fast = nn.LSTM(width + cfg.slow_hidden, cfg.fast_hidden, cfg.fast_layers)
         self.slow = nn.LSTM(cfg.fast_hidden, cfg.slow_hidden, cfg.slow_layers)
         self.readout = nn.Linear(cfg.fast_hidden, cfg.output_size)
+        init_forget_bias(self.fast, cfg.forget_bias)
+        init_forget_bias(self.slow, cfg.forget_bias)
         hid = cfg.synthesizer_hidden
         self.fast_synthesizer = _synthesizer(
             cfg.fast_synthesizer, 2 * cfg.fast_layers * cfg.fast_hidden, hid)  # M_f
@@ -522,6 +542,9 @@ class HierarchyResult:
         nats, count: summed task nats and scored steps.
         state: the state after the span, detached: carry it into the next span.
         fast_sg_loss, slow_sg_loss: ``L_f`` (mean over the trained fast windows) and ``L_s``.
+        fast_sg_cos, slow_sg_cos: cosine(``M_f(s_w)``, delta_w) (mean over the trained fast
+            windows) and cosine(``M_s(z_{i0})``, delta_s); 0 where not trained.
+        fast_target_norm: ``||delta_w||``, mean over the fast windows.
         interface_sg_loss, interface_sg_cos: ``L_if`` and cosine(``M_if(u)``, true gradient).
         fast_grad_norm: theta_f's gradient norm before clipping, mean over fast windows.
         slow_grad_norm: theta_s's gradient norm before clipping.
@@ -534,6 +557,9 @@ class HierarchyResult:
     state: HierarchyState
     fast_sg_loss: Tensor
     slow_sg_loss: Tensor
+    fast_sg_cos: Tensor
+    slow_sg_cos: Tensor
+    fast_target_norm: Tensor
     interface_sg_loss: Tensor
     interface_sg_cos: Tensor
     fast_grad_norm: Tensor
@@ -573,7 +599,8 @@ def hierarchy_update(
     slow, s = SlowWindow.open(state.slow), state.fast
     windows = split_windows(data.x, data.y, net.cfg.fast_window, data.mask)
     per = net.cfg.fast_window // net.cfg.k  # ticks per fast window
-    stats: dict[str, list[Tensor]] = {"loss": [], "nats": [], "count": [], "norm": [], "sg": []}
+    stats: dict[str, list[Tensor]] = {"loss": [], "nats": [], "count": [], "norm": [], "sg": [],
+                                      "cos": [], "target": []}
     for w, window in enumerate(windows):
         last = w == len(windows) - 1
         opts.fast.core.zero_grad(set_to_none=True)
@@ -583,10 +610,13 @@ def hierarchy_update(
             oracle_interface=None if oracle is None else oracle.interface[w * per:(w + 1) * per],
         )
         stats["norm"].append(_step(opts.fast.core, opts.fast.core_clip))
+        target = fw.target  # delta_w, (B, S_f)
+        stats["target"].append(torch.linalg.vector_norm(target))
         if not (episode_start and w == 0):
             sg = _train_synthesizer(net.fast_synthesizer, opts.fast.synthesizer,
-                                    opts.fast.synthesizer_clip, flatten_state(fw.start), fw.target)
+                                    opts.fast.synthesizer_clip, flatten_state(fw.start), target)
             stats["sg"] += [] if sg is None else [sg[0]]
+            stats["cos"] += [] if sg is None else [sg[1]]
         for key, v in (("loss", fw.loss), ("nats", fw.nats), ("count", fw.count)):
             stats[key].append(v)
         s = fw.state
@@ -618,6 +648,9 @@ def _slow_update(
         state=HierarchyState(fast_state, sw.state),
         fast_sg_loss=_mean(stats["sg"], loss),
         slow_sg_loss=zero if slow_sg is None else slow_sg[0],
+        fast_sg_cos=_mean(stats["cos"], loss),
+        slow_sg_cos=zero if slow_sg is None else slow_sg[1],
+        fast_target_norm=_mean(stats["target"], loss),
         interface_sg_loss=zero if if_sg is None else if_sg[0],
         interface_sg_cos=zero if if_sg is None else if_sg[1],
         fast_grad_norm=fast_norm, slow_grad_norm=slow_norm,

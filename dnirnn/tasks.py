@@ -214,9 +214,10 @@ class RecallTask:
     """Delayed recall (``dnirnn.data.recall``): a key, a gap of distractors, queries.
 
     Args:
-        num_symbols: ``S``, the key/distractor alphabet.
+        num_symbols: ``S``, the keys (and output classes).
         length: ``N``, steps per episode.
         query_steps: ``Q``, scored steps at the end.
+        num_distractors: ``D``, the distractor tokens.
         batch_size: episodes per training step.
         seed: batch ``p`` of a split is drawn from a generator seeded by ``(seed, p, split)``.
         val_batches: validation/test batches (fixed episodes).
@@ -229,11 +230,12 @@ class RecallTask:
         num_symbols: int = 8,
         length: int = 64,
         query_steps: int = 8,
+        num_distractors: int = 8,
         batch_size: int = 32,
         seed: int = 0,
         val_batches: int = 4,
     ) -> None:
-        self.generator = Recall(num_symbols, length, query_steps)
+        self.generator = Recall(num_symbols, length, query_steps, num_distractors)
         self.batch_size, self.seed, self.val_batches = batch_size, seed, val_batches
         self.input_size = self.generator.input_size
         self.output_size = self.generator.output_size

@@ -4,8 +4,8 @@ A synthetic long-range task for the two-timescale hierarchy (``dnirnn.hierarchy`
 download, every batch drawn from a generator seeded by its position, so resume is exact.
 
 Layout of one episode of ``N = length`` steps (time-major, tokens; ``S = num_symbols``,
-``Q = query_steps``; here N = 16, Q = 4, S = 8; ``a`` the key, ``d`` distractors, ``?`` the
-query token ``S``, ``.`` an unscored target)::
+``D = num_distractors``, ``Q = query_steps``; here N = 16, Q = 4; ``a`` the key, ``d``
+distractors, ``?`` the query token, ``.`` an unscored target)::
 
     step t     1   2   3   4   5   6   7   8   9  10  11  12 | 13  14  15  16
     input      a   d   d   d   d   d   d   d   d   d   d   d |  ?   ?   ?   ?
@@ -13,8 +13,9 @@ query token ``S``, ``.`` an unscored target)::
     mask       0   0   0   0   0   0   0   0   0   0   0   0 |  1   1   1   1
                \___ the key, then N - Q - 1 distractors ___/   \_ Q queries _/
 
-- ``a`` and every ``d`` are drawn uniformly from the same ``S`` symbols: the key is told
-  apart only by being the first step of the episode (the state is zero there).
+- Input tokens: the key ``a`` is one of ``S`` key tokens ``[0, S)``, each distractor one of
+  ``D`` distractor tokens ``[S, S + D)``, the query token is ``S + D``; all uniform. The key
+  is marked by its token range, so storing it needs no counting, only the will to keep it.
 - The loss (cross-entropy over the ``S`` symbols) counts only at the last ``Q`` steps, all
   of whose targets are ``a``. Chance is ``log2(S)`` bits per scored step; solved is ~0.
 - The dependency spans ``N - Q`` steps (key at step 1, first query at step ``N - Q + 1``).
@@ -54,7 +55,7 @@ class RecallEpisode:
     """A batch of episodes, time-major.
 
     Attributes:
-        x: ``(N, B)`` input tokens in ``[0, S]`` (``S`` is the query token).
+        x: ``(N, B)`` input tokens in ``[0, S + D]`` (key, distractors, query token).
         y: ``(N, B)`` target symbols in ``[0, S)``; the key at the query steps, else 0.
         mask: ``(N, B)`` float, 1 at the ``Q`` query steps.
         key: ``(B,)`` the key of each episode.
@@ -71,18 +72,22 @@ class Recall:
     """The episode generator (see the module docstring for the layout).
 
     Attributes:
-        num_symbols: ``S``, the key and distractor alphabet (inputs have ``S + 1`` tokens).
+        num_symbols: ``S``, the keys (and the output classes).
         length: ``N``, steps per episode.
         query_steps: ``Q``, scored steps at the end.
+        num_distractors: ``D``, the distractor tokens (inputs have ``S + D + 1`` tokens).
     """
 
     num_symbols: int = 8
     length: int = 64
     query_steps: int = 8
+    num_distractors: int = 8
 
     def __post_init__(self) -> None:
         if self.num_symbols < 2:
             raise ValueError(f"data.num_symbols must be >= 2, got {self.num_symbols}")
+        if self.num_distractors < 1:
+            raise ValueError(f"data.num_distractors must be >= 1, got {self.num_distractors}")
         if self.query_steps < 1:
             raise ValueError(f"data.query_steps must be >= 1, got {self.query_steps}")
         if self.length < self.query_steps + 2:
@@ -91,12 +96,12 @@ class Recall:
 
     @property
     def query_token(self) -> int:
-        return self.num_symbols
+        return self.num_symbols + self.num_distractors
 
     @property
     def input_size(self) -> int:
-        """Input vocabulary: the ``S`` symbols and the query token."""
-        return self.num_symbols + 1
+        """Input vocabulary: ``S`` keys, ``D`` distractors, the query token."""
+        return self.num_symbols + self.num_distractors + 1
 
     @property
     def output_size(self) -> int:
@@ -114,9 +119,10 @@ class Recall:
 
     def sample(self, batch: int, generator: torch.Generator | None = None) -> RecallEpisode:
         """``batch`` episodes from ``generator`` (the same generator state, the same batch)."""
-        n, q, s = self.length, self.query_steps, self.num_symbols
-        x = torch.randint(0, s, (n, batch), generator=generator)  # key at row 0, distractors
-        key = x[0].clone()
+        n, q, s, d = self.length, self.query_steps, self.num_symbols, self.num_distractors
+        key = torch.randint(0, s, (batch,), generator=generator)
+        x = torch.randint(s, s + d, (n, batch), generator=generator)  # distractors
+        x[0] = key
         x[n - q :] = self.query_token
         y = torch.zeros(n, batch, dtype=torch.long)
         y[n - q :] = key
