@@ -75,6 +75,10 @@ def cells(args: argparse.Namespace) -> list[tuple[str, str, str, list[str], str]
         ("ptb_char", "single, tbptt", "ptb_char_tbptt", p, bpc),
         ("ptb_char", "single, dni", "ptb_char_dni", p, bpc),
         ("ptb_char", "hierarchy, dni", "ptb_char_hier_dni", p, bpc),
+        ("ptb_char", "hierarchy, dni, interface_sg_scale 1", "ptb_char_hier_dni",
+         [*p, "--model.init_args.interface_sg_scale=1.0"], bpc),
+        ("ptb_char", "hierarchy, dni, no interface synthesizer", "ptb_char_hier_dni",
+         [*p, "--model.init_args.interface_synthesizer=null"], bpc),
     ]
 
 
@@ -107,7 +111,12 @@ def main() -> None:
                      [tuple(c) for c in old["curve"]], old["cmd"], key))
         print(f"{task:9s} {label:45s} core={old['core']} synth={old['synth']} "
               f"wall={old['wall']:.0f}s {key}={old['curve'][-1][1]:.3f}", flush=True)
-    Path(args.out).write_text(render(rows, args))
+    out = Path(args.out)
+    notes = out.read_text().partition(NOTES)[2] if out.exists() else ""
+    out.write_text(render(rows, args) + NOTES + (notes or "\n"))
+
+
+NOTES = "<!-- notes: written by hand, kept when the tables are regenerated -->"
 
 
 def render(rows, args) -> str:
