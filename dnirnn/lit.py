@@ -335,7 +335,8 @@ class DNIModule(RecurrentModule):
         aux_weight: weight of the Aux loss (``dni_aux``).
         oracle_windows: W, windows of look-ahead of the ``oracle`` boundary.
         synthesizer: "linear" or "mlp".
-        synthesizer_hidden: hidden units of the mlp synthesizer.
+        synthesizer_hidden: hidden units of the mlp synthesizer (null: the state size,
+            2 * num_layers * hidden_size, so the synthesizer never outgrows the core).
         synthesizer_layers: hidden layers of the mlp synthesizer.
         lr: core learning rate (Adam).
         synthesizer_lr: synthesizer learning rate (its own Adam).
@@ -361,7 +362,7 @@ class DNIModule(RecurrentModule):
         aux_weight: float = 1.0,
         oracle_windows: int = 1,
         synthesizer: str = "mlp",
-        synthesizer_hidden: int = 512,
+        synthesizer_hidden: int | None = None,
         synthesizer_layers: int = 1,
         lr: float = 1e-3,
         synthesizer_lr: float = 1e-4,
@@ -379,7 +380,8 @@ class DNIModule(RecurrentModule):
         init_forget_bias(core.lstm, forget_bias)
         synth = None
         if boundary in ("dni", "dni_aux"):
-            synth = Synthesizer(core.state_size, synthesizer, synthesizer_hidden,
+            width = core.state_size if synthesizer_hidden is None else synthesizer_hidden
+            synth = Synthesizer(core.state_size, synthesizer, width,
                                 synthesizer_layers)
         self.engine = DNIRNN(core, TASKS[task], 1.0, boundary, synth, sg_scale, aux_weight,
                              oracle_windows)
@@ -473,9 +475,11 @@ def _validate(args: dict[str, Any]) -> None:
     need(args["synthesizer"] in SYNTHESIZER_KINDS, "synthesizer",
          f"must be one of {SYNTHESIZER_KINDS}")
     for f in ("window", "windows_per_step", "hidden_size", "num_layers", "oracle_windows",
-              "eval_chunk", "input_size", "output_size", "synthesizer_hidden",
-              "synthesizer_layers"):
+              "eval_chunk", "input_size", "output_size", "synthesizer_layers"):
         need(isinstance(args[f], int) and args[f] >= 1, f, "must be an integer >= 1")
+    need(args["synthesizer_hidden"] is None
+         or (isinstance(args["synthesizer_hidden"], int) and args["synthesizer_hidden"] >= 1),
+         "synthesizer_hidden", "must be an integer >= 1, or null for the state size")
     for f in ("sg_scale", "aux_weight"):
         need(args[f] >= 0, f, "must be >= 0")
     for f in ("lr", "synthesizer_lr"):

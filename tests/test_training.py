@@ -181,3 +181,17 @@ def test_resume_ptb_mid_epoch_continues_exactly(tmp_path):
                     "--model.windows_per_step=8", "--trainer.limit_val_batches=2",
                     "--model.eval_chunk=64", "--model.dropout=0.1",
                     "--trainer.max_epochs=5")
+
+
+def test_default_synthesizer_is_sized_to_the_state():
+    """``synthesizer_hidden: null`` (the default) = the state size 2 * layers * hidden."""
+    from dnirnn.lit import DNIModule
+
+    module = DNIModule(task="lm", input_size=5, output_size=5, hidden_size=6, num_layers=2)
+    first = module.engine.synthesizer.net[0]
+    assert first.in_features == first.out_features == 2 * 2 * 6
+    wide = DNIModule(task="lm", input_size=5, output_size=5, hidden_size=6,
+                     synthesizer_hidden=40)
+    assert wide.engine.synthesizer.net[0].out_features == 40
+    with pytest.raises(ValueError, match="synthesizer_hidden"):
+        DNIModule(task="lm", input_size=5, output_size=5, synthesizer_hidden=0)
