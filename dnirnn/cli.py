@@ -200,12 +200,22 @@ def main(args: list[str] | None = None) -> None:
             args=args,
         )
     except USER_ERRORS as e:
-        _finish_wandb()
         if os.environ.get("DNIRNN_DEBUG"):
             raise
         print(f"dnirnn: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    _finish_wandb()
+    finally:
+        _finish_wandb()
+        _teardown_distributed()
+
+
+def _teardown_distributed() -> None:
+    """Destroys the process group (DDP) before the interpreter exits. Left to interpreter
+    shutdown, gloo's threads were sometimes destroyed while running: the process then
+    aborted ("terminate called without an active exception", exit -6) after a finished run."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _finish_wandb() -> None:
