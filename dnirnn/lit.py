@@ -64,7 +64,6 @@ from dnirnn.tasks import Batch, CopyTask, LanguageModelTask, RecallTask, lm_step
 
 TASKS = {"lm": lm_step_loss, "copy": repeat_copy.step_loss, "recall": lm_step_loss}
 TOKEN_TASKS = ("lm", "recall")  # token inputs (an embedding); the others read features
-TRAIN_KEYS = ("sg_loss", "aux_loss", "sg_norm", "target_norm", "sg_cos", "grad_norm")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -76,9 +75,14 @@ class RecurrentModule(L.LightningModule):
 
     A subclass sets ``hparams`` with at least ``window``, ``windows_per_step``, ``eval_chunk``
     (``save_hyperparameters`` in its ``__init__``) and implements the engine hooks:
-    ``zero_state``, ``run_windows``, ``train_metrics``, ``eval_forward``, ``task_loss``, and
-    ``carried_tensors`` / ``carried_from_tensors`` when its state is not a plain ``(h, c)``.
+    ``zero_state``, ``run_windows``, ``eval_forward``, ``task_loss``, and
+    ``carried_tensors`` / ``carried_from_tensors`` when its state is not a plain ``(h, c)``;
+    and ``train_keys``, the per-update diagnostics it logs.
     """
+
+    # train/<key> -> the attribute of the per-update results averaged over the step (logged
+    # on logged steps only). Every result also has ``nats``, ``count`` and ``finite``.
+    train_keys: dict[str, str] = {}
 
     def __init__(self) -> None:
         super().__init__()
@@ -99,12 +103,8 @@ class RecurrentModule(L.LightningModule):
 
     def run_windows(self, batch: Batch) -> Any:
         """Trains on one span of data from ``self.carried``; sets ``self.carried``; returns
-        the per-update results ``train_metrics`` reads."""
-        raise NotImplementedError
-
-    def train_metrics(self, results: Any) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
-        """``(nats, count, finite, extra)`` summed/reduced on the device; ``extra`` are logged
-        as ``train/<key>``."""
+        the per-update results (each with ``nats``, ``count``, ``finite`` and the attributes
+        named in ``train_keys``)."""
         raise NotImplementedError
 
     def eval_forward(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
@@ -211,15 +211,20 @@ class RecurrentModule(L.LightningModule):
         progress.increment_ready()
         progress.increment_completed()
 
-    def _log_train(self, results: Any) -> None:
-        nats, count, finite, extra = self.train_metrics(results)
-        self.last_finite = finite
-        metrics = self.task.metrics(nats, count)
+    def _log_train(self, results: list[Any]) -> None:
+        """Reduced on the device: the finiteness flag and the task metrics every step (the
+        finiteness check and the curriculum read them), the diagnostics on logged steps."""
+        def stacked(attr: str) -> Tensor:
+            return torch.stack([getattr(r, attr) for r in results])
+
+        self.last_finite = stacked("finite").all()
+        metrics = self.task.metrics(stacked("nats").sum(), stacked("count").sum())
         self.last_train_error = metrics.get("bits_per_step")
         if not self._logs_this_step():
             return
         metrics = {f"train/{k}": v for k, v in metrics.items()}
-        metrics.update({f"train/{k}": v for k, v in extra.items()})
+        metrics.update({f"train/{key}": stacked(attr).mean()
+                        for key, attr in self.train_keys.items()})
         loss = metrics.pop("train/loss")
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
@@ -346,6 +351,9 @@ class DNIModule(RecurrentModule):
         forget_bias: initial forget-gate bias of the LSTM (0: PyTorch's init, unchanged).
     """
 
+    train_keys = {k: k for k in ("sg_loss", "aux_loss", "sg_norm", "target_norm", "sg_cos",
+                                 "grad_norm")}
+
     def __init__(
         self,
         task: str = "lm",
@@ -447,14 +455,6 @@ class DNIModule(RecurrentModule):
             results.append(res)
         self.carried = state
         return results
-
-    def train_metrics(self, results: list[WindowResult]):
-        nats = torch.stack([r.nats for r in results]).sum()
-        count = torch.stack([r.count for r in results]).sum()
-        finite = torch.stack([r.finite for r in results]).all()
-        extra = {key: torch.stack([getattr(r, key) for r in results]).mean()
-                 for key in TRAIN_KEYS}
-        return nats, count, finite, extra
 
     def eval_forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         logits, _, state = self.engine.core(x, state)

@@ -91,6 +91,8 @@ class HierarchyModule(RecurrentModule):
         forget_bias: initial forget-gate bias of both cores (0: PyTorch's init).
     """
 
+    train_keys = RESULT_KEYS
+
     def __init__(
         self,
         task: str = "lm",
@@ -199,14 +201,6 @@ class HierarchyModule(RecurrentModule):
             results.append(res)
         self.carried = state
         return results
-
-    def train_metrics(self, results: list[HierarchyResult]):
-        nats = torch.stack([r.nats for r in results]).sum()
-        count = torch.stack([r.count for r in results]).sum()
-        finite = torch.stack([r.finite for r in results]).all()
-        extra = {key: torch.stack([getattr(r, attr) for r in results]).mean()
-                 for key, attr in RESULT_KEYS.items()}
-        return nats, count, finite, extra
 
     def eval_forward(self, x: Tensor, state: HierarchyState) -> tuple[Tensor, HierarchyState]:
         """Whole segments through ``TwoTimescaleRNN.forward``; a tail shorter than ``k`` (only

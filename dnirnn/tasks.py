@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dnirnn.data import repeat_copy
-from dnirnn.data.recall import Recall
 from dnirnn.data.ptb import Corpus, batchify
+from dnirnn.data.recall import Recall
 
 LN2 = math.log(2.0)
 
@@ -126,7 +126,60 @@ class LanguageModelTask:
         pass
 
 
-class CopyTask:
+class EpisodicTask:
+    """What the episodic tasks share: batch ``p`` of a split is drawn from a generator seeded
+    by ``(seed, p, split)`` (so a position always gives the same episodes, and resume is
+    exact), sharded by rows under data parallel, with the episode's summed loss averaged over
+    the batch as the objective. Subclasses give ``sample`` (and their own state)."""
+
+    episodic = True
+
+    def __init__(self, batch_size: int, seed: int, val_batches: int) -> None:
+        self.batch_size, self.seed, self.val_batches = batch_size, seed, val_batches
+        self.device = torch.device("cpu")
+        self.rank, self.world = 0, 1
+
+    def sample(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """``(x, y, mask)`` of ``batch_size`` episodes, time-major, drawn from ``generator``."""
+        raise NotImplementedError
+
+    def shard(self, rank: int, world: int) -> EpisodicTask:
+        """Data parallel: every process draws the same global batch of training episodes
+        from the ``(seed, position)`` generator and keeps its rows
+        ``[rank * B / world, (rank + 1) * B / world)`` (``loss_norm`` keeps the global B).
+        Validation and test batches are not sharded."""
+        _check_shard(self.batch_size, world)
+        self.rank, self.world = rank, world
+        return self
+
+    def to(self, device: torch.device) -> EpisodicTask:
+        self.device = torch.device(device)
+        return self
+
+    def num_batches(self, split: str, chunk: int = 0) -> int:
+        return self.val_batches
+
+    def batch(self, split: str, position: int, chunk: int = 0) -> Batch:
+        offset = {"train": 0, "valid": 1, "test": 2}[split]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + position * 3 + offset)
+        x, y, mask = self.sample(g)
+        if split == "train" and self.world > 1:
+            b = self.batch_size // self.world
+            rows = slice(self.rank * b, (self.rank + 1) * b)
+            x, y, mask = x[:, rows], y[:, rows], mask[:, rows]
+        dev = self.device
+        return Batch(x.to(dev), y.to(dev), mask.to(dev), True, True)
+
+    def loss_norm(self, window: int) -> float:
+        """The objective is the episode's summed loss, averaged over the batch."""
+        return float(self.batch_size)
+
+    def metrics(self, nats: Tensor, count: Tensor) -> dict[str, Tensor]:
+        mean = nats / count.clamp_min(1)
+        return {"loss": mean, "bits_per_step": mean / LN2}
+
+
+class CopyTask(EpisodicTask):
     """Copy / Repeat Copy with a curriculum (DESIGN.md §3).
 
     The level is ``(length L, repeats R)``; it starts at ``(start_length, 1)`` and ``advance``
@@ -146,28 +199,13 @@ class CopyTask:
         start_length: int = 1,
         val_batches: int = 2,
     ) -> None:
+        super().__init__(batch_size, seed, val_batches)
         self.generator = repeat_copy.RepeatCopy(num_bits=num_bits, repeat=repeat, norm_max=norm_max)
-        self.repeat, self.batch_size, self.seed = repeat, batch_size, seed
+        self.repeat = repeat
         self.length, self.repeats, self.max_level_solved = start_length, 1, 0
-        self.val_batches = val_batches
         self.input_size = self.generator.obs_size
         self.output_size = self.generator.target_size
         self.step_loss = repeat_copy.step_loss
-        self.device = torch.device("cpu")
-        self.rank, self.world = 0, 1
-
-    def shard(self, rank: int, world: int) -> CopyTask:
-        """Data parallel: every process draws the same global batch of training episodes
-        from the ``(seed, position)`` generator and keeps its rows
-        ``[rank * B / world, (rank + 1) * B / world)`` (``loss_norm`` keeps the global B).
-        Validation and test batches are not sharded."""
-        _check_shard(self.batch_size, world)
-        self.rank, self.world = rank, world
-        return self
-
-    def to(self, device: torch.device) -> CopyTask:
-        self.device = torch.device(device)
-        return self
 
     @property
     def level(self) -> int:
@@ -178,28 +216,10 @@ class CopyTask:
         self.max_level_solved = max(self.max_level_solved, self.level)
         self.length, self.repeats = repeat_copy.next_level(self.length, self.repeats, self.repeat)
 
-    def num_batches(self, split: str, chunk: int = 0) -> int:
-        return self.val_batches
-
-    def batch(self, split: str, position: int, chunk: int = 0) -> Batch:
-        offset = {"train": 0, "valid": 1, "test": 2}[split]
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + position * 3 + offset)
-        ep = self.generator.sample(self.batch_size, self.length, self.repeats, generator=g)
-        obs, target, mask = ep.obs, ep.target, ep.mask
-        if split == "train" and self.world > 1:
-            b = self.batch_size // self.world
-            rows = slice(self.rank * b, (self.rank + 1) * b)
-            obs, target, mask = obs[:, rows], target[:, rows], mask[:, rows]
-        dev = self.device
-        return Batch(obs.to(dev), target.to(dev), mask.to(dev), True, True)
-
-    def loss_norm(self, window: int) -> float:
-        """The objective is the episode's summed loss, averaged over the batch."""
-        return float(self.batch_size)
-
-    def metrics(self, nats: Tensor, count: Tensor) -> dict[str, Tensor]:
-        mean = nats / count.clamp_min(1)
-        return {"loss": mean, "bits_per_step": mean / LN2}
+    def sample(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        ep = self.generator.sample(self.batch_size, self.length, self.repeats,
+                                   generator=generator)
+        return ep.obs, ep.target, ep.mask
 
     def state_dict(self) -> dict[str, Any]:
         return {"length": self.length, "repeats": self.repeats,
@@ -210,7 +230,7 @@ class CopyTask:
         self.max_level_solved = int(state["max_level_solved"])
 
 
-class RecallTask:
+class RecallTask(EpisodicTask):
     """Delayed recall (``dnirnn.data.recall``): a key, a gap of distractors, queries.
 
     Args:
@@ -223,8 +243,6 @@ class RecallTask:
         val_batches: validation/test batches (fixed episodes).
     """
 
-    episodic = True
-
     def __init__(
         self,
         num_symbols: int = 8,
@@ -235,50 +253,19 @@ class RecallTask:
         seed: int = 0,
         val_batches: int = 4,
     ) -> None:
+        super().__init__(batch_size, seed, val_batches)
         self.generator = Recall(num_symbols, length, query_steps, num_distractors)
-        self.batch_size, self.seed, self.val_batches = batch_size, seed, val_batches
         self.input_size = self.generator.input_size
         self.output_size = self.generator.output_size
         self.step_loss = lm_step_loss
-        self.device = torch.device("cpu")
-        self.rank, self.world = 0, 1
 
     @property
     def episode_length(self) -> int:
         return self.generator.length
 
-    def shard(self, rank: int, world: int) -> RecallTask:
-        """Data parallel: every process draws the global batch and keeps its rows."""
-        _check_shard(self.batch_size, world)
-        self.rank, self.world = rank, world
-        return self
-
-    def to(self, device: torch.device) -> RecallTask:
-        self.device = torch.device(device)
-        return self
-
-    def num_batches(self, split: str, chunk: int = 0) -> int:
-        return self.val_batches
-
-    def batch(self, split: str, position: int, chunk: int = 0) -> Batch:
-        offset = {"train": 0, "valid": 1, "test": 2}[split]
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + position * 3 + offset)
-        ep = self.generator.sample(self.batch_size, generator=g)
-        x, y, mask = ep.x, ep.y, ep.mask
-        if split == "train" and self.world > 1:
-            b = self.batch_size // self.world
-            rows = slice(self.rank * b, (self.rank + 1) * b)
-            x, y, mask = x[:, rows], y[:, rows], mask[:, rows]
-        dev = self.device
-        return Batch(x.to(dev), y.to(dev), mask.to(dev), True, True)
-
-    def loss_norm(self, window: int) -> float:
-        """The objective is the episode's summed loss, averaged over the batch."""
-        return float(self.batch_size)
-
-    def metrics(self, nats: Tensor, count: Tensor) -> dict[str, Tensor]:
-        mean = nats / count.clamp_min(1)
-        return {"loss": mean, "bits_per_step": mean / LN2}
+    def sample(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        ep = self.generator.sample(self.batch_size, generator=generator)
+        return ep.x, ep.y, ep.mask
 
     def state_dict(self) -> dict[str, Any]:
         return {}

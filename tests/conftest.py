@@ -1,7 +1,24 @@
-"""Shared fixtures of the property tests."""
+"""Shared fixtures of the tests."""
+
+import urllib.error
 
 import pytest
 import torch
+
+
+@pytest.fixture
+def cli_sandbox(monkeypatch, tmp_path):
+    """For tests that run the CLI: W&B offline and quiet, no DNIRNN_DEBUG tracebacks, the
+    working directory in tmp (anything written by accident stays there), and no network."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("DNIRNN_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
 
 
 @pytest.fixture

@@ -22,10 +22,8 @@ DIAG = "dnirnn.diagnostics.SyntheticGradientDiagnostics"
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.chdir(tmp_path)  # anything written by accident stays in tmp
+def _sandbox(cli_sandbox):
+    """Every test here runs in the CLI sandbox (tests/conftest.py)."""
 
 
 def lm_task(batch_size: int = 4, vocab: int = 11, n: int = 400) -> LanguageModelTask:

@@ -33,11 +33,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("DNIRNN_DEBUG", raising=False)
-    monkeypatch.chdir(tmp_path)
+def _sandbox(cli_sandbox):
+    """Every test here runs in the CLI sandbox (tests/conftest.py)."""
 
 
 def tiny(recipe: str) -> list[str]:

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -36,16 +35,8 @@ COPY = ["--data.init_args.steps_per_epoch=4", "--data.init_args.batch_size=4", *
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("DNIRNN_DEBUG", raising=False)
-    monkeypatch.chdir(tmp_path)
-
-    def no_network(*args, **kwargs):
-        raise urllib.error.URLError("network disabled in tests")
-
-    monkeypatch.setattr("urllib.request.urlopen", no_network)
+def _sandbox(cli_sandbox):
+    """Every test here runs in the CLI sandbox (tests/conftest.py)."""
 
 
 def base(recipe: str, root: Path) -> list[str]:

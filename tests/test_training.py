@@ -29,10 +29,8 @@ TINY = ["--model.hidden_size=8", "--model.synthesizer_hidden=8", "--model.embed_
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.chdir(tmp_path)  # anything written by accident stays in tmp
+def _sandbox(cli_sandbox):
+    """Every test here runs in the CLI sandbox (tests/conftest.py)."""
 
 
 def fit(recipe: str, root: Path, *extra: str, wandb: bool = False) -> Path:
