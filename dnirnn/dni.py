@@ -14,7 +14,10 @@ One window update is ONE forward and ONE backward pass through the window::
          theta.grad = dl_k/dtheta + beta * (ds_{k+1}/dtheta)^T g_{k+1}
          s_k.grad   = delta_k = dl_k/ds_k + beta * (ds_{k+1}/ds_k)^T g_{k+1}
                                                        (the bootstrapped target)
-    5. L_SG = || M_phi(s_k) - delta_k ||^2   (delta_k detached; M_phi recomputed on s_k)
+    5. fit M_phi to (s_k, delta_k): L_SG = || M_phi(s_k) - delta_k ||^2 (delta_k detached;
+       M_phi recomputed on s_k), by its own optimizer (Adam, the paper) or by exact least
+       squares (``rls``); see ``dnirnn.synthesizers`` for the fitting methods, per-position
+       maps, λ-return targets and the guard.
     6. step theta (core optimizer, core clip) and phi (its own optimizer, its own clip);
        carry detach(s_{k+1}) into window k+1.
 
@@ -35,21 +38,32 @@ Boundaries (``boundary``):
   - ``oracle``:  g = the TRUE gradient of the next W windows' task loss w.r.t. s_{k+1},
                  by BPTT with frozen parameters (analysis and tests only; expensive).
 
+Positions. ``Window.position`` is the index k of the boundary a window starts from within its
+episode (0 for streams); a per-position synthesizer uses map k there, and ``M_{k+1}`` at the
+window's end. With ``sg_lambda`` set, step 5 is not done per window: the module fits the
+synthesizer to λ-return targets after the step (``dnirnn.synthesizers.fitting.fit_span``),
+while the core keeps this one-window update (update-unlocked).
+
 Nothing in this module syncs with the host: every diagnostic is returned as a tensor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dnirnn.model import LSTMCore
+from dnirnn.optim import Optimizers, grad_norm
 from dnirnn.state import State, detach_state, flatten_state, unflatten_state
-from dnirnn.synthesizer import Synthesizer
+from dnirnn.synthesizers.fitting import fit_boundary, synthesizer_regression
+from dnirnn.synthesizers.guard import NormGuard
+
+__all__ = ["BOUNDARIES", "DNIRNN", "Optimizers", "Window", "WindowResult", "bootstrap_target",
+           "grad_norm", "masked_task_loss", "split_windows", "surrogate_backward",
+           "synthesizer_regression", "window_update"]
 
 BOUNDARIES = ("tbptt", "dni", "dni_aux", "oracle")
 
@@ -67,12 +81,14 @@ class Window:
         mask: ``(T, B)`` weights of the scored steps, or None (all scored).
         context: ``(B, C)`` conditioning context for the synthesizer at the boundary this
             window STARTS from (cDNI), or None.
+        position: the index k of that boundary within its episode (0 for streams).
     """
 
     x: Tensor
     y: Tensor
     mask: Tensor | None = None
     context: Tensor | None = None
+    position: int = 0
 
 
 @dataclass
@@ -90,7 +106,7 @@ class WindowResult:
         target_norm: ``||delta_k||``, the bootstrapped target at the start boundary.
         sg_cos: cosine between ``M_phi(s_k)`` and ``delta_k`` (0 where not trained).
         grad_norm: the core's gradient norm before clipping.
-        finite: whether loss and core gradients were all finite.
+        finite: whether the loss, the core gradients, the target and L_SG were all finite.
     """
 
     loss: Tensor
@@ -147,27 +163,6 @@ def surrogate_backward(
     torch.autograd.backward(outputs, incoming)
 
 
-def synthesizer_regression(
-    synthesizer: nn.Module, inputs: Tensor, target: Tensor, context: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Step 5: ``L_SG = mean_b ||M_phi(s) - delta||^2`` with ``delta`` detached.
-
-    Args:
-        synthesizer: ``M_phi``.
-        inputs: the (detached) flat state ``(B, S)`` the synthetic gradient is predicted at.
-        target: ``delta``, ``(B, S)``.
-        context: optional cDNI context ``(B, C)``.
-
-    Returns:
-        ``(L_SG, cosine(M_phi(s), delta))``; only ``L_SG`` carries a graph (into phi).
-    """
-    pred = synthesizer(inputs.detach(), context)  # (B, S)
-    target = target.detach()
-    loss = (pred - target).pow(2).sum(-1).mean()
-    cos = F.cosine_similarity(pred.detach().flatten(), target.flatten(), dim=0, eps=1e-30)
-    return loss, cos
-
-
 def masked_task_loss(
     step_loss: StepLoss, loss_norm: float, logits: Tensor, window: Window
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -205,10 +200,14 @@ class DNIRNN(nn.Module):
             ``B`` for copy tasks). Constant per run, so window objectives add up to the
             sequence objective.
         boundary: one of ``BOUNDARIES``.
-        synthesizer: ``M_phi``; required for ``dni`` and ``dni_aux``.
+        synthesizer: ``M_phi`` (see ``dnirnn.synthesizers``); required for ``dni`` and
+            ``dni_aux``.
         sg_scale: ``beta``, the weight of the synthetic gradient in the surrogate.
         aux_weight: weight of the Aux loss (``dni_aux``).
         oracle_windows: ``W``, how many future windows the ``oracle`` boundary looks ahead.
+        guard: caps each synthetic gradient relative to its targets' running RMS (or None).
+        sg_lambda: None: the synthesizer is fitted per window to ``delta_k`` (step 5); λ in
+            [0, 1]: it is fitted after each span to λ-return targets (``fit_span``).
     """
 
     def __init__(
@@ -217,10 +216,12 @@ class DNIRNN(nn.Module):
         step_loss: StepLoss,
         loss_norm: float,
         boundary: str = "dni",
-        synthesizer: Synthesizer | None = None,
+        synthesizer: nn.Module | None = None,
         sg_scale: float = 1.0,
         aux_weight: float = 1.0,
         oracle_windows: int = 1,
+        guard: NormGuard | None = None,
+        sg_lambda: float | None = None,
     ) -> None:
         super().__init__()
         if boundary not in BOUNDARIES:
@@ -235,10 +236,15 @@ class DNIRNN(nn.Module):
             raise ValueError(f"oracle_windows must be >= 1, got {oracle_windows}")
         if not loss_norm > 0:
             raise ValueError(f"loss_norm must be > 0, got {loss_norm}")
+        if sg_lambda is not None and not 0.0 <= sg_lambda <= 1.0:
+            raise ValueError(f"sg_lambda must be in [0, 1] or None, got {sg_lambda}")
+        if sg_lambda is not None and boundary != "dni":
+            raise ValueError("sg_lambda (λ-return targets) needs boundary='dni'")
         self.core, self.synthesizer = core, synthesizer
         self.step_loss, self.loss_norm = step_loss, float(loss_norm)
         self.boundary, self.sg_scale = boundary, float(sg_scale)
         self.aux_weight, self.oracle_windows = float(aux_weight), oracle_windows
+        self.guard, self.sg_lambda = guard, sg_lambda
         self.aux = (  # the Aux head A: o_t (H) -> predicted g_{k+1} (S)
             nn.Linear(core.cfg.hidden_size, core.state_size) if boundary == "dni_aux" else None
         )
@@ -246,6 +252,11 @@ class DNIRNN(nn.Module):
     @property
     def trains_synthesizer(self) -> bool:
         return self.boundary in ("dni", "dni_aux")
+
+    @property
+    def fits_per_window(self) -> bool:
+        """Step 5 runs inside each window update (else after the span: ``sg_lambda``)."""
+        return self.trains_synthesizer and self.sg_lambda is None
 
     def core_parameters(self) -> list[nn.Parameter]:
         """theta: everything the core optimizer steps (core, readout, Aux head)."""
@@ -258,11 +269,21 @@ class DNIRNN(nn.Module):
         """``(l_k, nats, count)``: the window's task objective and its metric sums."""
         return masked_task_loss(self.step_loss, self.loss_norm, logits, window)
 
-    def synthetic_gradient(self, state: State, context: Tensor | None = None) -> Tensor:
-        """``M_phi(s)`` for a detached state: ``(B, S)``, no graph."""
+    def synthetic_gradient(
+        self, state: State, context: Tensor | None = None, position: int = 0
+    ) -> Tensor:
+        """``M_phi(s)`` at boundary ``position`` for a detached state: ``(B, S)``, no graph
+        (capped by the guard, if any: this is the gradient the core receives)."""
+        return self.synthetic_gradient_flat(flatten_state(state), context, position)
+
+    def synthetic_gradient_flat(
+        self, state_flat: Tensor, context: Tensor | None = None, position: int = 0
+    ) -> Tensor:
+        """As ``synthetic_gradient``, for a flat state ``(B, S)``."""
         assert self.synthesizer is not None
         with torch.no_grad():
-            return self.synthesizer(flatten_state(state), context)
+            g = self.synthesizer(state_flat.detach(), context, position)
+            return g if self.guard is None else self.guard.cap(g, position)[0]
 
     def oracle_gradient(self, state: State, future: Sequence[Window]) -> Tensor:
         """The TRUE gradient of the next windows' task loss w.r.t. ``state``: ``(B, S)``.
@@ -304,12 +325,14 @@ class DNIRNN(nn.Module):
             state: ``s_k`` (any graph attached to it is cut here).
             episode_end: the episode ends at ``s_{k+1}``: ``g_{k+1} = 0``.
             future: for ``oracle``: the windows after this one (the first ``W`` are used).
-            next_context: cDNI context for ``M_phi(s_{k+1})``.
+            next_context: cDNI context for ``M_phi(s_{k+1})`` (at position
+                ``window.position + 1``).
         """
         start = detach_state(state, requires_grad=True)  # 1.
         logits, outputs, end = self.core(window.x, start)  # 2. (T,B,O), (T,B,H), s_{k+1}
         loss, nats, count = self.task_loss(logits, window)
-        g_next = None if episode_end else self._boundary_gradient(end, future, next_context)  # 3.
+        g_next = None if episode_end else self._boundary_gradient(  # 3.
+            end, future, next_context, window.position + 1)
         objective, aux_loss = loss, torch.zeros((), device=loss.device, dtype=loss.dtype)
         if self.aux is not None:
             target = torch.zeros_like(flatten_state(end)) if g_next is None else g_next
@@ -324,54 +347,13 @@ class DNIRNN(nn.Module):
         )
 
     def _boundary_gradient(
-        self, end: State, future: Sequence[Window], context: Tensor | None
+        self, end: State, future: Sequence[Window], context: Tensor | None, position: int
     ) -> Tensor | None:
         if self.boundary == "tbptt":
             return None
         if self.boundary == "oracle":
             return self.oracle_gradient(detach_state(end), list(future)[: self.oracle_windows])
-        return self.synthetic_gradient(detach_state(end), context)
-
-    # ---- step 5 -------------------------------------------------------------------------
-
-    def synthesizer_loss(
-        self, start: State, target: Tensor, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """``L_SG = mean_b ||M_phi(s_k) - delta_k||^2`` and cosine(M_phi(s_k), delta_k)."""
-        assert self.synthesizer is not None
-        return synthesizer_regression(
-            self.synthesizer, flatten_state(detach_state(start)), target, context
-        )
-
-
-@dataclass
-class Optimizers:
-    """The two optimizers and their clip norms: theta and phi never share either."""
-
-    core: torch.optim.Optimizer
-    synthesizer: torch.optim.Optimizer | None = None
-    core_clip: float | None = None
-    synthesizer_clip: float | None = None
-    _core_params: list[Tensor] = field(default_factory=list, repr=False)
-    _synth_params: list[Tensor] = field(default_factory=list, repr=False)
-
-    def __post_init__(self) -> None:
-        self._core_params = [p for g in self.core.param_groups for p in g["params"]]
-        if self.synthesizer is not None:
-            self._synth_params = [p for g in self.synthesizer.param_groups for p in g["params"]]
-            shared = {id(p) for p in self._core_params} & {id(p) for p in self._synth_params}
-            if shared:
-                raise ValueError("the core and synthesizer optimizers must not share parameters")
-
-
-def grad_norm(params: list[Tensor], clip: float | None) -> Tensor:
-    """The gradient norm of ``params``, clipped to ``clip`` in place if given (no host sync)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros((), device=params[0].device if params else None)
-    if clip is None:
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    return torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+        return self.synthetic_gradient(detach_state(end), context, position)
 
 
 def window_update(
@@ -398,6 +380,10 @@ def window_update(
         future: for the ``oracle`` boundary, the windows that follow (see ``oracle_gradient``).
         next_context: cDNI context at ``s_{k+1}``.
 
+    The synthesizer is fitted here (step 5) unless ``net.sg_lambda`` is set (see
+    ``fit_span``); a least-squares synthesizer only collects the pairs here and is solved
+    by its ``end_step`` once per training step.
+
     Returns:
         A ``WindowResult`` of detached tensors; carry ``result.state`` into the next window.
     """
@@ -410,21 +396,17 @@ def window_update(
     target = wg.target  # delta_k, (B, S)
     zero = torch.zeros((), device=target.device, dtype=target.dtype)
     sg_loss, sg_cos = zero, zero
-    if net.trains_synthesizer and not episode_start:  # 5.
-        if opts.synthesizer is None:
-            raise ValueError(f"boundary={net.boundary!r} needs a synthesizer optimizer")
-        sg_loss, sg_cos = net.synthesizer_loss(wg.start, target, window.context)
-        opts.synthesizer.zero_grad(set_to_none=True)
-        sg_loss.backward()
-        if opts.synthesizer_clip is not None:
-            grad_norm(opts._synth_params, opts.synthesizer_clip)
-        opts.synthesizer.step()  # 6. (phi)
+    if net.fits_per_window and not episode_start:  # 5. and 6. (phi)
+        sg_loss, sg_cos = fit_boundary(net.synthesizer, opts, flatten_state(wg.start), target,
+                                       window.context, window.position, net.guard)
     sg_norm = zero if wg.g_next is None else torch.linalg.vector_norm(wg.g_next)
-    finite = torch.isfinite(wg.loss) & torch.isfinite(core_norm.to(target.device))
+    target_norm = torch.linalg.vector_norm(target)
+    finite = (torch.isfinite(wg.loss) & torch.isfinite(core_norm.to(target.device))
+              & torch.isfinite(target_norm) & torch.isfinite(sg_loss))
     return WindowResult(
         loss=wg.loss, nats=wg.nats, count=wg.count, state=wg.state,
         sg_loss=sg_loss.detach(), aux_loss=wg.aux_loss, sg_norm=sg_norm,
-        target_norm=torch.linalg.vector_norm(target), sg_cos=sg_cos,
+        target_norm=target_norm, sg_cos=sg_cos,
         grad_norm=core_norm.detach(), finite=finite,
     )
 

@@ -80,7 +80,7 @@ from dnirnn.dni import (
 )
 from dnirnn.optim import adam
 from dnirnn.state import State, detach_state, flatten_state, unflatten_state, zero_state
-from dnirnn.synthesizer import SYNTHESIZER_KINDS, Synthesizer
+from dnirnn.synthesizers import SYNTHESIZER_KINDS, Synthesizer
 
 
 @dataclass

@@ -1,24 +1,7 @@
-"""The LightningModules: thin orchestrators over the pure engines.
+"""``DNIModule``: one LSTM core trained by the DNI window update (``dnirnn.dni``).
 
-``RecurrentModule`` holds what every dnirnn model shares: positions-based data (see
-``dnirnn.tasks``), the recurrent state carried on the module, manual optimisation with one
-``trainer.global_step`` per ``training_step``, the once-per-step finiteness check, metrics
-summed on the device, evaluation of the whole stream with carried state, and checkpoint
-hooks that make resume exact (carried state, data position, task/curriculum state, RNG).
-``DNIModule`` (here: one LSTM core, ``dnirnn.dni``) and ``HierarchyModule``
-(``dnirnn.lit_hierarchy``: two timescales, ``dnirnn.hierarchy``) fill in the engine.
-
-Manual optimisation. Each ``training_step`` receives a *position* (see ``dnirnn.tasks``),
-fetches that span of data from the task (already on the device), cuts it into windows of
-``window`` steps and runs ``window_update`` on each: streams carry the recurrent state across
-windows, steps and batches (reset at epoch start); episodes start from zeros and inject
-``g = 0`` at their end. Metrics are summed on the device across the windows; the only host
-syncs are Lightning's logging and the finiteness check, once per step.
-
-Non-finite loss or gradients: the engine returns ``finite`` flags per window; they are
-reduced on the device and read once per training step. A non-finite step raises
-``NonFiniteLossError`` (naming the step) inside ``training_step``, i.e. before the checkpoint
-callbacks of that step run, so the last checkpoint on disk holds finite parameters.
+What every dnirnn model shares (carried state, positions-based data, the finiteness check,
+evaluation, exact-resume checkpoint hooks) is ``RecurrentModule``'s (``dnirnn.recurrent``).
 
 Data parallel (``trainer.strategy=ddp``, ``DNIModule``): each process trains on its shard of
 the global batch (``task.shard``); the engine steps the raw optimizers, so Lightning's DDP
@@ -36,16 +19,13 @@ Hence a DDP run equals single-process training on the global batch (up to float
 summation order; not with dropout, whose masks are drawn per process). The carried state is
 gathered across processes into the checkpoint (global layout) and sliced back on load.
 """
-
 from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 
-from dnirnn.data import repeat_copy
 from dnirnn.dni import (
     BOUNDARIES,
     DNIRNN,
@@ -58,266 +38,17 @@ from dnirnn.dni import (
 from dnirnn.hierarchy import init_forget_bias
 from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.optim import adam
+from dnirnn.recurrent import TASKS, TOKEN_TASKS, NonFiniteLossError, RecurrentModule
 from dnirnn.state import State
-from dnirnn.synthesizer import SYNTHESIZER_KINDS, Synthesizer
-from dnirnn.tasks import Batch, CopyTask, LanguageModelTask, RecallTask, lm_step_loss
+from dnirnn.synthesizers import FITS, SYNTHESIZER_KINDS, NormGuard, build_synthesizer
+from dnirnn.synthesizers.fitting import fit_span
+from dnirnn.tasks import Batch, CopyTask
 
-TASKS = {"lm": lm_step_loss, "copy": repeat_copy.step_loss, "recall": lm_step_loss}
-TOKEN_TASKS = ("lm", "recall")  # token inputs (an embedding); the others read features
+CONTEXTS = ("none", "phase")  # cDNI context of the synthesizer (see DNIModule.context)
+PHASE_CONTEXT = 3  # [input phase, answer phase, k / K]
 
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when a training step produced a non-finite loss or gradient."""
-
-
-class RecurrentModule(L.LightningModule):
-    """What every dnirnn model shares (see the module docstring); not used on its own.
-
-    A subclass sets ``hparams`` with at least ``window``, ``windows_per_step``, ``eval_chunk``
-    (``save_hyperparameters`` in its ``__init__``) and implements the engine hooks:
-    ``zero_state``, ``run_windows``, ``eval_forward``, ``task_loss``, and
-    ``carried_tensors`` / ``carried_from_tensors`` when its state is not a plain ``(h, c)``;
-    and ``train_keys``, the per-update diagnostics it logs.
-    """
-
-    # train/<key> -> the attribute of the per-update results averaged over the step (logged
-    # on logged steps only). Every result also has ``nats``, ``count`` and ``finite``.
-    train_keys: dict[str, str] = {}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-        self.task: LanguageModelTask | CopyTask | RecallTask | None = None
-        self.carried: Any = None  # the recurrent state carried between steps
-        self.data_position = 0  # the next training position (see dnirnn.tasks)
-        self.steps_done = 0
-        self._eval: dict[str, Any] = {}
-        self.last_train_error: Tensor | None = None  # read by the curriculum callback
-        self.last_finite: Tensor | None = None
-        self._grad_hooks: list[Any] | None = None
-
-    # ---- engine hooks -------------------------------------------------------------------
-
-    def zero_state(self, batch: int) -> Any:
-        raise NotImplementedError
-
-    def run_windows(self, batch: Batch) -> Any:
-        """Trains on one span of data from ``self.carried``; sets ``self.carried``; returns
-        the per-update results (each with ``nats``, ``count``, ``finite`` and the attributes
-        named in ``train_keys``)."""
-        raise NotImplementedError
-
-    def eval_forward(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """The forward pass of evaluation: ``(logits, state)``."""
-        raise NotImplementedError
-
-    def task_loss(self, logits: Tensor, window: Window) -> tuple[Tensor, Tensor, Tensor]:
-        raise NotImplementedError
-
-    def check_task(self, task: Any, world: int) -> None:
-        """Pre-flight: raises ``ValueError`` if the model cannot train on ``task``."""
-
-    def carried_tensors(self, carried: Any) -> list[Tensor]:
-        """The carried state as tensors with the batch in dim 1 (checkpoint layout)."""
-        return list(carried)
-
-    def carried_from_tensors(self, tensors: list[Tensor]) -> Any:
-        return tuple(tensors)
-
-    # ---- set-up -------------------------------------------------------------------------
-
-    def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule
-        if dm is None or getattr(dm, "task", None) is None:
-            raise RuntimeError(f"{type(self).__name__} needs a dnirnn data module "
-                               "(CopyDataModule / PTBDataModule / RecallDataModule)")
-        self.task = dm.task
-        world = self.trainer.world_size
-        if world > 1:
-            self.task.shard(self.trainer.global_rank, world)
-        self.configure_task(world)
-
-    def configure_task(self, world: int) -> None:
-        """Called by ``setup`` once ``self.task`` is known (and sharded)."""
-
-    def on_fit_start(self) -> None:
-        self.task.to(self.device)
-
-    def on_validation_start(self) -> None:
-        self.task.to(self.device)
-
-    def on_test_start(self) -> None:
-        self.task.to(self.device)
-
-    @property
-    def chunk(self) -> int:
-        """Steps of data per training_step for streams: ``window * windows_per_step``."""
-        return self.hparams.window * self.hparams.windows_per_step
-
-    def train_positions(self) -> range:
-        """The positions the rest of this epoch covers (read when an epoch's iteration starts)."""
-        if self.task.episodic:
-            per_epoch = self.trainer.datamodule.steps_per_epoch
-            return range(self.data_position, (self.data_position // per_epoch + 1) * per_epoch)
-        n = self.task.num_batches("train", self.chunk)
-        return range(self.data_position if self.data_position < n else 0, n)
-
-    # ---- training -----------------------------------------------------------------------
-
-    def training_step(self, position: int, batch_idx: int) -> None:
-        position, step = int(position), self.trainer.global_step
-        if self._grad_hooks is None:
-            self._grad_hooks = self._sync_gradients()
-        batch = self.task.batch("train", position, self.chunk)
-        if batch.reset or self.carried is None:
-            self.carried = self.zero_state(batch.x.shape[1])
-        results = self.run_windows(batch)
-        self.data_position, self.steps_done = position + 1, self.steps_done + 1
-        self._count_step()
-        self._log_train(results)
-        self._check_finite(step)
-
-    def _check_finite(self, step: int) -> None:
-        """One host sync per step; raises before this step's checkpoint could be written."""
-        finite = self.last_finite.float()
-        if self.trainer.world_size > 1:
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        if bool(finite):
-            return
-        cb = self.trainer.checkpoint_callback
-        last = getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "")
-        where = f"the last checkpoint, {last}," if last else "no checkpoint was written; any"
-        raise NonFiniteLossError(
-            f"training step {step} (trainer.global_step, the 'step' of metrics.csv) produced a "
-            f"non-finite loss or gradient; training stopped before saving it, so {where} holds "
-            f"the last good (finite) parameters. Lower model.lr, set model.clip / "
-            f"model.synthesizer_clip, or check the data; then resume with --ckpt_path or "
-            f"start again."
-        )
-
-    def _sync_gradients(self) -> list[Any]:
-        """Gradient all-reduce hooks under DDP (see ``DNIModule``); none by default."""
-        return []
-
-    def on_fit_end(self) -> None:
-        for h in self._grad_hooks or []:
-            h.remove()
-        self._grad_hooks = None
-
-    def _count_step(self) -> None:
-        # The engine steps the raw optimizers, so Lightning did not count this step; one
-        # training_step (K windows) is one step of `trainer.global_step` / `max_steps`.
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        progress.increment_ready()
-        progress.increment_completed()
-
-    def _log_train(self, results: list[Any]) -> None:
-        """Reduced on the device: the finiteness flag and the task metrics every step (the
-        finiteness check and the curriculum read them), the diagnostics on logged steps."""
-        def stacked(attr: str) -> Tensor:
-            return torch.stack([getattr(r, attr) for r in results])
-
-        self.last_finite = stacked("finite").all()
-        metrics = self.task.metrics(stacked("nats").sum(), stacked("count").sum())
-        self.last_train_error = metrics.get("bits_per_step")
-        if not self._logs_this_step():
-            return
-        metrics = {f"train/{k}": v for k, v in metrics.items()}
-        metrics.update({f"train/{key}": stacked(attr).mean()
-                        for key, attr in self.train_keys.items()})
-        loss = metrics.pop("train/loss")
-        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        if isinstance(self.task, CopyTask):
-            self._log_curriculum()
-
-    def _logs_this_step(self) -> bool:
-        """Whether Lightning writes this step's metrics (every ``log_every_n_steps``; called
-        after ``_count_step``). ``self.log`` costs about 0.1 ms a call on a CPU, more than a
-        small window's update, so the other steps skip it; what is logged is unchanged."""
-        t = self.trainer
-        n = t.log_every_n_steps
-        return (n > 0 and t.global_step % n == 0) or t.should_stop
-
-    def _log_curriculum(self) -> None:
-        t = self.task
-        self.log_dict({"curriculum/level": float(t.level), "curriculum/length": float(t.length),
-                       "curriculum/repeats": float(t.repeats),
-                       "curriculum/max_level_solved": float(t.max_level_solved)},
-                      on_step=True, prog_bar=False)
-        self.log("level", float(t.level), prog_bar=True, on_step=True, logger=False)
-
-    # ---- evaluation: the whole stream forward with carried state -------------------------
-
-    def validation_step(self, position: int, batch_idx: int) -> None:
-        self._eval_step("valid", int(position))
-
-    def test_step(self, position: int, batch_idx: int) -> None:
-        self._eval_step("test", int(position))
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval = {}
-
-    def on_test_epoch_start(self) -> None:
-        self._eval = {}
-
-    def _eval_step(self, split: str, position: int) -> None:
-        batch = self.task.batch(split, position, self.hparams.eval_chunk)
-        if batch.reset or "state" not in self._eval:
-            self._eval["state"] = self.zero_state(batch.x.shape[1])
-        logits, self._eval["state"] = self.eval_forward(batch.x, self._eval["state"])
-        _, nats, count = self.task_loss(logits, Window(batch.x, batch.y, batch.mask))
-        self._eval["nats"] = self._eval.get("nats", 0.0) + nats
-        self._eval["count"] = self._eval.get("count", 0.0) + count
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_eval("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_eval("test")
-
-    def _log_eval(self, prefix: str) -> None:
-        if "nats" not in self._eval:
-            return
-        metrics = self.task.metrics(self._eval["nats"], self._eval["count"])
-        self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, prog_bar=True)
-
-    # ---- checkpoints: state dicts + everything needed to continue exactly ----------------
-
-    def _world(self) -> int:
-        trainer = self._trainer
-        return trainer.world_size if trainer is not None else 1
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        carried = None if self.carried is None else self.carried_tensors(self.carried)
-        if carried is not None and self._world() > 1:  # every rank dumps; gather the columns
-            carried = [torch.cat(self.all_gather(s).unbind(0), dim=1) for s in carried]
-        checkpoint["dnirnn"] = {
-            "carried": None if carried is None else [s.cpu() for s in carried],
-            "data_position": self.data_position,
-            "steps_done": self.steps_done,
-            "task": self.task.state_dict() if self.task is not None else {},
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        extra = checkpoint.get("dnirnn")
-        if extra is None:
-            raise ValueError("not a dnirnn checkpoint: it has no 'dnirnn' section")
-        carried = extra["carried"]
-        world = self._world()
-        if carried is not None and world > 1:  # the global layout: keep this rank's columns
-            b, r = carried[0].shape[1] // world, self.trainer.global_rank
-            carried = [s[:, r * b : (r + 1) * b] for s in carried]
-        self.carried = None if carried is None else self.carried_from_tensors(
-            [s.to(self.device) for s in carried])
-        self.data_position, self.steps_done = extra["data_position"], extra["steps_done"]
-        if self.task is not None:
-            self.task.load_state_dict(extra["task"])
-        torch.set_rng_state(extra["torch_rng"])
-        if extra.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(extra["cuda_rng"])
+__all__ = ["CONTEXTS", "TASKS", "TOKEN_TASKS", "DNIModule", "NonFiniteLossError",
+           "RecurrentModule"]
 
 
 class DNIModule(RecurrentModule):
@@ -339,7 +70,22 @@ class DNIModule(RecurrentModule):
         sg_scale: beta, the weight of the synthetic gradient (1 = the paper).
         aux_weight: weight of the Aux loss (``dni_aux``).
         oracle_windows: W, windows of look-ahead of the ``oracle`` boundary.
-        synthesizer: "linear" or "mlp".
+        synthesizer: "linear" or "mlp" (``synthesizer_fit: rls`` needs "linear").
+        synthesizer_fit: how the synthesizer is fitted: "adam" (its own Adam on L_SG, per
+            window: the paper) or "rls" (exact ridge least squares with exponential
+            forgetting, re-solved once per training step: ``dnirnn.synthesizers``).
+        synthesizer_positions: P, one synthesizer map per boundary index k within an episode
+            (k >= P share map P-1); 1: one shared map (streams always use map 0).
+        synthesizer_context: cDNI context appended to the synthesizer's input: "none", or
+            "phase" (copy tasks: [input phase, answer phase, k / K] of the boundary).
+        rls_forget: ``rls``: weight of a regression pair one training step older, in (0, 1].
+        rls_ridge: ``rls``: ridge, relative to the mean diagonal of the normal matrix.
+        sg_lambda: null: the synthesizer regresses the one-window bootstrapped target
+            delta_k, per window (the paper); λ in [0, 1]: it regresses λ-return targets
+            computed once per step over the step's span with frozen parameters (one extra
+            forward + backward; λ = 1: the true gradient of the rest of the span).
+        sg_guard: cap each synthetic gradient's norm at this multiple of the running RMS
+            norm of its position's targets (null: no cap).
         synthesizer_hidden: hidden units of the mlp synthesizer (null: the state size,
             2 * num_layers * hidden_size, so the synthesizer never outgrows the core).
         synthesizer_layers: hidden layers of the mlp synthesizer.
@@ -370,6 +116,13 @@ class DNIModule(RecurrentModule):
         aux_weight: float = 1.0,
         oracle_windows: int = 1,
         synthesizer: str = "mlp",
+        synthesizer_fit: str = "adam",
+        synthesizer_positions: int = 1,
+        synthesizer_context: str = "none",
+        rls_forget: float = 0.8,
+        rls_ridge: float = 0.1,
+        sg_lambda: float | None = None,
+        sg_guard: float | None = None,
         synthesizer_hidden: int | None = None,
         synthesizer_layers: int = 1,
         lr: float = 1e-3,
@@ -386,14 +139,24 @@ class DNIModule(RecurrentModule):
                                    embed=task in TOKEN_TASKS, embed_size=embed_size,
                                    dropout=dropout))
         init_forget_bias(core.lstm, forget_bias)
-        synth = None
+        synth = guard = None
         if boundary in ("dni", "dni_aux"):
             width = core.state_size if synthesizer_hidden is None else synthesizer_hidden
-            synth = Synthesizer(core.state_size, synthesizer, width,
-                                synthesizer_layers)
+            context = PHASE_CONTEXT if synthesizer_context == "phase" else 0
+            synth = build_synthesizer(
+                core.state_size, fit=synthesizer_fit, kind=synthesizer, hidden_size=width,
+                hidden_layers=synthesizer_layers, context_size=context,
+                positions=synthesizer_positions, forget=rls_forget, ridge=rls_ridge)
+            if sg_guard is not None:
+                guard = NormGuard(synthesizer_positions, sg_guard)
         self.engine = DNIRNN(core, TASKS[task], 1.0, boundary, synth, sg_scale, aux_weight,
-                             oracle_windows)
+                             oracle_windows, guard, sg_lambda)
         self._opts: Optimizers | None = None
+
+    def check_task(self, task: Any, world: int) -> None:
+        if self.hparams.synthesizer_context == "phase" and not isinstance(task, CopyTask):
+            raise ValueError("model.synthesizer_context: 'phase' needs a copy / repeat-copy "
+                             "task (it marks the input and answer phases); use 'none'")
 
     def configure_task(self, world: int) -> None:
         self.engine.aux_weight = self.hparams.aux_weight / world  # see the module docstring
@@ -401,8 +164,8 @@ class DNIModule(RecurrentModule):
 
     def configure_optimizers(self):
         core = adam(self.engine.core_parameters(), self.hparams.lr)
-        if self.engine.synthesizer is None:
-            return core
+        if self.engine.synthesizer is None or not list(self.engine.synthesizer.parameters()):
+            return core  # (tbptt / oracle, or a synthesizer solved in closed form)
         synth = adam(self.engine.synthesizer.parameters(), self.hparams.synthesizer_lr)
         return [core, synth]
 
@@ -440,21 +203,73 @@ class DNIModule(RecurrentModule):
                 for p in params]
 
     def run_windows(self, batch: Batch) -> list[WindowResult]:
-        opts, state = self._optimizers(), self.carried
-        windows = split_windows(batch.x, batch.y, self.hparams.window, batch.mask)
-        oracle = self.engine.boundary == "oracle"
-        results = []
+        opts, start = self._optimizers(), self.carried
+        windows = self.windows(batch)
+        oracle, n = self.engine.boundary == "oracle", len(windows)
+        results, state = [], start
         for k, w in enumerate(windows):
             res = window_update(
                 self.engine, opts, w, state,
                 episode_start=batch.reset and k == 0,
-                episode_end=batch.last and k == len(windows) - 1,
+                episode_end=batch.last and k == n - 1,
                 future=windows[k + 1 :] if oracle else (),
+                next_context=windows[k + 1].context if k + 1 < n else self._end_context(w),
             )
             state = res.state
             results.append(res)
         self.carried = state
+        if self.engine.trains_synthesizer:
+            self._fit_after_step(windows, start, batch, results)
         return results
+
+    def windows(self, batch: Batch) -> list[Window]:
+        """The step's windows, each with its boundary position and cDNI context."""
+        windows = split_windows(batch.x, batch.y, self.hparams.window, batch.mask)
+        for k, w in enumerate(windows):
+            w.position = k if self.task.episodic else 0
+            w.context = self.context(k, len(windows), w.x)
+        return windows
+
+    def context(self, k: int, windows: int, x: Tensor) -> Tensor | None:
+        """cDNI context at the boundary k of an episode of ``windows`` windows: ``(B, C)``.
+
+        "phase" (copy tasks): ``[input phase, answer phase, k / K]``, where the boundary is
+        in the answer phase once the pattern and count have been read (step k*T is at or
+        past the first answer step). Plain Python numbers: no host sync.
+        """
+        if self.hparams.synthesizer_context == "none" or self.engine.synthesizer is None:
+            return None
+        answer = float(k * self.hparams.window >= self.task.generator.answer_start(
+            self.task.length))
+        row = torch.tensor([1.0 - answer, answer, k / windows], dtype=x.dtype)
+        return row.to(x.device).expand(x.shape[1], PHASE_CONTEXT)
+
+    def _end_context(self, w: Window) -> Tensor | None:
+        # the boundary after a step's last window: an episode's end (g = 0) or, for streams,
+        # the next step's first boundary (streams have no context)
+        return None if w.context is None else torch.zeros_like(w.context)
+
+    def _fit_after_step(self, windows: list[Window], start: State, batch: Batch,
+                        results: list[WindowResult]) -> None:
+        """λ-target fit (``sg_lambda``) and the least-squares solve, once per step; their
+        losses and finiteness join the step's results."""
+        engine, opts = self.engine, self._optimizers()
+        if engine.sg_lambda is not None:
+            losses, coses, targets = fit_span(
+                engine, opts, windows, start, lam=engine.sg_lambda,
+                episode_start=batch.reset, episode_end=batch.last)
+            for r, loss, cos, t in zip(results, losses, coses, targets):
+                norm = torch.linalg.vector_norm(t)
+                r.sg_loss, r.sg_cos, r.target_norm = loss, cos, norm
+                r.finite = r.finite & torch.isfinite(loss) & torch.isfinite(norm)
+        ok = engine.synthesizer.end_step(self._all_reduce())
+        results[-1].finite = results[-1].finite & ok
+
+    def _all_reduce(self):
+        """In-place sum over DDP ranks (the least-squares statistics), or None."""
+        if self.trainer.world_size <= 1 or not torch.distributed.is_initialized():
+            return None
+        return torch.distributed.all_reduce
 
     def eval_forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         logits, _, state = self.engine.core(x, state)
@@ -474,6 +289,21 @@ def _validate(args: dict[str, Any]) -> None:
     need(args["boundary"] in BOUNDARIES, "boundary", f"must be one of {BOUNDARIES}")
     need(args["synthesizer"] in SYNTHESIZER_KINDS, "synthesizer",
          f"must be one of {SYNTHESIZER_KINDS}")
+    need(args["synthesizer_fit"] in FITS, "synthesizer_fit", f"must be one of {FITS}")
+    need(args["synthesizer_fit"] != "rls" or args["synthesizer"] == "linear",
+         "synthesizer_fit", "'rls' fits linear maps: also set model.synthesizer=linear")
+    need(args["synthesizer_context"] in CONTEXTS, "synthesizer_context",
+         f"must be one of {CONTEXTS}")
+    need(isinstance(args["synthesizer_positions"], int) and args["synthesizer_positions"] >= 1,
+         "synthesizer_positions", "must be an integer >= 1 (1: one shared map)")
+    need(0 < args["rls_forget"] <= 1, "rls_forget", "must be in (0, 1]")
+    need(args["rls_ridge"] > 0, "rls_ridge", "must be > 0")
+    need(args["sg_lambda"] is None or 0 <= args["sg_lambda"] <= 1, "sg_lambda",
+         "must be in [0, 1], or null for the per-window bootstrapped target")
+    need(args["sg_lambda"] is None or args["boundary"] == "dni", "sg_lambda",
+         "λ-return targets need model.boundary=dni")
+    need(args["sg_guard"] is None or args["sg_guard"] > 0, "sg_guard",
+         "must be > 0, or null for no cap")
     for f in ("window", "windows_per_step", "hidden_size", "num_layers", "oracle_windows",
               "eval_chunk", "input_size", "output_size", "synthesizer_layers"):
         need(isinstance(args[f], int) and args[f] >= 1, f, "must be an integer >= 1")

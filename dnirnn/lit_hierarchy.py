@@ -42,9 +42,9 @@ from dnirnn.hierarchy import (
     TwoTimescaleRNN,
     hierarchy_update,
 )
-from dnirnn.lit import TASKS, TOKEN_TASKS, RecurrentModule
 from dnirnn.optim import adam
-from dnirnn.synthesizer import SYNTHESIZER_KINDS
+from dnirnn.recurrent import TASKS, TOKEN_TASKS, RecurrentModule
+from dnirnn.synthesizers import SYNTHESIZER_KINDS
 from dnirnn.tasks import Batch, CopyTask
 
 # train/<key>: the fast core's keys mean what DNIModule's mean for its single core.

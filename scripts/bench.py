@@ -65,7 +65,7 @@ from dnirnn.dni import DNIRNN, Optimizers, split_windows, window_update
 from dnirnn.lit import DNIModule
 from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.optim import adam
-from dnirnn.synthesizer import Synthesizer
+from dnirnn.synthesizers import Synthesizer
 from dnirnn.tasks import LanguageModelTask, lm_step_loss
 
 PRESETS = {

@@ -19,7 +19,7 @@ from dnirnn.dni import (
 )
 from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.state import detach_state, flatten_state, unflatten_state, zero_state
-from dnirnn.synthesizer import Synthesizer
+from dnirnn.synthesizers import Synthesizer
 
 from .conftest import mse_steps
 

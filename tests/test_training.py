@@ -186,10 +186,10 @@ def test_default_synthesizer_is_sized_to_the_state():
     from dnirnn.lit import DNIModule
 
     module = DNIModule(task="lm", input_size=5, output_size=5, hidden_size=6, num_layers=2)
-    first = module.engine.synthesizer.net[0]
+    first = module.engine.synthesizer.maps[0][0]
     assert first.in_features == first.out_features == 2 * 2 * 6
     wide = DNIModule(task="lm", input_size=5, output_size=5, hidden_size=6,
                      synthesizer_hidden=40)
-    assert wide.engine.synthesizer.net[0].out_features == 40
+    assert wide.engine.synthesizer.maps[0][0].out_features == 40
     with pytest.raises(ValueError, match="synthesizer_hidden"):
         DNIModule(task="lm", input_size=5, output_size=5, synthesizer_hidden=0)

@@ -1,0 +1,293 @@
+"""The base LightningModule: what every dnirnn model shares (thin, over a pure engine).
+
+``RecurrentModule`` holds what every dnirnn model shares: positions-based data (see
+``dnirnn.tasks``), the recurrent state carried on the module, manual optimisation with one
+``trainer.global_step`` per ``training_step``, the once-per-step finiteness check, metrics
+summed on the device, evaluation of the whole stream with carried state, and checkpoint
+hooks that make resume exact (carried state, data position, task/curriculum state, RNG).
+``DNIModule`` (here: one LSTM core, ``dnirnn.dni``) and ``HierarchyModule``
+(``dnirnn.lit_hierarchy``: two timescales, ``dnirnn.hierarchy``) fill in the engine.
+
+Manual optimisation. Each ``training_step`` receives a *position* (see ``dnirnn.tasks``),
+fetches that span of data from the task (already on the device), cuts it into windows of
+``window`` steps and runs ``window_update`` on each: streams carry the recurrent state across
+windows, steps and batches (reset at epoch start); episodes start from zeros and inject
+``g = 0`` at their end. Metrics are summed on the device across the windows; the only host
+syncs are Lightning's logging and the finiteness check, once per step.
+
+Non-finite loss or gradients: the engine returns ``finite`` flags per window; they are
+reduced on the device and read once per training step. A non-finite step raises
+``NonFiniteLossError`` (naming the step) inside ``training_step``, i.e. before the checkpoint
+callbacks of that step run, so the last checkpoint on disk holds finite parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from dnirnn.data import repeat_copy
+from dnirnn.dni import Window
+from dnirnn.tasks import Batch, CopyTask, LanguageModelTask, RecallTask, lm_step_loss
+
+TASKS = {"lm": lm_step_loss, "copy": repeat_copy.step_loss, "recall": lm_step_loss}
+TOKEN_TASKS = ("lm", "recall")  # token inputs (an embedding); the others read features
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training step produced a non-finite loss or gradient."""
+
+
+class RecurrentModule(L.LightningModule):
+    """What every dnirnn model shares (see the module docstring); not used on its own.
+
+    A subclass sets ``hparams`` with at least ``window``, ``windows_per_step``, ``eval_chunk``
+    (``save_hyperparameters`` in its ``__init__``) and implements the engine hooks:
+    ``zero_state``, ``run_windows``, ``eval_forward``, ``task_loss``, and
+    ``carried_tensors`` / ``carried_from_tensors`` when its state is not a plain ``(h, c)``;
+    and ``train_keys``, the per-update diagnostics it logs.
+    """
+
+    # train/<key> -> the attribute of the per-update results averaged over the step (logged
+    # on logged steps only). Every result also has ``nats``, ``count`` and ``finite``.
+    train_keys: dict[str, str] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.task: LanguageModelTask | CopyTask | RecallTask | None = None
+        self.carried: Any = None  # the recurrent state carried between steps
+        self.data_position = 0  # the next training position (see dnirnn.tasks)
+        self.steps_done = 0
+        self._eval: dict[str, Any] = {}
+        self.last_train_error: Tensor | None = None  # read by the curriculum callback
+        self.last_finite: Tensor | None = None
+        self._grad_hooks: list[Any] | None = None
+
+    # ---- engine hooks -------------------------------------------------------------------
+
+    def zero_state(self, batch: int) -> Any:
+        raise NotImplementedError
+
+    def run_windows(self, batch: Batch) -> Any:
+        """Trains on one span of data from ``self.carried``; sets ``self.carried``; returns
+        the per-update results (each with ``nats``, ``count``, ``finite`` and the attributes
+        named in ``train_keys``)."""
+        raise NotImplementedError
+
+    def eval_forward(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """The forward pass of evaluation: ``(logits, state)``."""
+        raise NotImplementedError
+
+    def task_loss(self, logits: Tensor, window: Window) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def check_task(self, task: Any, world: int) -> None:
+        """Pre-flight: raises ``ValueError`` if the model cannot train on ``task``."""
+
+    def carried_tensors(self, carried: Any) -> list[Tensor]:
+        """The carried state as tensors with the batch in dim 1 (checkpoint layout)."""
+        return list(carried)
+
+    def carried_from_tensors(self, tensors: list[Tensor]) -> Any:
+        return tuple(tensors)
+
+    # ---- set-up -------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        if dm is None or getattr(dm, "task", None) is None:
+            raise RuntimeError(f"{type(self).__name__} needs a dnirnn data module "
+                               "(CopyDataModule / PTBDataModule / RecallDataModule)")
+        self.task = dm.task
+        world = self.trainer.world_size
+        if world > 1:
+            self.task.shard(self.trainer.global_rank, world)
+        self.configure_task(world)
+
+    def configure_task(self, world: int) -> None:
+        """Called by ``setup`` once ``self.task`` is known (and sharded)."""
+
+    def on_fit_start(self) -> None:
+        self.task.to(self.device)
+
+    def on_validation_start(self) -> None:
+        self.task.to(self.device)
+
+    def on_test_start(self) -> None:
+        self.task.to(self.device)
+
+    @property
+    def chunk(self) -> int:
+        """Steps of data per training_step for streams: ``window * windows_per_step``."""
+        return self.hparams.window * self.hparams.windows_per_step
+
+    def train_positions(self) -> range:
+        """The positions the rest of this epoch covers (read when an epoch's iteration starts)."""
+        if self.task.episodic:
+            per_epoch = self.trainer.datamodule.steps_per_epoch
+            return range(self.data_position, (self.data_position // per_epoch + 1) * per_epoch)
+        n = self.task.num_batches("train", self.chunk)
+        return range(self.data_position if self.data_position < n else 0, n)
+
+    # ---- training -----------------------------------------------------------------------
+
+    def training_step(self, position: int, batch_idx: int) -> None:
+        position, step = int(position), self.trainer.global_step
+        if self._grad_hooks is None:
+            self._grad_hooks = self._sync_gradients()
+        batch = self.task.batch("train", position, self.chunk)
+        if batch.reset or self.carried is None:
+            self.carried = self.zero_state(batch.x.shape[1])
+        results = self.run_windows(batch)
+        self.data_position, self.steps_done = position + 1, self.steps_done + 1
+        self._count_step()
+        self._log_train(results)
+        self._check_finite(step)
+
+    def _check_finite(self, step: int) -> None:
+        """One host sync per step; raises before this step's checkpoint could be written."""
+        finite = self.last_finite.float()
+        if self.trainer.world_size > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if bool(finite):
+            return
+        cb = self.trainer.checkpoint_callback
+        last = getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "")
+        kept = (f"The last checkpoint, {last}, holds the last good (finite) parameters: "
+                f"resume from it with --ckpt_path after the fix." if last else
+                "No checkpoint had been written yet: start again after the fix.")
+        raise NonFiniteLossError(
+            f"training step {step} (trainer.global_step, the 'step' of metrics.csv) produced a "
+            f"non-finite loss, gradient, synthetic-gradient target or synthesizer loss; "
+            f"training stopped before saving it. {kept} Fixes: lower model.lr, set model.clip "
+            f"/ model.synthesizer_clip, set model.sg_guard (caps the synthetic gradient), or "
+            f"check the data."
+        )
+
+    def _sync_gradients(self) -> list[Any]:
+        """Gradient all-reduce hooks under DDP (see ``DNIModule``); none by default."""
+        return []
+
+    def on_fit_end(self) -> None:
+        for h in self._grad_hooks or []:
+            h.remove()
+        self._grad_hooks = None
+
+    def _count_step(self) -> None:
+        # The engine steps the raw optimizers, so Lightning did not count this step; one
+        # training_step (K windows) is one step of `trainer.global_step` / `max_steps`.
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()
+        progress.increment_completed()
+
+    def _log_train(self, results: list[Any]) -> None:
+        """Reduced on the device: the finiteness flag and the task metrics every step (the
+        finiteness check and the curriculum read them), the diagnostics on logged steps."""
+        def stacked(attr: str) -> Tensor:
+            return torch.stack([getattr(r, attr) for r in results])
+
+        self.last_finite = stacked("finite").all()
+        metrics = self.task.metrics(stacked("nats").sum(), stacked("count").sum())
+        self.last_train_error = metrics.get("bits_per_step")
+        if not self._logs_this_step():
+            return
+        metrics = {f"train/{k}": v for k, v in metrics.items()}
+        metrics.update({f"train/{key}": stacked(attr).mean()
+                        for key, attr in self.train_keys.items()})
+        loss = metrics.pop("train/loss")
+        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if isinstance(self.task, CopyTask):
+            self._log_curriculum()
+
+    def _logs_this_step(self) -> bool:
+        """Whether Lightning writes this step's metrics (every ``log_every_n_steps``; called
+        after ``_count_step``). ``self.log`` costs about 0.1 ms a call on a CPU, more than a
+        small window's update, so the other steps skip it; what is logged is unchanged."""
+        t = self.trainer
+        n = t.log_every_n_steps
+        return (n > 0 and t.global_step % n == 0) or t.should_stop
+
+    def _log_curriculum(self) -> None:
+        t = self.task
+        self.log_dict({"curriculum/level": float(t.level), "curriculum/length": float(t.length),
+                       "curriculum/repeats": float(t.repeats),
+                       "curriculum/max_level_solved": float(t.max_level_solved)},
+                      on_step=True, prog_bar=False)
+        self.log("level", float(t.level), prog_bar=True, on_step=True, logger=False)
+
+    # ---- evaluation: the whole stream forward with carried state -------------------------
+
+    def validation_step(self, position: int, batch_idx: int) -> None:
+        self._eval_step("valid", int(position))
+
+    def test_step(self, position: int, batch_idx: int) -> None:
+        self._eval_step("test", int(position))
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval = {}
+
+    def on_test_epoch_start(self) -> None:
+        self._eval = {}
+
+    def _eval_step(self, split: str, position: int) -> None:
+        batch = self.task.batch(split, position, self.hparams.eval_chunk)
+        if batch.reset or "state" not in self._eval:
+            self._eval["state"] = self.zero_state(batch.x.shape[1])
+        logits, self._eval["state"] = self.eval_forward(batch.x, self._eval["state"])
+        _, nats, count = self.task_loss(logits, Window(batch.x, batch.y, batch.mask))
+        self._eval["nats"] = self._eval.get("nats", 0.0) + nats
+        self._eval["count"] = self._eval.get("count", 0.0) + count
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def _log_eval(self, prefix: str) -> None:
+        if "nats" not in self._eval:
+            return
+        metrics = self.task.metrics(self._eval["nats"], self._eval["count"])
+        self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, prog_bar=True)
+
+    # ---- checkpoints: state dicts + everything needed to continue exactly ----------------
+
+    def _world(self) -> int:
+        trainer = self._trainer
+        return trainer.world_size if trainer is not None else 1
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        carried = None if self.carried is None else self.carried_tensors(self.carried)
+        if carried is not None and self._world() > 1:  # every rank dumps; gather the columns
+            carried = [torch.cat(self.all_gather(s).unbind(0), dim=1) for s in carried]
+        checkpoint["dnirnn"] = {
+            "carried": None if carried is None else [s.cpu() for s in carried],
+            "data_position": self.data_position,
+            "steps_done": self.steps_done,
+            "task": self.task.state_dict() if self.task is not None else {},
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get("dnirnn")
+        if extra is None:
+            raise ValueError("not a dnirnn checkpoint: it has no 'dnirnn' section")
+        carried = extra["carried"]
+        world = self._world()
+        if carried is not None and world > 1:  # the global layout: keep this rank's columns
+            b, r = carried[0].shape[1] // world, self.trainer.global_rank
+            carried = [s[:, r * b : (r + 1) * b] for s in carried]
+        self.carried = None if carried is None else self.carried_from_tensors(
+            [s.to(self.device) for s in carried])
+        self.data_position, self.steps_done = extra["data_position"], extra["steps_done"]
+        if self.task is not None:
+            self.task.load_state_dict(extra["task"])
+        torch.set_rng_state(extra["torch_rng"])
+        if extra.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(extra["cuda_rng"])

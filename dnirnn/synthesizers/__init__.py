@@ -1,0 +1,50 @@
+"""The synthesizer side of DNI: what predicts the future gradient, and how it is fitted.
+
+One module per concept (the window update itself stays in ``dnirnn.dni``):
+
+- ``network``: ``Synthesizer``, a linear or mlp network fitted by an optimizer (Adam: the
+  paper), optionally one map per boundary position;
+- ``least_squares``: ``LeastSquaresSynthesizer``, linear maps refitted exactly each training
+  step by ridge least squares with exponential forgetting (``synthesizer_fit: rls``);
+- ``targets``: λ-return targets over a span (BP(λ)); λ = 1 is the true future gradient;
+- ``guard``: ``NormGuard``, caps the synthetic gradient relative to its targets' running RMS;
+- ``fitting``: step 5 for every method (``fit_boundary``) and the λ-target fit (``fit_span``).
+
+``build_synthesizer`` makes the one a configuration names.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from dnirnn.synthesizers.guard import NormGuard
+from dnirnn.synthesizers.least_squares import LeastSquaresSynthesizer
+from dnirnn.synthesizers.network import SYNTHESIZER_KINDS, Synthesizer
+
+FITS = ("adam", "rls")
+
+__all__ = ["FITS", "SYNTHESIZER_KINDS", "LeastSquaresSynthesizer", "NormGuard", "Synthesizer",
+           "build_synthesizer"]
+
+
+def build_synthesizer(
+    state_size: int,
+    *,
+    fit: str = "adam",
+    kind: str = "mlp",
+    hidden_size: int = 512,
+    hidden_layers: int = 1,
+    context_size: int = 0,
+    positions: int = 1,
+    forget: float = 0.8,
+    ridge: float = 0.1,
+) -> nn.Module:
+    """A synthesizer fitted by ``fit``: "adam" (a network, ``kind`` linear or mlp) or "rls"
+    (linear maps by least squares; ``kind`` must be "linear")."""
+    if fit not in FITS:
+        raise ValueError(f"synthesizer fit must be one of {FITS}, got {fit!r}")
+    if fit == "rls":
+        if kind != "linear":
+            raise ValueError("synthesizer_fit 'rls' fits linear maps: set synthesizer: linear")
+        return LeastSquaresSynthesizer(state_size, context_size, positions, forget, ridge)
+    return Synthesizer(state_size, kind, hidden_size, hidden_layers, context_size, positions)
