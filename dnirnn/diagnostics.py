@@ -7,34 +7,41 @@ steps, BEFORE the step updates anything (``on_train_batch_start``), it:
    (``task.batch("train", position, chunk)``: a pure function of the position, for PTB
    streams and for copy episodes alike, so the step gets exactly the same data),
 2. starts from the state the step will start from (``pl_module.carried``, or zeros when the
-   span starts an episode / epoch), forwards the first window without a graph to the first
-   boundary state ``s_1``,
-3. compares the gradient the boundary would inject at ``s_1`` with the TRUE future gradient
-   ``dL_future / ds_1``, computed by BPTT with frozen parameters
-   (``engine.oracle_gradient``) over the next ``windows`` windows for streams, or over the
-   whole rest of the episode for copy tasks (then it is the exact future gradient).
+   span starts an episode / epoch),
+3. computes the TRUE future gradient ``dL_future / ds_k`` at every boundary k of the span
+   with frozen parameters, in one forward and one backward pass
+   (``dnirnn.synthesizers.targets.lambda_targets`` with λ = 1, beta = 1, no synthesizer: the
+   same mechanism that makes the λ-return targets). Episodes: every internal boundary,
+   over the whole rest of the episode (the exact future). Streams: the first boundary,
+   over the next ``windows`` windows;
+4. compares it with the gradient the boundary would inject there.
 
 Logged (straight to the trainer's loggers at ``trainer.global_step``, so they do not depend
 on ``log_every_n_steps``):
 
-- ``diag/true_grad_norm``: ``||dL_future/ds_1||`` (every mode; for ``tbptt`` this is what the
-  truncation drops),
-- ``diag/sg_true_cos``: cosine(g, true) over the flattened ``(B, S)`` tensors,
-- ``diag/sg_true_norm_ratio``: ``||g|| / ||true||``,
-- ``diag/sg_norm``: ``||g||``, and ``diag/future_windows``: the windows the truth covers.
+- at the FIRST boundary (k = 1): ``diag/true_grad_norm``, ``diag/sg_true_cos`` (cosine over
+  the flattened ``(B, S)`` tensors), ``diag/sg_true_norm_ratio`` (``||g|| / ||true||``),
+  ``diag/sg_norm``, ``diag/future_windows``;
+- over all internal boundaries of an episode: ``diag/sg_true_cos_all`` (mean cosine), and
+  by phase for copy tasks, ``diag/sg_true_cos_input`` / ``diag/sg_true_cos_answer`` (mean
+  over the boundaries in the input phase, where the long-range credit is, and in the answer
+  phase; see ``CopyTask.answer_phase``), with ``diag/true_grad_norm_input`` / ``_answer``;
+- one JSON line per boundary into ``<run>/diagnostics.jsonl``:
+  ``{"step", "level", "k", "phase", "cos", "ratio", "true_norm", "sg_norm"}`` (the per-position
+  record that ``scripts/synthetic_gradients.py`` plots).
 
-``g`` is ``M_phi(s_1)`` for ``dni`` / ``dni_aux`` and the oracle's own injected gradient
-(its ``oracle_windows`` windows) for ``oracle`` (a check: with ``oracle_windows == windows``
-the cosine and the ratio are 1). For ``dni_aux`` the synthesizer's bootstrapped target also
-contains the Aux objective's gradient, while the truth here is the task loss only. With
-``sg_scale = beta < 1`` the synthesizer predicts a beta-discounted future, so the ratio is
-expected below 1.
+``g`` is ``M_phi(s_k)`` (capped by the guard, as the core receives it) for ``dni`` /
+``dni_aux``, and the oracle's own injected gradient (its ``oracle_windows`` windows) for
+``oracle`` at the first boundary (a check: with ``oracle_windows == windows`` the cosine and
+the ratio are 1). For ``dni_aux`` the synthesizer's bootstrapped target also contains the Aux
+objective's gradient, while the truth here is the task loss only. With ``sg_scale = beta <
+1`` the synthesizer predicts a beta-discounted future, so the ratio is expected below 1.
 
 The synthesizer's own loss ``train/sg_loss`` and the bootstrapped-target norm
 ``train/target_norm`` are logged by ``DNIModule`` at every logged step.
 
-No effect on training: parameters are frozen (``torch.autograd.grad`` w.r.t. the state only:
-no parameter ``.grad`` is touched), the core runs in eval mode (no dropout) inside
+No effect on training: parameters are frozen (gradients w.r.t. the state only: no parameter
+``.grad`` is touched), the core runs in eval mode (no dropout) inside
 ``torch.random.fork_rng`` (no global RNG is consumed) with cuDNN disabled (cuDNN's RNN
 backward needs training mode), and the module's carried state is not modified. A run with
 the callback gives bit-identical training losses to one without (tests/test_diagnostics.py).
@@ -42,14 +49,16 @@ the callback gives bit-identical training losses to one without (tests/test_diag
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
-from dnirnn.dni import split_windows
-from dnirnn.state import detach_state
+from dnirnn.state import detach_state, unflatten_state
+from dnirnn.synthesizers.targets import lambda_targets
 
 
 class SyntheticGradientDiagnostics(L.Callback):
@@ -68,6 +77,7 @@ class SyntheticGradientDiagnostics(L.Callback):
             raise ValueError(f"windows must be >= 1, got {windows}")
         self.every_n_steps, self.windows = every_n_steps, windows
         self.last: dict[str, float] = {}  # the last logged values (for tests and inspection)
+        self.rows: list[dict[str, Any]] = []  # the last per-boundary rows
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int
@@ -79,20 +89,28 @@ class SyntheticGradientDiagnostics(L.Callback):
         if not metrics:
             return
         self.last = metrics
+        log_dir = trainer.log_dir  # (a collective under DDP: every rank asks)
         if trainer.is_global_zero:
             for lg in trainer.loggers:
                 lg.log_metrics(metrics, step=step)
+            if log_dir is not None:
+                level = getattr(pl_module.task, "level", None)
+                path = Path(log_dir) / "diagnostics.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("a") as f:
+                    for row in self.rows:
+                        f.write(json.dumps({"step": step, "level": level, **row}) + "\n")
 
     @torch.no_grad()
     def measure(self, pl_module: Any, position: int) -> dict[str, float]:
-        """The diagnostics at the first boundary of training span ``position``
-        (empty if the span has a single window: no boundary inside it)."""
+        """The diagnostics of training span ``position`` (empty if the span has a single
+        window: no boundary inside it); the per-boundary rows go to ``self.rows``."""
         engine, task = pl_module.engine, pl_module.task
         batch = task.batch("train", position, pl_module.chunk)
-        windows = split_windows(batch.x, batch.y, pl_module.hparams.window, batch.mask)
+        windows = pl_module.windows(batch)
         if len(windows) < 2:
             return {}
-        future = windows[1:] if task.episodic else windows[1 : 1 + self.windows]
+        span = windows if task.episodic else windows[: 1 + self.windows]
         carried = pl_module.carried
         if batch.reset or carried is None:
             state = engine.core.zero_state(batch.x.shape[1])
@@ -104,24 +122,51 @@ class SyntheticGradientDiagnostics(L.Callback):
             with torch.random.fork_rng(devices=devices), \
                     torch.backends.cudnn.flags(enabled=False):
                 engine.eval()
-                _, _, s1 = engine.core(windows[0].x, state)
-                true = engine.oracle_gradient(s1, future)
-                if engine.boundary in ("dni", "dni_aux"):
-                    g = engine.synthetic_gradient(s1, windows[1].context)
-                elif engine.boundary == "oracle":
-                    g = engine.oracle_gradient(s1, future[: engine.oracle_windows])
-                else:
-                    g = None
+                truth = lambda_targets(engine, span, state, lam=1.0, beta=1.0, predict=None,
+                                       episode_end=True)
+                boundaries = range(1, len(span)) if task.episodic else range(1, 2)
+                rows = [self._row(pl_module, span, truth, k) for k in boundaries]
         finally:
             engine.train(was_training)
-        true_norm = torch.linalg.vector_norm(true)
-        out = {"diag/true_grad_norm": float(true_norm),
-               "diag/future_windows": float(len(future))}
-        if g is not None:
-            sg_norm = torch.linalg.vector_norm(g)
-            cos = F.cosine_similarity(g.flatten(), true.flatten(), dim=0, eps=1e-30)
-            out["diag/sg_norm"] = float(sg_norm)
-            out["diag/sg_true_cos"] = float(cos)
-            out["diag/sg_true_norm_ratio"] = float(sg_norm / true_norm.clamp_min(1e-30))
+        self.rows = rows
+        first = rows[0]
+        out = {"diag/true_grad_norm": first["true_norm"],
+               "diag/future_windows": float(len(span) - 1)}
+        if "cos" not in first:
+            return out
+        out.update({"diag/sg_norm": first["sg_norm"], "diag/sg_true_cos": first["cos"],
+                    "diag/sg_true_norm_ratio": first["ratio"]})
+        if task.episodic and engine.boundary in ("dni", "dni_aux"):  # g at every boundary
+            out["diag/sg_true_cos_all"] = _mean(r["cos"] for r in rows)
+            for phase in ("input", "answer"):
+                mine = [r for r in rows if r["phase"] == phase]
+                if mine:
+                    out[f"diag/sg_true_cos_{phase}"] = _mean(r["cos"] for r in mine)
+                    out[f"diag/true_grad_norm_{phase}"] = _mean(r["true_norm"] for r in mine)
         return out
 
+    def _row(self, pl_module: Any, span: list, truth: Any, k: int) -> dict[str, Any]:
+        """The comparison at boundary k of the span."""
+        engine, task = pl_module.engine, pl_module.task
+        true, s_k = truth.targets[k], truth.states[k]
+        row: dict[str, Any] = {"k": k, "true_norm": float(torch.linalg.vector_norm(true))}
+        if hasattr(task, "answer_phase"):
+            answer = task.answer_phase(k * pl_module.hparams.window)
+            row["phase"] = "answer" if answer else "input"
+        if engine.boundary in ("dni", "dni_aux"):
+            g = engine.synthetic_gradient_flat(s_k, span[k].context, span[k].position)
+        elif engine.boundary == "oracle" and k == 1:
+            s = unflatten_state(s_k, engine.core.cfg.num_layers)
+            g = engine.oracle_gradient(s, span[k:][: engine.oracle_windows])
+        else:
+            return row
+        sg_norm = torch.linalg.vector_norm(g)
+        row["sg_norm"] = float(sg_norm)
+        row["cos"] = float(F.cosine_similarity(g.flatten(), true.flatten(), dim=0, eps=1e-30))
+        row["ratio"] = float(sg_norm / torch.linalg.vector_norm(true).clamp_min(1e-30))
+        return row
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)

@@ -239,8 +239,7 @@ class DNIModule(RecurrentModule):
         """
         if self.hparams.synthesizer_context == "none" or self.engine.synthesizer is None:
             return None
-        answer = float(k * self.hparams.window >= self.task.generator.answer_start(
-            self.task.length))
+        answer = float(self.task.answer_phase(k * self.hparams.window))
         row = torch.tensor([1.0 - answer, answer, k / windows], dtype=x.dtype)
         return row.to(x.device).expand(x.shape[1], PHASE_CONTEXT)
 
@@ -262,7 +261,10 @@ class DNIModule(RecurrentModule):
                 norm = torch.linalg.vector_norm(t)
                 r.sg_loss, r.sg_cos, r.target_norm = loss, cos, norm
                 r.finite = r.finite & torch.isfinite(loss) & torch.isfinite(norm)
-        ok = engine.synthesizer.end_step(self._all_reduce())
+        all_reduce = self._all_reduce()
+        if engine.guard is not None:
+            engine.guard.end_step(all_reduce)
+        ok = engine.synthesizer.end_step(all_reduce)
         results[-1].finite = results[-1].finite & ok
 
     def _all_reduce(self):

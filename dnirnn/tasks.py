@@ -211,6 +211,12 @@ class CopyTask(EpisodicTask):
     def level(self) -> int:
         return repeat_copy.level_size(self.length, self.repeats)
 
+    def answer_phase(self, step: int) -> bool:
+        """Whether a boundary after ``step`` steps of an episode at the current level is in
+        the answer phase: the pattern (and the count) have been read, so what remains is
+        to play the answer back. Input-phase boundaries carry the long-range credit."""
+        return step >= self.generator.answer_start(self.length)
+
     def advance(self) -> None:
         """The current level is solved: record it and move to the next."""
         self.max_level_solved = max(self.max_level_solved, self.level)

@@ -23,6 +23,13 @@ CASES = {
     # copy + Aux: every rank draws the global batch and keeps its rows; Aux weight rescaled
     "copy_dni_aux": ["--trainer.max_steps=4", "--data.init_args.steps_per_epoch=4",
                      "--data.init_args.batch_size=4", "--data.init_args.start_length=2"],
+    # least squares per position + λ-targets + guard: A, b summed over ranks, so every rank
+    # solves the same maps (the state dict holds A, b, W: compared below)
+    "repeat_copy_dni": ["--trainer.max_steps=4", "--data.init_args.steps_per_epoch=4",
+                        "--data.init_args.batch_size=4", "--data.init_args.start_length=2",
+                        "--model.synthesizer=linear", "--model.synthesizer_fit=rls",
+                        "--model.synthesizer_positions=8", "--model.sg_lambda=1",
+                        "--model.sg_guard=2"],
     # language model: contiguous column blocks, carried state across steps and windows
     "ptb_char_dni": ["--trainer.max_steps=3", "--data.init_args.batch_size=20000",
                      f"--data.init_args.root={PTB}", "--model.windows_per_step=2",

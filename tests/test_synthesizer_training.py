@@ -1,0 +1,81 @@
+"""The new synthesizer options through the CLI: exact resume with least-squares and guard
+state, per-position diagnostics on disk, the non-finite stop, and config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dnirnn.cli import main
+
+from .test_training import ROOT, _resume_matches, fit
+
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+NEW = ["--model.synthesizer=linear", "--model.synthesizer_fit=rls",
+       "--model.synthesizer_positions=8", "--model.sg_lambda=0.5", "--model.sg_guard=2.0",
+       "--model.synthesizer_context=phase"]
+COPY = ["--data.init_args.steps_per_epoch=4", "--data.init_args.batch_size=4",
+        "--data.init_args.start_length=3"]
+
+
+@pytest.fixture(autouse=True)
+def _sandbox(cli_sandbox):
+    """Every test here runs in the CLI sandbox (tests/conftest.py)."""
+
+
+def test_resume_with_least_squares_guard_and_lambda_state_continues_exactly(tmp_path):
+    """A, b, W of every position and the guard's statistics are restored: the losses after
+    the resume are bit-identical (the synthetic gradient reaches the loss from step 1 on)."""
+    _resume_matches("repeat_copy_dni", tmp_path, 10, 5, *NEW, *COPY,
+                    "--trainer.callbacks.init_args.threshold=1000")
+
+
+def test_diagnostics_record_every_boundary_with_its_phase(tmp_path):
+    version = fit("repeat_copy_dni", tmp_path, *NEW, *COPY, "--trainer.max_steps=4",
+                  "--trainer.callbacks+=dnirnn.diagnostics.SyntheticGradientDiagnostics",
+                  "--trainer.callbacks.every_n_steps=2")
+    rows = [json.loads(line) for line in (version / "diagnostics.jsonl").open()]
+    # repeat copy at L = 3, R = 1: 9 steps, 5 windows of T = 2 -> boundaries 1..4
+    assert sorted({(r["step"], r["k"]) for r in rows}) == [(s, k) for s in (0, 2)
+                                                           for k in (1, 2, 3, 4)]
+    phases = {r["k"]: r["phase"] for r in rows}
+    assert phases == {1: "input", 2: "input", 3: "answer", 4: "answer"}  # answer from step 5
+    assert all({"cos", "ratio", "true_norm", "sg_norm", "level"} <= set(r) for r in rows)
+    header = (version / "metrics.csv").read_text().splitlines()[0]
+    assert "diag/sg_true_cos_input" in header and "diag/sg_true_cos_answer" in header
+
+
+def test_huge_learning_rate_stops_with_a_clear_error(capsys, tmp_path):
+    """Before: `--model.lr=1e30` logged train/sg_loss=inf, exited 0 and kept checkpointing."""
+    root = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(ROOT / "recipes" / "copy_dni.yaml"),
+              f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",
+              "--wandb=false", "--model.lr=1e30", "--trainer.max_steps=40", *COPY])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "synthetic-gradient target" in err
+    assert not list(root.rglob("*step=40*.ckpt"))
+
+
+@pytest.mark.parametrize("override,field", [
+    (["--model.synthesizer_fit=rls"], "model.synthesizer_fit"),  # mlp + rls
+    (["--model.synthesizer_fit=lbfgs"], "model.synthesizer_fit"),
+    (["--model.sg_lambda=1.5"], "model.sg_lambda"),
+    (["--model.boundary=dni_aux", "--model.sg_lambda=1"], "model.sg_lambda"),
+    (["--model.sg_guard=0"], "model.sg_guard"),
+    (["--model.synthesizer_positions=0"], "model.synthesizer_positions"),
+    (["--model.rls_forget=1.5"], "model.rls_forget"),
+    (["--model.synthesizer_context=labels"], "model.synthesizer_context"),
+])
+def test_bad_synthesizer_settings_are_refused(capsys, tmp_path, override, field):
+    root = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(ROOT / "recipes" / "copy_dni.yaml"),
+              f"--trainer.default_root_dir={root}", "--wandb=false", *override])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "dnirnn: error:" in err and field in err and "Traceback" not in err
+    assert not root.exists()
