@@ -4,7 +4,6 @@ state, per-position diagnostics on disk, the non-finite stop, and config errors.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
