@@ -40,7 +40,13 @@ from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.optim import adam
 from dnirnn.recurrent import TASKS, TOKEN_TASKS, NonFiniteLossError, RecurrentModule
 from dnirnn.state import State
-from dnirnn.synthesizers import FITS, SYNTHESIZER_KINDS, NormGuard, build_synthesizer
+from dnirnn.synthesizers import (
+    FITS,
+    SYNTHESIZER_KINDS,
+    NormGuard,
+    build_synthesizer,
+    end_step,
+)
 from dnirnn.synthesizers.fitting import fit_span
 from dnirnn.tasks import Batch, CopyTask
 
@@ -261,10 +267,7 @@ class DNIModule(RecurrentModule):
                 norm = torch.linalg.vector_norm(t)
                 r.sg_loss, r.sg_cos, r.target_norm = loss, cos, norm
                 r.finite = r.finite & torch.isfinite(loss) & torch.isfinite(norm)
-        all_reduce = self._all_reduce()
-        if engine.guard is not None:
-            engine.guard.end_step(all_reduce)
-        ok = engine.synthesizer.end_step(all_reduce)
+        ok = end_step(engine, self._all_reduce())
         results[-1].finite = results[-1].finite & ok
 
     def _all_reduce(self):

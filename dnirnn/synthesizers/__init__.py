@@ -10,7 +10,8 @@ One module per concept (the window update itself stays in ``dnirnn.dni``):
 - ``guard``: ``NormGuard``, caps the synthetic gradient relative to its targets' running RMS;
 - ``fitting``: step 5 for every method (``fit_boundary``) and the λ-target fit (``fit_span``).
 
-``build_synthesizer`` makes the one a configuration names.
+``build_synthesizer`` makes the one a configuration names; ``end_step(net)`` closes a training
+step (guard statistics, least-squares solve).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dnirnn.synthesizers.network import SYNTHESIZER_KINDS, Synthesizer
 FITS = ("adam", "rls")
 
 __all__ = ["FITS", "SYNTHESIZER_KINDS", "LeastSquaresSynthesizer", "NormGuard", "Synthesizer",
-           "build_synthesizer"]
+           "build_synthesizer", "end_step"]
 
 
 def build_synthesizer(
@@ -48,3 +49,13 @@ def build_synthesizer(
             raise ValueError("synthesizer_fit 'rls' fits linear maps: set synthesizer: linear")
         return LeastSquaresSynthesizer(state_size, context_size, positions, forget, ridge)
     return Synthesizer(state_size, kind, hidden_size, hidden_layers, context_size, positions)
+
+
+def end_step(net, all_reduce=None):
+    """Once per training step, after its windows (and ``fit_span``): folds the step's
+    targets into the guard and solves a least-squares synthesizer. ``all_reduce`` sums a
+    tensor over data-parallel ranks in place (or None). Returns a 0-dim bool tensor: the new
+    synthesizer is finite. Loops that drive the engine directly must call it too."""
+    if net.guard is not None:
+        net.guard.end_step(all_reduce)
+    return net.synthesizer.end_step(all_reduce)
