@@ -56,9 +56,15 @@ import torch
 from torch import Tensor, nn
 
 from dnirnn.model import LSTMCore
-from dnirnn.optim import Optimizers, grad_norm
+from dnirnn.optim import Optimizers, adam_step, grad_norm, zero_grad
 from dnirnn.state import State, detach_state, flatten_state, unflatten_state
-from dnirnn.synthesizers.fitting import fit_boundary, synthesizer_regression
+from dnirnn.synthesizers.fitting import (
+    Prediction,
+    fit_boundary,
+    predict,
+    predict_pair,
+    synthesizer_regression,
+)
 from dnirnn.synthesizers.guard import NormGuard
 
 __all__ = ["BOUNDARIES", "DNIRNN", "Optimizers", "Window", "WindowResult", "bootstrap_target",
@@ -133,6 +139,8 @@ class WindowGradients:
     nats: Tensor
     count: Tensor
     aux_loss: Tensor
+    start_flat: Tensor | None = None  # s_k flattened (B, S), detached
+    prediction: Prediction | None = None  # M_phi(s_k) with the phi that made g_{k+1}
 
     @property
     def target(self) -> Tensor:
@@ -282,8 +290,8 @@ class DNIRNN(nn.Module):
         """As ``synthetic_gradient``, for a flat state ``(B, S)``."""
         assert self.synthesizer is not None
         with torch.no_grad():
-            g = self.synthesizer(state_flat.detach(), context, position)
-            return g if self.guard is None else self.guard.cap(g, position)[0]
+            return self._capped(self.synthesizer(state_flat.detach(), context, position),
+                                position)
 
     def oracle_gradient(self, state: State, future: Sequence[Window]) -> Tensor:
         """The TRUE gradient of the next windows' task loss w.r.t. ``state``: ``(B, S)``.
@@ -314,6 +322,7 @@ class DNIRNN(nn.Module):
         episode_end: bool = False,
         future: Sequence[Window] = (),
         next_context: Tensor | None = None,
+        predict_start: bool = False,
     ) -> WindowGradients:
         """Steps 1-4: forward the window, inject g_{k+1}, ONE backward pass.
 
@@ -327,12 +336,26 @@ class DNIRNN(nn.Module):
             future: for ``oracle``: the windows after this one (the first ``W`` are used).
             next_context: cDNI context for ``M_phi(s_{k+1})`` (at position
                 ``window.position + 1``).
+            predict_start: also evaluate ``M_phi(s_k)`` for step 5 (``prediction``), with
+                the same phi as g_{k+1}, batched with it into one call of the synthesizer.
         """
         start = detach_state(state, requires_grad=True)  # 1.
         logits, outputs, end = self.core(window.x, start)  # 2. (T,B,O), (T,B,H), s_{k+1}
         loss, nats, count = self.task_loss(logits, window)
-        g_next = None if episode_end else self._boundary_gradient(  # 3.
-            end, future, next_context, window.position + 1)
+        start_flat = prediction = None
+        if predict_start and self.trains_synthesizer:
+            start_flat = flatten_state(start).detach()
+        if start_flat is not None and not episode_end:  # 3. and M_phi(s_k), one call
+            prediction, g_raw = predict_pair(
+                self.synthesizer, start_flat, window.context, window.position,
+                flatten_state(end).detach(), next_context, window.position + 1)
+            g_next = self._capped(g_raw, window.position + 1)
+        else:
+            if start_flat is not None:
+                prediction = predict(self.synthesizer, start_flat, window.context,
+                                     window.position)
+            g_next = None if episode_end else self._boundary_gradient(  # 3.
+                end, future, next_context, window.position + 1)
         objective, aux_loss = loss, torch.zeros((), device=loss.device, dtype=loss.dtype)
         if self.aux is not None:
             target = torch.zeros_like(flatten_state(end)) if g_next is None else g_next
@@ -344,7 +367,11 @@ class DNIRNN(nn.Module):
         return WindowGradients(
             start=start, state=detach_state(end), g_next=g_next,
             loss=loss.detach(), nats=nats.detach(), count=count, aux_loss=aux_loss.detach(),
+            start_flat=start_flat, prediction=prediction,
         )
+
+    def _capped(self, g: Tensor, position: int) -> Tensor:
+        return g if self.guard is None else self.guard.cap(g, position)[0]
 
     def _boundary_gradient(
         self, end: State, future: Sequence[Window], context: Tensor | None, position: int
@@ -387,22 +414,25 @@ def window_update(
     Returns:
         A ``WindowResult`` of detached tensors; carry ``result.state`` into the next window.
     """
-    opts.core.zero_grad(set_to_none=True)
+    fit = net.fits_per_window and not episode_start
+    zero_grad(opts._core_params)
     wg = net.window_gradients(
-        window, state, episode_end=episode_end, future=future, next_context=next_context
+        window, state, episode_end=episode_end, future=future, next_context=next_context,
+        predict_start=fit,
     )
     core_norm = grad_norm(opts._core_params, opts.core_clip)
-    opts.core.step()  # 6. (theta)
+    adam_step(opts.core)  # 6. (theta)
     target = wg.target  # delta_k, (B, S)
     zero = torch.zeros((), device=target.device, dtype=target.dtype)
     sg_loss, sg_cos = zero, zero
-    if net.fits_per_window and not episode_start:  # 5. and 6. (phi)
-        sg_loss, sg_cos = fit_boundary(net.synthesizer, opts, flatten_state(wg.start), target,
-                                       window.context, window.position, net.guard)
+    if fit:  # 5. and 6. (phi); M_phi(s_k) was evaluated with g_{k+1}, before this step
+        sg_loss, sg_cos = fit_boundary(net.synthesizer, opts, wg.start_flat, target,
+                                       window.context, window.position, net.guard,
+                                       prediction=wg.prediction)
     sg_norm = zero if wg.g_next is None else torch.linalg.vector_norm(wg.g_next)
     target_norm = torch.linalg.vector_norm(target)
-    finite = (torch.isfinite(wg.loss) & torch.isfinite(core_norm.to(target.device))
-              & torch.isfinite(target_norm) & torch.isfinite(sg_loss))
+    finite = torch.isfinite(torch.stack([  # loss, core gradients, target, L_SG
+        wg.loss, core_norm.to(target), target_norm, sg_loss.to(target)])).all()
     return WindowResult(
         loss=wg.loss, nats=wg.nats, count=wg.count, state=wg.state,
         sg_loss=sg_loss.detach(), aux_loss=wg.aux_loss, sg_norm=sg_norm,

@@ -38,8 +38,12 @@ def detach_state(state: State, *, requires_grad: bool = False) -> State:
 
 
 def flatten_state(state: State) -> Tensor:
-    """``(h, c)`` each ``(L, B, H)``  ->  ``(B, 2*L*H)``, ordered ``[h_1..h_L, c_1..c_L]``."""
-    return rearrange(torch.stack(state), "two l b h -> b (two l h)")
+    """``(h, c)`` each ``(L, B, H)``  ->  ``(B, 2*L*H)``, ordered ``[h_1..h_L, c_1..c_L]``.
+
+    One copy (``cat`` of per-sample views; for one layer ``h[0]`` is already ``(B, H)``).
+    """
+    batch = state[0].shape[1]
+    return torch.cat([s.transpose(0, 1).reshape(batch, -1) for s in state], dim=-1)
 
 
 def unflatten_state(flat: Tensor, layers: int) -> State:

@@ -16,6 +16,9 @@ random token stream of ``vocab`` symbols, Adam lr 1e-3, core gradient clip 1.0):
   tbptt            dnirnn ``DNIModule`` run by a ``lightning.Trainer`` (the real training path)
   dni                (same, boundary="dni")
   dni_aux            (same, boundary="dni_aux")
+  dni_linear         (same as dni, linear synthesizer fitted by Adam)
+  dni_rls            (same as dni, linear synthesizer fitted by exact least squares:
+                     synthesizer_fit="rls", synthesizer_positions=1)
   naive_lightning  Lightning's documented TBPTT pattern: automatic optimisation, one window
                    per ``training_step`` (one DataLoader batch), hidden state kept on the
                    module and detached
@@ -74,12 +77,13 @@ PRESETS = {
 }
 VARIANTS = (
     "floor", "bare", "engine_tbptt", "engine_dni", "engine_dni_aux",
-    "tbptt", "dni", "dni_aux", "dni_linear", "naive_lightning",
+    "tbptt", "dni", "dni_aux", "dni_linear", "dni_rls", "naive_lightning",
 )
 RATIOS = {  # name: (numerator, denominator)
     "dni_over_tbptt": ("dni", "tbptt"),
     "dni_aux_over_tbptt": ("dni_aux", "tbptt"),
     "dni_linear_over_tbptt": ("dni_linear", "tbptt"),
+    "dni_rls_over_tbptt": ("dni_rls", "tbptt"),
     "tbptt_over_bare": ("tbptt", "bare"),
     "bare_over_floor": ("bare", "floor"),
     "engine_dni_over_engine_tbptt": ("engine_dni", "engine_tbptt"),
@@ -336,13 +340,14 @@ def _trainer(device: torch.device, max_steps: int, timer: L.Callback, **kw) -> L
 
 
 def run_dnimodule(cfg: BenchConfig, T: int, device: torch.device, boundary: str,
-                  synthesizer: str = "mlp") -> float:
+                  synthesizer: str = "mlp", fit: str = "adam") -> float:
     """The real dnirnn training path: ``DNIModule`` fitted by a Lightning Trainer."""
     task = make_task(cfg, cfg.warmup + cfg.steps, cfg.seed)
     module = DNIModule(task="lm", input_size=cfg.vocab, output_size=cfg.vocab,
                        hidden_size=cfg.hidden, boundary=boundary, window=T,
                        windows_per_step=cfg.span // T, lr=LR, clip=CLIP,
-                       synthesizer=synthesizer, synthesizer_hidden=cfg.synthesizer_hidden)
+                       synthesizer=synthesizer, synthesizer_hidden=cfg.synthesizer_hidden,
+                       synthesizer_fit=fit, synthesizer_positions=1)
     timer = _TimerCallback(device, cfg.warmup // cfg.span)
     trainer = _trainer(device, (cfg.warmup + cfg.steps) // cfg.span, timer)
     trainer.fit(module, datamodule=_TaskData(task))
@@ -404,6 +409,9 @@ def runner(name: str) -> Callable[[BenchConfig, int, torch.device], float]:
         return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, name)
     if name == "dni_linear":
         return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear")
+    if name == "dni_rls":
+        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
+                                                 fit="rls")
     if name == "naive_lightning":
         return run_naive_lightning
     raise ValueError(name)
@@ -421,10 +429,20 @@ def flop_bound(cfg: BenchConfig, T: int) -> dict[str, float]:
     two forwards (``g_{k+1}`` and the prediction at ``s_k``) plus the weight gradients and,
     for the mlp, the hidden layer's input gradient: ``7 S h`` for the mlp of width h,
     ``3 S^2`` for the linear one. Adam on the synthesizer's parameters is not counted.
+
+    The least-squares synthesizer (``rls``, n = S + 1 inputs with the bias) costs two
+    forwards ``2 S n``, the per-window statistics ``n^2 + n S`` and, once per training step
+    (``span / T`` windows of B sequences), a Cholesky factorisation ``n^3 / 3`` and the solve
+    ``2 n^2 S``. The statistics and the solve are float64, counted twice (a float64
+    multiply-accumulate takes the time of two float32 ones on a FLOP-bound CPU: half the
+    vector width).
     """
     H, V, S, h = cfg.hidden, cfg.vocab, 2 * cfg.hidden, cfg.synthesizer_hidden
     core = 3 * T * (4 * H * (H + H) + H * V)
-    return {"dni": core / (core + 7 * S * h), "dni_linear": core / (core + 3 * S * S)}
+    n, per_step = S + 1, cfg.batch * (cfg.span // T)
+    rls = 2 * S * n + 2 * (n * n + n * S) + 2 * (n**3 / 3 + 2 * n * n * S) / per_step
+    return {"dni": core / (core + 7 * S * h), "dni_linear": core / (core + 3 * S * S),
+            "dni_rls": core / (core + rls)}
 
 
 
@@ -510,7 +528,7 @@ def format_table(res: dict) -> str:
             lines.append(f"{k:<30}" + "".join(f"{r['ratios'][k]:>10.3f}"
                                               for r in res["results"].values()))
     lines += ["", "FLOP-bound ceiling of dni*_over_tbptt (see flop_bound)"]
-    for k in ("dni", "dni_linear"):
+    for k in ("dni", "dni_linear", "dni_rls"):
         lines.append(f"{k + '_over_tbptt (bound)':<30}" + "".join(
             f"{r['flop_bound'][k]:>10.3f}" for r in res["results"].values()))
     return "\n".join(lines)

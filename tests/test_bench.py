@@ -35,7 +35,7 @@ def test_bench_json_has_every_variant_and_ratio(bench):
         assert set(r["tokens_per_s"]) == set(bench.VARIANTS)
         assert all(_positive(v) for v in r["tokens_per_s"].values())
         for key in ("dni_over_tbptt", "dni_aux_over_tbptt", "dni_linear_over_tbptt",
-                    "tbptt_over_bare", "bare_over_floor"):
+                    "dni_rls_over_tbptt", "tbptt_over_bare", "bare_over_floor"):
             assert _positive(r["ratios"][key]), key
         assert set(r["ratios"]) == set(bench.RATIOS)
         assert set(r["peak_memory_bytes"]) == set(bench.VARIANTS)
@@ -62,6 +62,12 @@ def test_flop_bound(bench):
     assert bounds[0]["dni"] < bounds[1]["dni"] < bounds[2]["dni"]
     # hidden 128, vocab 50, synthesizer width 256, T = 8: 3.3M core vs 459k synthesizer MACs
     assert bounds[1]["dni"] == pytest.approx(3_299_328 / (3_299_328 + 458_752))
+    # rls: two forwards 2*256*257, float64 statistics 2*(257^2 + 257*256), and the solve
+    # 2*(257^3/3 + 2*257^2*256) once per step of 32 sequences x 8 windows
+    n, S = 257, 256
+    rls = 2 * S * n + 2 * (n * n + n * S) + 2 * (n**3 / 3 + 2 * n * n * S) / (32 * 8)
+    assert bounds[1]["dni_rls"] == pytest.approx(3_299_328 / (3_299_328 + rls))
+    assert all(0 < b["dni_rls"] < 1 for b in bounds)
 
 
 def test_profile_prints_an_operator_table(bench):
