@@ -21,6 +21,17 @@ One window update is ONE forward and ONE backward pass through the window::
     6. step theta (core optimizer, core clip) and phi (its own optimizer, its own clip);
        carry detach(s_{k+1}) into window k+1.
 
+Cost (``scripts/bench.py``). Steps 3 and 5 evaluate M_phi with the SAME phi (phi steps only
+at the end of step 5), so ``M_phi(s_k)`` and ``M_phi(s_{k+1})`` are one batched call of the
+synthesizer (the two states concatenated along the batch), made in step 3 without a graph;
+step 5 takes the gradient of L_SG by a manual backward through the synthesizer's Linear /
+ReLU layers (``dnirnn.synthesizers.fitting``: the same kernels and floats as autograd). The
+optimizer steps, clips and zero_grads are torch's fused kernels without their Python
+bookkeeping (``dnirnn.optim``). A batched GEMM may round a row differently from the same
+row computed alone (the BLAS picks its kernel by the row count and the width): a 40-step
+copy run (batch 32, one map) is bit-identical to the unbatched code, one with per-position
+maps and the phase context differs in the last bits (relative 1e-7 on the logged losses).
+
 With beta = 1, step 4 is the paper's update ``theta <- theta - a(sum dL/dtheta +
 delta_hat * dh_T/dtheta)`` and delta_k is exactly the paper's bootstrapped target. With
 beta < 1 the synthesizer becomes a beta-per-window *discounted* predictor of the future

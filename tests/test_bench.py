@@ -51,6 +51,10 @@ def test_bench_cli_flags(bench):
     assert cfg.windows == (2, 8, 32) and cfg.reps == 3
     with pytest.raises(ValueError):
         bench.BenchConfig(windows=(3,), span=64)
+    cfg, _ = bench.config_from_args(["--quick", "--clock", "cpu"])
+    assert cfg.clock == "cpu"
+    with pytest.raises(ValueError, match="clock"):
+        bench.BenchConfig(device="cuda", clock="cpu")
 
 
 def test_flop_bound(bench):

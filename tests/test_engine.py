@@ -398,7 +398,7 @@ def test_lean_adam_step_and_clip_equal_torch():
     a = nn.Linear(7, 5).float()
     b = copy.deepcopy(a)
     oa, ob = adam(a.parameters(), 1e-2), adam(b.parameters(), 1e-2)
-    for step in range(4):
+    for _ in range(4):
         x = torch.randn(3, 7, dtype=torch.float32)
         for m in (a, b):
             m.zero_grad(set_to_none=True)
