@@ -58,3 +58,14 @@ def test_report_reads_finished_cells(tmp_path):
     assert (recs["task"], recs["T"], recs["seed"], recs["variant"]) == (
         "repeat_copy", 2, 0, "best")
     assert "**9** (9)" in "\n".join(level_table([recs]))
+
+
+def test_copy_recipes_default_to_the_measured_best_synthesizer():
+    best = {**sweep.PAPER, **sweep.VARIANTS["best"]}
+    for task in ("copy", "repeat_copy"):
+        model = yaml.safe_load((ROOT / "recipes" / f"{task}_dni.yaml").read_text())["model"]
+        as_cli = {k: "null" if v is None else str(v) for k, v in model.items()}
+        for k, v in best.items():
+            if k not in ("synthesizer_hidden", "synthesizer_lr", "synthesizer_clip",
+                         "synthesizer_layers"):  # (unused by the least-squares fit)
+                assert as_cli.get(k, "<default>") == str(v), (task, k)
