@@ -257,13 +257,16 @@ class DNIRNN(nn.Module):
             raise ValueError(f"loss_norm must be > 0, got {loss_norm}")
         if sg_lambda is not None and not 0.0 <= sg_lambda <= 1.0:
             raise ValueError(f"sg_lambda must be in [0, 1] or None, got {sg_lambda}")
-        if sg_lambda is not None and boundary != "dni":
-            raise ValueError("sg_lambda (λ-return targets) needs boundary='dni'")
+        if sg_lambda is not None and boundary == "dni_aux":
+            raise ValueError("sg_lambda (λ-return targets) is not defined for dni_aux (its "
+                             "targets include the Aux loss): use boundary='dni'")
         self.core, self.synthesizer = core, synthesizer
         self.step_loss, self.loss_norm = step_loss, float(loss_norm)
         self.boundary, self.sg_scale = boundary, float(sg_scale)
         self.aux_weight, self.oracle_windows = float(aux_weight), oracle_windows
-        self.guard, self.sg_lambda = guard, sg_lambda
+        # (tbptt / oracle have no synthesizer: sg_lambda does not apply)
+        self.guard = guard
+        self.sg_lambda = sg_lambda if boundary == "dni" else None
         self.aux = (  # the Aux head A: o_t (H) -> predicted g_{k+1} (S)
             nn.Linear(core.cfg.hidden_size, core.state_size) if boundary == "dni_aux" else None
         )

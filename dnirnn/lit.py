@@ -305,8 +305,9 @@ def _validate(args: dict[str, Any]) -> None:
     need(args["rls_ridge"] > 0, "rls_ridge", "must be > 0")
     need(args["sg_lambda"] is None or 0 <= args["sg_lambda"] <= 1, "sg_lambda",
          "must be in [0, 1], or null for the per-window bootstrapped target")
-    need(args["sg_lambda"] is None or args["boundary"] == "dni", "sg_lambda",
-         "λ-return targets need model.boundary=dni")
+    need(args["sg_lambda"] is None or args["boundary"] != "dni_aux", "sg_lambda",
+         "λ-return targets are not defined for dni_aux (its targets include the Aux loss): "
+         "set model.sg_lambda=null, or use model.boundary=dni")
     need(args["sg_guard"] is None or args["sg_guard"] > 0, "sg_guard",
          "must be > 0, or null for no cap")
     for f in ("window", "windows_per_step", "hidden_size", "num_layers", "oracle_windows",

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ORDER = ["tbptt", "dni_paper", "+rls", "+positions", "+lambda", "+guard", "rls+positions",
-         "rls+positions+lambda0.5", "rls+positions+lambda", "best", "oracle"]
+         "rls+positions+lambda0.5", "rls+positions+lambda", "best", "best+phase", "oracle"]
 CELL = re.compile(r"(?P<task>[a-z_]+)_T(?P<T>\d+)_s(?P<seed>\d+)_(?P<variant>.+)")
 
 

@@ -57,6 +57,7 @@ VARIANTS: dict[str, dict | None] = {
     "rls+positions+lambda": {**RLS, **POS, **LAM},
     "rls+positions+lambda0.5": {**RLS, **POS, "sg_lambda": 0.5},
     "best": {**RLS, **POS, **LAM, **GUARD},
+    "best+phase": {**RLS, **POS, **LAM, **GUARD, "synthesizer_context": "phase"},
     "oracle": None,
 }
 LABELS = {"tbptt": "TBPTT", "dni_paper": "DNI (paper: Adam mlp)", "oracle": "oracle"}
@@ -94,7 +95,17 @@ class Cell:
         return args
 
 
-def run_cell(cell: Cell) -> dict:
+def run_cell(cell: Cell) -> dict | None:
+    """Runs one cell (skipped if done); a failed cell is reported and the sweep goes on."""
+    try:
+        return _run_cell(cell)
+    except subprocess.CalledProcessError as err:
+        print(f"FAILED {cell.name} (exit {err.returncode}): see {cell.root / 'fit.log'}",
+              flush=True)
+        return None
+
+
+def _run_cell(cell: Cell) -> dict:
     done = cell.root / "done.json"
     if done.exists():
         return json.loads(done.read_text())
