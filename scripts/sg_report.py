@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ORDER = ["tbptt", "dni_paper", "+rls", "+positions", "+lambda", "+guard", "rls+positions",
          "rls+positions+lambda0.5", "rls+positions+lambda", "best", "best+phase", "oracle"]
+COLOR = {v: plt.cm.tab20(i) for i, v in enumerate(ORDER)}
 CELL = re.compile(r"(?P<task>[a-z_]+)_T(?P<T>\d+)_s(?P<seed>\d+)_(?P<variant>.+)")
 
 
@@ -87,17 +88,14 @@ def plot_levels(recs: list[dict], out: Path) -> list[Path]:
     paths = []
     for (task, T) in sorted({(r["task"], r["T"]) for r in recs}):
         fig, ax = plt.subplots(figsize=(7, 4))
-        variants = sorted({r["variant"] for r in recs if (r["task"], r["T"]) == (task, T)},
-                          key=_key)
-        colors = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
-        for r in recs:
+        for r in sorted(recs, key=lambda r: (_key(r["variant"]), r["seed"])):
             if (r["task"], r["T"]) != (task, T) or not r.get("levels"):
                 continue
             steps, levels = zip(*r["levels"])
             label = r["variant"] if r["seed"] == min(
                 x["seed"] for x in recs if (x["task"], x["T"], x["variant"]) ==
                 (task, T, r["variant"])) else None
-            ax.step(steps, levels, where="post", color=colors[r["variant"]], alpha=0.8,
+            ax.step(steps, levels, where="post", color=COLOR.get(r["variant"]), alpha=0.8,
                     label=label)
         ax.set(title=f"{task}, T={T}: level solved (one line per seed)",
                xlabel="training step", ylabel="max level solved (L*R)")
@@ -116,7 +114,7 @@ def plot_cos_by_position(recs: list[dict], out: Path) -> list[Path]:
     for (task, T) in sorted({(r["task"], r["T"]) for r in recs}):
         fig, ax = plt.subplots(figsize=(7, 4))
         found = False
-        for v in sorted({r["variant"] for r in recs}, key=_key):
+        for v in sorted({r["variant"] for r in recs} - {"oracle"}, key=_key):  # (oracle: 1)
             per_k = defaultdict(list)
             for r in recs:
                 if (r["task"], r["T"], r["variant"]) != (task, T, v):
@@ -128,7 +126,8 @@ def plot_cos_by_position(recs: list[dict], out: Path) -> list[Path]:
                         per_k[x["k"]].append(x["cos"])
             if per_k:
                 ks = sorted(per_k)
-                ax.plot(ks, [statistics.fmean(per_k[k]) for k in ks], marker="o", label=v)
+                ax.plot(ks, [statistics.fmean(per_k[k]) for k in ks], marker="o", label=v,
+                        color=COLOR.get(v))
                 found = True
         if not found:
             plt.close(fig)
