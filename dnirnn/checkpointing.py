@@ -4,7 +4,10 @@
   in the same folder, flushed and fsync'ed, then ``os.replace``d over the target (and the
   folder fsync'ed). A process killed during a save leaves the previous checkpoint intact
   (and at worst a stray ``.<name>.*.tmp`` file), never a truncated ``last.ckpt``.
-  Lightning's own ``TorchCheckpointIO`` opens the target for writing directly.
+  Lightning's own ``TorchCheckpointIO`` opens the target for writing directly. A failed
+  write (a full disk) removes its temp file and raises ``CheckpointWriteError`` (an
+  ``OSError`` naming the file). Checkpoints get the usual file mode (0644 under umask 022),
+  not ``mkstemp``'s 0600.
 - ``check_checkpoint``: reads ``--ckpt_path`` on the CPU and compares it with the model
   before anything is written, so that a garbage file, a checkpoint of another config or a
   non-dnirnn checkpoint fail with a message that says which and what to do.
@@ -12,6 +15,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -23,6 +27,16 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be used; the message names the file and the fix."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. the disk is full); the previous one is whole."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -44,11 +58,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide checkpoints from others
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch's writer reports ENOSPC as RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointWriteError(getattr(e, "errno", None) or errno.EIO,
+                                   f"could not write checkpoint {path} ({reason})") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -98,14 +118,17 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return ckpt
 
 
-def check_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module) -> dict[str, Any]:
-    """Loads ``path`` on the CPU and checks it can resume ``model``; returns the checkpoint.
+def check_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module,
+                     ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Loads ``path`` on the CPU (unless ``ckpt``, already read from it, is given) and checks it
+    can resume ``model``; returns the checkpoint.
 
     Raises:
         CheckpointError: see ``read_checkpoint``; or the checkpoint's tensors do not fit this
             model (another config): the message lists the hyperparameters that differ.
     """
-    p, ckpt = Path(path), read_checkpoint(path)
+    p = Path(path)
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
     own, theirs = model.state_dict(), ckpt["state_dict"]
     bad = sorted(set(own) ^ set(theirs))
     bad += [k for k in own if k in theirs and tuple(own[k].shape) != tuple(theirs[k].shape)]

@@ -5,27 +5,33 @@ plain init args of the default, ``DNIModule`` (every single-level recipe), or na
 class with ``class_path`` / ``init_args`` (``dnirnn.lit_hierarchy.HierarchyModule``). Dotted
 overrides work the same for both: ``--model.window=4``.
 
+``--config`` takes a path or a shipped recipe's name (``copy_dni``; ``dnirnn recipes``).
 Every run writes to ``trainer.default_root_dir`` (``runs/<recipe>`` in the recipes):
 
     runs/<recipe>/version_N/   metrics.csv, hparams.yaml, config.yaml, summary.json,
-                               checkpoints/last.ckpt (+ the periodic ones)
+                               checkpoints/best.ckpt, last.ckpt (+ the last N periodic ones)
     runs/<recipe>/wandb/       the W&B run (offline when no API key is configured)
+
+A fit resumed from a checkpoint of ``runs/<recipe>/version_N`` continues in that folder and
+the same W&B run (``dnirnn.runs``). ``validate`` / ``test`` need ``--ckpt_path``.
+``--seeds=0,1,2`` runs one fit per seed and prints their comparison (``dnirnn.compare``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 
 from dnirnn.checkpointing import (
     AtomicCheckpointIO,
@@ -33,8 +39,19 @@ from dnirnn.checkpointing import (
     check_checkpoint,
     read_checkpoint,
 )
+from dnirnn.cli_parser import ConciseParser, ConfigError, RawEpilogFormatter, model_options_help
 from dnirnn.data.ptb import DataError
-from dnirnn.lit import NonFiniteLossError, RecurrentModule
+from dnirnn.lit import DNIModule, NonFiniteLossError, RecurrentModule
+from dnirnn.recipe import resolve_config_args
+from dnirnn.runs import (
+    COMPLETED,
+    ResumableCSVLogger,
+    RunRecord,
+    ValidateAtEnd,
+    check_writable,
+    monitor_for,
+    run_folder_of,
+)
 
 
 def wandb_has_key() -> bool:
@@ -50,53 +67,34 @@ def wandb_has_key() -> bool:
         return False
 
 
-def make_loggers(root: Path, project: str = "dnirnn", use_wandb: bool = True) -> list:
-    """A local CSV record (first: it names the run folder) and W&B (offline without a key)."""
-    csv = CSVLogger(save_dir=str(root), name="")
+def make_loggers(root: Path, project: str = "dnirnn", use_wandb: bool = True,
+                 version: int | None = None, resume_step: int | None = None,
+                 wandb_id: str | None = None) -> list:
+    """A local CSV record (first: it names the run folder) and W&B (offline without a key).
+    ``version`` / ``resume_step`` / ``wandb_id`` continue an existing run (see cli docstring)."""
+    csv = ResumableCSVLogger(str(root), version=version, resume_step=resume_step)
     if not use_wandb:
         return [csv]
     online = wandb_has_key()
     if not online:
         os.environ.setdefault("WANDB_MODE", "offline")
-    wandb = WandbLogger(project=project, save_dir=str(root), name=root.name, offline=not online)
+    resume = {"id": wandb_id, "resume": "allow"} if wandb_id else {}
+    wandb = WandbLogger(project=project, save_dir=str(root), name=root.name, offline=not online,
+                        **resume)
     return [csv, wandb]
 
 
-class RunRecord(L.Callback):
-    """Writes ``summary.json`` (final metrics, steps, curriculum) next to ``metrics.csv``, and
-    says how to upload an offline W&B run."""
+class BestCheckpoint(ModelCheckpoint):
+    """``best.ckpt``: the checkpoint with the best value of the task's metric so far. Skips
+    (instead of failing) a validation at which the metric has not been logged yet."""
 
-    def _write(self, trainer: L.Trainer, pl_module: RecurrentModule, stage: str) -> None:
-        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
-        if not trainer.is_global_zero or log_dir is None:
-            return
-        metrics = {k: _number(v) for k, v in trainer.callback_metrics.items()}
-        record = {"stage": stage, "global_step": trainer.global_step,
-                  "epoch": trainer.current_epoch, "metrics": metrics}
-        if pl_module.task is not None and pl_module.task.episodic:
-            record["curriculum"] = pl_module.task.state_dict()
-        path = Path(log_dir) / "summary.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2) + "\n")
-        for lg in trainer.loggers:
-            if isinstance(lg, WandbLogger) and os.environ.get("WANDB_MODE") == "offline":
-                print(f"W&B ran offline (no API key configured). Upload this run with:\n"
-                      f"  wandb sync {lg.save_dir}/wandb/offline-run-*")
+    def __init__(self, monitor: str, mode: str) -> None:
+        super().__init__(monitor=monitor, mode=mode, filename="best", save_top_k=1,
+                         auto_insert_metric_name=False, enable_version_counter=False)
 
-    def on_fit_end(self, trainer, pl_module) -> None:
-        self._write(trainer, pl_module, "fit")
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.state.fn == "validate":
-            self._write(trainer, pl_module, "validate")
-
-    def on_test_end(self, trainer, pl_module) -> None:
-        self._write(trainer, pl_module, "test")
-
-
-def _number(v: Any) -> float:
-    v = float(v.detach().cpu()) if isinstance(v, torch.Tensor) else float(v)
-    return v if math.isfinite(v) else str(v)
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        if self.monitor in monitor_candidates:
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
 
 
 class ConfigToLoggers(SaveConfigCallback):
@@ -113,6 +111,19 @@ class ConfigToLoggers(SaveConfigCallback):
 
 
 class DNICLI(LightningCLI):
+    _ckpt: dict[str, Any] | None = None  # the --ckpt_path checkpoint, read once
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        subs = dict(LightningCLI.subcommands())
+        subs.pop("predict", None)  # no predict_step: dnirnn scores runs with validate / test
+        return subs
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):
+        kwargs.setdefault("formatter_class", RawEpilogFormatter)
+        kwargs.setdefault("epilog", model_options_help(DNIModule))
+        return super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:
         # model: plain init args mean DNIModule; class_path picks another RecurrentModule
         parser.set_defaults({"model": {"class_path": "dnirnn.lit.DNIModule"}})
@@ -122,24 +133,51 @@ class DNICLI(LightningCLI):
                                   apply_on="instantiate")
         parser.add_argument("--checkpoint_every", type=int, default=0,
                             help="also checkpoint every N training steps (0: each epoch only)")
+        parser.add_argument("--keep_checkpoints", type=int, default=3,
+                            help="periodic checkpoints kept, the latest N (0: all); "
+                                 "best.ckpt and last.ckpt are always kept")
+        parser.add_argument("--allow_untrained", type=bool, default=False,
+                            help="validate / test without --ckpt_path: score a fresh model")
         parser.add_argument("--wandb_project", type=str, default="dnirnn")
         parser.add_argument("--wandb", type=bool, default=True,
                             help="log to W&B as well as the local CSV record")
 
+    def _cfg(self) -> dict[str, Any]:
+        return self.config_init[self.subcommand] if self.subcommand else self.config_init
+
+    def _root(self) -> Path:
+        return Path(self._cfg().get("trainer", {}).get("default_root_dir") or "runs/default")
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
-        trainer_cfg = cfg.get("trainer", {})
-        root = Path(trainer_cfg.get("default_root_dir") or "runs/default")
-        if trainer_cfg.get("logger") in (None, True):
+        cfg, root = self._cfg(), self._root()
+        if cfg.get("trainer", {}).get("logger") in (None, True):
             kwargs["logger"] = make_loggers(root, cfg.get("wandb_project", "dnirnn"),
-                                            bool(cfg.get("wandb", True)))
-        every = int(cfg.get("checkpoint_every") or 0)
-        ckpt = ModelCheckpoint(save_last=True, save_top_k=-1 if every else 1,
-                               every_n_train_steps=every or None)
-        self.trainer_defaults = {**self.trainer_defaults, "callbacks": [ckpt, RunRecord()]}
-        if not trainer_cfg.get("plugins"):
+                                            bool(cfg.get("wandb", True)), **self._resume(root))
+        every, keep = int(cfg.get("checkpoint_every") or 0), int(cfg.get("keep_checkpoints"))
+        periodic = ModelCheckpoint(save_last=True, save_top_k=(keep or -1) if every else 1,
+                                   monitor="step", mode="max", every_n_train_steps=every or None)
+        best = BestCheckpoint(*monitor_for(self.datamodule))
+        ckpt = self._ckpt or {}
+        record = RunRecord(best.monitor, best.mode, best, cfg.get("ckpt_path"),
+                           ckpt.get("global_step"))
+        self.trainer_defaults = {**self.trainer_defaults,
+                                 "callbacks": [periodic, best, record, ValidateAtEnd()]}
+        if not cfg.get("trainer", {}).get("plugins"):
             kwargs["plugins"] = [AtomicCheckpointIO()]  # a kill mid-save keeps last.ckpt whole
         return super().instantiate_trainer(**kwargs)
+
+    def _resume(self, root: Path) -> dict[str, Any]:
+        """A fit from a checkpoint of ``root/version_N`` continues that folder and W&B run."""
+        path = self._cfg().get("ckpt_path")
+        if self.subcommand != "fit" or self._ckpt is None:
+            return {}
+        version = run_folder_of(path, root)
+        if version is None:
+            return {}
+        states = self._ckpt.get("callbacks") or {}
+        record = next((v for k, v in states.items() if "RunRecord" in str(k)), {})
+        return {"version": version, "resume_step": int(self._ckpt.get("global_step", 0)),
+                "wandb_id": record.get("wandb_id")}
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would load --ckpt_path here (a raw traceback for a bad file) and
@@ -148,13 +186,24 @@ class DNICLI(LightningCLI):
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
         if path and path not in CKPT_ALIASES:
-            read_checkpoint(path)
+            self._ckpt = read_checkpoint(path)
 
     # Checks before anything is written (no run folder yet): the data fits the config, and
     # --ckpt_path is a readable dnirnn checkpoint of this model.
     def _preflight(self, stage: str) -> None:
-        preflight(self.model, self.datamodule, self.trainer, stage,
-                  self.config_init[self.subcommand].get("ckpt_path"))
+        cfg = self._cfg()
+        if stage != "fit" and not cfg.get("ckpt_path") and not cfg.get("allow_untrained"):
+            raise ValueError(
+                f"{stage} needs --ckpt_path: without it dnirnn would score an untrained model. "
+                f"Pass a checkpoint of a run (runs/<recipe>/version_N/checkpoints/best.ckpt or "
+                f"last.ckpt), or --allow_untrained=true to score a fresh model on purpose.")
+        check_precision(self.trainer)
+        preflight(self.model, self.datamodule, self.trainer, stage, cfg.get("ckpt_path"),
+                  self._ckpt)
+        root = self._root()
+        check_writable(root)
+        if stage == "fit":  # W&B looks for a git root in its folder: it must exist
+            root.mkdir(parents=True, exist_ok=True)
 
     def before_fit(self) -> None:
         self._preflight("fit")
@@ -169,8 +218,19 @@ class DNICLI(LightningCLI):
 CKPT_ALIASES = ("last", "best", "hpc", "registry")
 
 
+def check_precision(trainer: L.Trainer) -> None:
+    """Raises ``ValueError`` for a mixed / half precision on the CPU."""
+    precision = str(trainer.precision)
+    if isinstance(trainer.accelerator, CPUAccelerator) and precision not in (
+            "32-true", "64-true", "32", "64"):
+        raise ValueError(
+            f"trainer.precision={precision}: on the CPU dnirnn trains in float32 "
+            f"(32-true, the default) or float64 (64-true); mixed and half precision need a "
+            f"GPU. Drop --trainer.precision, or run on a GPU.")
+
+
 def preflight(model: RecurrentModule, datamodule: L.LightningDataModule, trainer: L.Trainer,
-              stage: str, ckpt_path: str | None) -> None:
+              stage: str, ckpt_path: str | None, ckpt: dict[str, Any] | None = None) -> None:
     """Raises ``ValueError`` / ``DataError`` / ``CheckpointError`` on bad input."""
     world = trainer.num_devices * trainer.num_nodes
     if hasattr(datamodule, "check"):
@@ -178,16 +238,65 @@ def preflight(model: RecurrentModule, datamodule: L.LightningDataModule, trainer
     if getattr(datamodule, "task", None) is not None and hasattr(model, "check_task"):
         model.check_task(datamodule.task, world)
     if ckpt_path and ckpt_path not in CKPT_ALIASES:
-        check_checkpoint(ckpt_path, model)
+        check_checkpoint(ckpt_path, model, ckpt)
 
 
-USER_ERRORS = (ValueError, DataError, CheckpointError, NonFiniteLossError)
+USER_ERRORS = (ValueError, DataError, CheckpointError, NonFiniteLossError, ConfigError)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Ends the command: one paragraph on stderr, exit code ``code``."""
+    print(f"dnirnn: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def write_error(e: OSError) -> str:
+    what = e.strerror or str(e)
+    where = f" {e.filename}" if e.filename else ""
+    return (f"could not write{where}: {what}. Checkpoints are written whole or not at all, so "
+            f"the last checkpoint on disk is intact. Free space (or choose a writable "
+            f"--trainer.default_root_dir) and resume with --ckpt_path, or start again.")
+
+
+def pop_seeds(args: list[str]) -> tuple[list[int], list[str]]:
+    """``--seeds=0,1,2`` / ``--seeds 0,1,2``: the seeds and the other arguments."""
+    out, seeds, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--seeds" and i + 1 < len(args):
+            seeds, i = args[i + 1], i + 1
+        elif a.startswith("--seeds="):
+            seeds = a.split("=", 1)[1]
+        else:
+            out.append(a)
+        i += 1
+    try:
+        return ([int(s) for s in seeds.split(",") if s.strip()] if seeds else []), out
+    except ValueError:
+        fail(f"--seeds takes integers separated by commas, e.g. --seeds=0,1,2 (got {seeds!r})")
 
 
 def main(args: list[str] | None = None) -> None:
-    """Runs the CLI. Bad input (config, data, checkpoint) and a non-finite loss end the run
-    with exit code 2 and a one-paragraph message on stderr (``DNIRNN_DEBUG=1``: traceback);
-    see docs/errors.md."""
+    """Runs the CLI. Bad input (config, data, checkpoint), an unwritable or full disk and a
+    non-finite loss end the run with exit code 2 and a one-paragraph message on stderr
+    (``DNIRNN_DEBUG=1``: traceback); see docs/errors.md. Ctrl-C ends it with the summary and
+    exit code 130. ``--seeds=0,1,2`` runs one fit per seed, then compares them."""
+    args = resolve_config_args(sys.argv[1:] if args is None else list(args))
+    seeds, args = pop_seeds(args)
+    if not seeds:
+        return run(args)
+    if not args or args[0] != "fit":
+        fail("--seeds goes with fit: dnirnn fit --config RECIPE --seeds=0,1,2")
+    start = len(COMPLETED)
+    for seed in seeds:
+        run([*args, f"--seed_everything={seed}"])
+    from dnirnn.compare import print_table
+
+    print_table(COMPLETED[start:])
+
+
+def run(args: list[str]) -> None:
+    """One fit / validate / test (see ``main``)."""
     torch.set_float32_matmul_precision("high")
     try:
         DNICLI(
@@ -197,14 +306,29 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_data=True,
             save_config_callback=ConfigToLoggers,
             save_config_kwargs={"overwrite": True},
+            parser_class=ConciseParser,
             args=args,
         )
     except USER_ERRORS as e:
         if os.environ.get("DNIRNN_DEBUG"):
             raise
-        print(f"dnirnn: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(e))
+    except OSError as e:  # a read-only or full disk while the run writes
+        if os.environ.get("DNIRNN_DEBUG"):
+            raise
+        fail(write_error(e))
+    except SystemExit as e:  # Lightning ends an interrupted fit with exit(1)
+        if isinstance(e.__context__, KeyboardInterrupt):
+            print("dnirnn: interrupted; the summary above is up to the last step.",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
+        raise
+    except KeyboardInterrupt:
+        print("dnirnn: interrupted before training started.", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # Lightning's, on Ctrl-C
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         _finish_wandb()
         _teardown_distributed()
 

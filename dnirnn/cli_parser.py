@@ -1,0 +1,134 @@
+"""The argument parser of ``dnirnn fit|validate|test``: short errors and the model's options.
+
+jsonargparse reports a bad ``--model.*`` value through the ``Union`` of the model's subtypes
+(60 lines for a typo). ``ConciseParser.error`` reduces the message to the line that matters,
+adds "did you mean" for an unknown key, and raises ``ConfigError``, which the CLI prints as
+one ``dnirnn: error:`` paragraph (exit 2; ``DNIRNN_DEBUG=1`` keeps the parser's full text).
+``model_options_help`` lists the default model's options under ``fit --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import inspect
+import re
+from typing import Any
+
+from jsonargparse._formatters import DefaultHelpFormatter
+from lightning.pytorch.cli import LightningArgumentParser
+
+MODEL_CLASSES = ("dnirnn.lit.DNIModule", "dnirnn.lit_hierarchy.HierarchyModule")
+DATA_CLASSES = tuple(f"dnirnn.datamodules.{c}" for c in
+                     ("CopyDataModule", "PTBDataModule", "RecallDataModule"))
+
+
+class ConfigError(ValueError):
+    """A bad command line or config file; the message is the one line that matters."""
+
+
+def _init_params(path: str) -> list[str]:
+    module, name = path.rsplit(".", 1)
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return []
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    out = []
+    for action in parser._actions:
+        out += [s for s in action.option_strings if s.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out += _option_strings(sub)
+    return out
+
+
+def candidates(parser: argparse.ArgumentParser, group: str | None) -> list[str]:
+    """Every option a user may have meant, as ``--a.b`` strings."""
+    opts = _option_strings(parser)
+    if group in (None, "model"):
+        opts += [f"--model.{p}" for c in MODEL_CLASSES for p in _init_params(c)]
+    if group in (None, "data"):
+        opts += [f"--data.init_args.{p}" for c in DATA_CLASSES for p in _init_params(c)]
+    return sorted(set(opts))
+
+
+def concise(message: str, parser: argparse.ArgumentParser) -> str:
+    """The line of a jsonargparse error message that matters, with a suggestion."""
+    group = re.match(r'\s*Parser key "(\w+)"', message)
+    group = group.group(1) if group else None
+    unknown = (re.search(r"unrecognized arguments: (--?[^\s=]+)", message)
+               or re.search(r"Option '([^']+)' is not accepted", message)
+               or re.search(r'Key "([^"]+)" is not expected', message))
+    if unknown:
+        key = unknown.group(1)
+        if not key.startswith("-"):
+            key = f"--{group}.{key}" if group == "model" else f"--{group}.init_args.{key}"
+        close = difflib.get_close_matches(key, candidates(parser, group), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "."
+        return f"unknown option {key}{hint}"
+    inner = re.search(r'Parser key "(\w+)":\s*\n\s*(.+)', message.split("\n", 1)[-1])
+    if inner and group:
+        return f"{group}.{inner.group(1)}: {inner.group(2).strip()}"
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    return lines[0] if lines else message
+
+
+class ConciseParser(LightningArgumentParser):
+    """``LightningArgumentParser`` whose errors are ``ConfigError`` with a short message."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # jsonargparse trying alternatives: not the user's error
+            return super().error(message, ex)
+        import os
+
+        if os.environ.get("DNIRNN_DEBUG"):
+            return super().error(message, ex)
+        root = self
+        while getattr(root, "parent_parser", None) is not None:
+            root = root.parent_parser
+        raise ConfigError(f"{concise(message, root)} (`{self.prog.replace(' [options]', '')} "
+                          f"--help` lists the options.)")
+
+
+class RawEpilogFormatter(DefaultHelpFormatter):
+    """jsonargparse's help layout, with the epilog's line breaks kept."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def _arg_docs(cls: type) -> dict[str, str]:
+    doc = inspect.getdoc(cls) or ""
+    args = doc.split("Args:", 1)[-1] if "Args:" in doc else ""
+    out, name = {}, None
+    for line in args.splitlines():
+        m = re.match(r"\s{4}(\w+): (.*)", line)
+        if m:
+            name = m.group(1)
+            out[name] = m.group(2)
+        elif name and line.startswith("        "):
+            out[name] += " " + line.strip()
+        elif line.strip() and not line.startswith(" "):
+            break
+    return out
+
+
+def model_options_help(cls: Any) -> str:
+    """``fit --help``'s epilog: the default model's options with defaults and meaning."""
+    docs = _arg_docs(cls)
+    lines = [f"Model options ({cls.__name__}, the default; give them as --model.NAME=VALUE or "
+             f"under model: in a recipe. Another model: --model.help CLASS, e.g. "
+             f"--model.help dnirnn.lit_hierarchy.HierarchyModule):"]
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name == "self":
+            continue
+        text = docs.get(name, "")
+        text = text if len(text) < 70 else text[:67] + "..."
+        lines.append(f"  --model.{name}={p.default!s:<8} {text}")
+    lines.append("Run folders, best.ckpt and summary.json: README.md; errors: docs/errors.md.")
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""The ``dnirnn`` command: dispatches without importing Lightning where it is not needed.
+
+``dnirnn recipes``, ``dnirnn plot`` / ``compare`` and ``dnirnn --help`` / ``--version`` answer
+at once; ``fit``, ``validate`` and ``test`` go to ``dnirnn.cli`` (LightningCLI, which takes a
+few seconds to import torch and Lightning).
+"""
+
+from __future__ import annotations
+
+import sys
+
+HELP = """usage: dnirnn COMMAND [options]
+
+LSTMs trained with truncated BPTT and synthetic gradients (DNI).
+
+commands:
+  fit       train:    dnirnn fit --config copy_dni [--model.window=4] [--seeds=0,1,2]
+  validate  score a checkpoint on the validation split (needs --ckpt_path)
+  test      score a checkpoint on the test split (needs --ckpt_path)
+  recipes   list the shipped recipes (--config takes a name or a path)
+  plot      draw run folders' curves side by side into a PNG and print their best values
+            (alias: compare); dnirnn plot --help
+
+`dnirnn fit --help` lists every option, the model's included. Errors: docs/errors.md.
+"""
+
+
+def main(args: list[str] | None = None) -> None:
+    args = sys.argv[1:] if args is None else list(args)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(HELP, end="")
+        return
+    if args[0] in ("-V", "--version"):
+        from dnirnn import __version__
+
+        print(f"dnirnn {__version__}")
+        return
+    if args[0] == "recipes":
+        from dnirnn.recipe import print_recipes
+
+        print_recipes()
+        return
+    if args[0] in ("plot", "compare"):
+        from dnirnn.compare import main as compare_main
+
+        compare_main(args[1:])
+        return
+    from dnirnn.cli import main as cli_main
+
+    cli_main(args)
+
+
+if __name__ == "__main__":
+    main()

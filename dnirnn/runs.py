@@ -1,0 +1,240 @@
+"""The run folder: what a run leaves behind and what it says when it ends.
+
+    runs/<recipe>/version_N/   metrics.csv, hparams.yaml, config.yaml, summary.json,
+                               checkpoints/best.ckpt, last.ckpt (+ the last N periodic ones)
+
+- ``monitor_for``: the task's headline metric, which picks ``best.ckpt``: the largest level
+  solved (copy, repeat copy), validation bits per character (PTB char), perplexity (PTB
+  word), bits per scored step (recall).
+- ``RunRecord``: tracks the best value of that metric and its step (kept in the checkpoint,
+  so a resumed run goes on tracking it), writes ``summary.json`` (``best`` and ``last``) and
+  prints a short summary at the end of fit / validate / test, or when interrupted (Ctrl-C).
+- ``ValidateAtEnd``: a run stopped by ``max_steps`` before its epoch ends validates at its
+  last step (a 50-step PTB run has a ``val/bpc`` and a ``best.ckpt``).
+- ``ResumableCSVLogger``: a resumed run writes into its own run folder and keeps the rows
+  of ``metrics.csv`` logged before its checkpoint (Lightning's CSV logger deletes the file).
+- ``check_writable``: the output folder can be written, checked before anything is.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+COMPLETED: list[Path] = []  # run folders whose fit ended in this process (``--seeds``)
+
+
+def monitor_for(datamodule: Any) -> tuple[str, str]:
+    """``(metric, "min" | "max")``: the metric that ranks checkpoints of this task."""
+    task = getattr(datamodule, "task_name", None)
+    if task == "copy":
+        return "curriculum/max_level_solved", "max"
+    if task == "lm":
+        return ("val/bpc", "min") if getattr(datamodule, "level", "char") == "char" \
+            else ("val/ppl", "min")
+    return "val/bits_per_step", "min"
+
+
+def check_writable(root: Path) -> None:
+    """Raises ``OSError`` if files cannot be created under ``root``. Creates nothing: the
+    probe file goes into the nearest existing folder and is removed."""
+    folder = Path(root).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(20, "Not a directory", str(folder))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".dnirnn-write-test.")
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def _number(v: Any) -> float | str:
+    v = float(v.detach().cpu()) if isinstance(v, torch.Tensor) else float(v)
+    return v if math.isfinite(v) else str(v)
+
+
+def wandb_offline() -> bool:
+    """Whether W&B logs offline (Lightning sets ``WANDB_MODE=dryrun`` for ``offline=True``)."""
+    return os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun")
+
+
+class RunRecord(L.Callback):
+    """``summary.json`` and the final summary (see the module docstring).
+
+    Args:
+        monitor, mode: the headline metric (``monitor_for``).
+        best_checkpoint: the ``ModelCheckpoint`` that keeps ``best.ckpt`` (fit only).
+        ckpt_path, ckpt_step: the checkpoint a validate / test run scores, and its step.
+    """
+
+    def __init__(self, monitor: str, mode: str, best_checkpoint: Any = None,
+                 ckpt_path: str | None = None, ckpt_step: int | None = None) -> None:
+        self.monitor, self.mode, self.best_checkpoint = monitor, mode, best_checkpoint
+        self.ckpt_path, self.ckpt_step = ckpt_path, ckpt_step
+        self.best: dict[str, Any] | None = None
+        self.wandb_id: str | None = None
+
+    # ---- tracking ---------------------------------------------------------------------
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        for lg in trainer.loggers:
+            if isinstance(lg, WandbLogger) and trainer.is_global_zero:
+                self.wandb_id = lg.experiment.id
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._track(trainer)
+        elif trainer.state.fn == "validate":
+            self._write(trainer, pl_module, "validate")
+
+    def _track(self, trainer: L.Trainer) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        value = float(value)
+        old = None if self.best is None else self.best["value"]
+        if old is None or (value < old if self.mode == "min" else value > old):
+            self.best = {"metric": self.monitor, "value": value, "step": trainer.global_step}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wandb_id": self.wandb_id}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.wandb_id = state.get("best"), state.get("wandb_id")
+
+    # ---- the record ---------------------------------------------------------------------
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._write(trainer, pl_module, "fit")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._write(trainer, pl_module, "test")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt) and trainer.state.fn == "fit":
+            self._write(trainer, pl_module, "fit (interrupted)")
+
+    def _write(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if not trainer.is_global_zero or log_dir is None:
+            return
+        record = self.record(trainer, pl_module, stage, Path(log_dir))
+        path = Path(log_dir) / "summary.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".summary.json.tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, path)
+        if stage == "fit":
+            COMPLETED.append(Path(log_dir))
+        print(format_summary(record, trainer), flush=True)
+
+    def record(self, trainer: L.Trainer, pl_module: Any, stage: str, log_dir: Path) -> dict:
+        metrics = {k: _number(v) for k, v in trainer.callback_metrics.items()}
+        step = trainer.global_step if stage.startswith("fit") else self.ckpt_step or 0
+        per_epoch = trainer.num_training_batches if stage.startswith("fit") else math.inf
+        record: dict[str, Any] = {"stage": stage, "global_step": step,
+                                  "run_dir": str(log_dir), "metrics": metrics}
+        if isinstance(per_epoch, int | float) and 0 < per_epoch < math.inf:
+            record["epoch"] = round(step / per_epoch, 4)  # epochs trained, fractional
+        record["last"] = {"step": step, "metrics": metrics}
+        task = getattr(pl_module, "task", None)
+        if task is not None and task.episodic:
+            record["curriculum"] = task.state_dict()
+        if stage.startswith("fit"):
+            best = self.best_checkpoint
+            record["best"] = self.best
+            record["checkpoints"] = {
+                "best": getattr(best, "best_model_path", "") or None,
+                "last": getattr(trainer.checkpoint_callback, "last_model_path", "") or None}
+        else:
+            record["checkpoint"] = self.ckpt_path
+        return record
+
+
+def format_summary(record: dict, trainer: L.Trainer | None = None) -> str:
+    """The few lines printed when a run ends."""
+    stage, step = record["stage"], record["global_step"]
+    lines = [f"dnirnn {stage}: step {step}"
+             + (f" ({record['epoch']:g} epochs)" if "epoch" in record else "")
+             + (f", checkpoint {record['checkpoint']}" if record.get("checkpoint") else "")]
+    best = record.get("best")
+    if best:
+        lines.append(f"  best {best['metric']} = {best['value']:.4g} at step {best['step']}")
+    elif stage.startswith("fit"):
+        lines.append("  best: none (no validation ran)")
+    shown = {k: v for k, v in record["metrics"].items()
+             if k.split("/")[0] in ("val", "test") or k == "train/loss"}
+    if shown:
+        lines.append("  last " + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float)
+                                           else f"{k} = {v}" for k, v in sorted(shown.items())))
+    cur = record.get("curriculum")
+    if cur and "max_level_solved" in cur:
+        lines.append(f"  curriculum: max level solved {cur['max_level_solved']}, "
+                     f"now at length {cur.get('length')} x repeats {cur.get('repeats')}")
+    lines.append(f"  run folder: {record['run_dir']}  (summary.json, metrics.csv)")
+    ckpts = record.get("checkpoints") or {}
+    for name in ("best", "last"):
+        if ckpts.get(name):
+            lines.append(f"  {name} checkpoint: {ckpts[name]}")
+    for lg in trainer.loggers if trainer is not None else []:
+        if isinstance(lg, WandbLogger) and wandb_offline():
+            lines.append(f"  W&B ran offline (no API key configured); upload with:\n"
+                         f"    wandb sync {lg.save_dir}/wandb/offline-run-*")
+    return "\n".join(lines)
+
+
+class ValidateAtEnd(L.Callback):
+    """Stops the run on its ``max_steps``-th step through ``trainer.should_stop``, which makes
+    Lightning validate (and checkpoint) at that step even in the middle of an epoch."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's ``CSVLogger`` (run folders ``version_N``) that, given ``version`` and
+    ``resume_step``, continues an existing run folder: the rows of its ``metrics.csv`` logged
+    before the checkpoint (``step < resume_step``) are kept, later ones dropped."""
+
+    def __init__(self, save_dir: str, version: int | None = None,
+                 resume_step: int | None = None) -> None:
+        super().__init__(save_dir=save_dir, name="", version=version)
+        self._kept: list[dict[str, str]] = []
+        path = Path(self.log_dir) / "metrics.csv"
+        if resume_step is not None and path.is_file():
+            with open(path, newline="") as f:
+                self._kept = [r for r in csv.DictReader(f)
+                              if r.get("step", "").isdigit() and int(r["step"]) < resume_step]
+
+    @property
+    def experiment(self):
+        if self._experiment is not None:
+            return self._experiment
+        with warnings.catch_warnings():  # "Previous log files ... will be deleted": kept here
+            warnings.filterwarnings("ignore", message="Experiment logs directory")
+            exp = super().experiment
+        if self._kept and hasattr(exp, "metrics"):
+            exp.metrics[:0] = self._kept
+            self._kept = []
+        return exp
+
+
+def run_folder_of(ckpt_path: str | os.PathLike[str], root: Path) -> int | None:
+    """The version number N if ``ckpt_path`` is ``<root>/version_N/checkpoints/*.ckpt``."""
+    p = Path(ckpt_path).absolute()
+    version = p.parent.parent
+    if p.parent.name != "checkpoints" or version.parent != Path(root).absolute():
+        return None
+    name = version.name
+    return int(name[8:]) if name.startswith("version_") and name[8:].isdigit() else None
