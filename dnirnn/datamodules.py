@@ -78,7 +78,8 @@ class PTBDataModule(_TaskDataModule):
     Args:
         level: "char" (50 symbols with <eos>; bits per character) or "word" (10k vocabulary;
             perplexity).
-        root: data folder; else env ``DNIRNN_DATA``; else ``data/ptb``. Missing files are
+        root: data folder; else env ``DNIRNN_DATA``; else the per-user cache
+            (``~/.cache/dnirnn/ptb``, see ``dnirnn.data.ptb.default_root``). Missing files are
             downloaded from the canonical URLs and SHA-256 checked.
         batch_size: training columns.
         eval_batch_size: validation/test columns.

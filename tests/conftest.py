@@ -13,6 +13,7 @@ def cli_sandbox(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("DNIRNN_DEBUG", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the PTB default root
     monkeypatch.chdir(tmp_path)
 
     def no_network(*args, **kwargs):
@@ -33,3 +34,15 @@ def float64():
 def mse_steps(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-step squared error, ``(T, B, O), (T, B, O) -> (T, B)``."""
     return 0.5 * (logits - y).pow(2).sum(-1)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line when the Penn Treebank tests were skipped for want of the data."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    ptb = [r for r in skipped if "PTB" in str(r.longrepr) or "ptb" in str(r.longrepr)]
+    if ptb:
+        terminalreporter.write_line(
+            f"{len(ptb)} Penn Treebank tests skipped: no PTB files found. Run them with "
+            f"DNIRNN_DATA=/path/to/ptb make test (the folder holding ptb.{{train,valid,test}}"
+            f".txt; any `dnirnn fit --config ptb_char_dni` downloads them to "
+            f"~/.cache/dnirnn/ptb).")

@@ -5,8 +5,9 @@ derived from them by :func:`word2char`'s exact transform (byte-identical to Miko
 ``ptb.char.*.txt``).
 
 Data root lookup (:func:`resolve_root`): the explicit argument (CLI ``--data.root``), else
-the environment variable ``DNIRNN_DATA``, else ``data/ptb`` relative to the working
-directory. Missing files are downloaded from :data:`URL_TEMPLATES` in order to a temp file
+the environment variable ``DNIRNN_DATA``, else the per-user cache folder
+``$XDG_CACHE_HOME/dnirnn/ptb`` (``~/.cache/dnirnn/ptb`` without ``XDG_CACHE_HOME``), so runs
+from any directory share one download. Missing files are downloaded from :data:`URL_TEMPLATES` in order to a temp file
 in the same folder, verified against :data:`SHA256` and only then renamed into place, so a
 failed or corrupt download never leaves a file behind.
 
@@ -52,6 +53,7 @@ __all__ = [
     "Corpus",
     "DataError",
     "batchify",
+    "default_root",
     "char_tokens",
     "ensure_ptb",
     "load_corpus",
@@ -67,7 +69,13 @@ SPLITS: tuple[str, ...] = ("train", "valid", "test")
 LEVELS: tuple[str, ...] = ("char", "word")
 EOS = "<eos>"
 ENV_VAR = "DNIRNN_DATA"
-DEFAULT_ROOT = Path("data/ptb")
+DEFAULT_ROOT = Path("data/ptb")  # the repository's data/ folder; no longer the default
+
+
+def default_root() -> Path:
+    """The per-user cache folder: ``$XDG_CACHE_HOME/dnirnn/ptb``, else ``~/.cache/dnirnn/ptb``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "dnirnn" / "ptb"
 
 FILENAMES: dict[str, str] = {split: f"ptb.{split}.txt" for split in SPLITS}
 SHA256: dict[str, str] = {
@@ -95,13 +103,14 @@ class DataError(RuntimeError):
 
 
 def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """Returns the PTB folder: ``root`` if given, else ``$DNIRNN_DATA``, else ``data/ptb``."""
+    """Returns the PTB folder: ``root`` if given, else ``$DNIRNN_DATA``, else
+    :func:`default_root` (the per-user cache)."""
     if root is not None and str(root) != "":
         return Path(root).expanduser()
     env = os.environ.get(ENV_VAR, "")
     if env:
         return Path(env).expanduser()
-    return DEFAULT_ROOT
+    return default_root()
 
 
 def _sha256_file(path: Path) -> str:

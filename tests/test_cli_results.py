@@ -1,0 +1,279 @@
+"""Issue 13, what a researcher meets: results at the end of a run, resume into the same run,
+plots and seeds, recipes by name, clear errors, threads. Each test shrinks copy_dni."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dnirnn
+import dnirnn.checkpointing
+import dnirnn.lit
+import dnirnn.runs
+from dnirnn import compare
+from dnirnn.cli import main, make_loggers, pop_seeds
+from dnirnn.data import ptb
+from dnirnn.main import main as dnirnn_main
+from dnirnn.recipe import list_recipes, resolve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+TINY = ["--model.hidden_size=8", "--model.synthesizer_hidden=8", "--data.init_args.batch_size=4",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        "--wandb=false", "--trainer.log_every_n_steps=1"]
+
+
+@pytest.fixture(autouse=True)
+def _sandbox(cli_sandbox):
+    """Every test here runs in the CLI sandbox (tests/conftest.py)."""
+
+
+def fit(root: Path, *extra: str, stage: str = "fit") -> None:
+    main([stage, "--config", "copy_dni", f"--trainer.default_root_dir={root}", *TINY, *extra])
+
+
+def exits(code: int, *args: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    assert info.value.code == code
+    return info.value
+
+
+def rows(version: Path) -> list[dict]:
+    with open(version / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# ---- results at the end of a run ----------------------------------------------------------
+
+def test_summary_has_best_and_last_and_best_ckpt(tmp_path, capsys):
+    fit(tmp_path / "r", "--trainer.max_steps=8", "--data.init_args.steps_per_epoch=4")
+    s = json.loads((tmp_path / "r/version_0/summary.json").read_text())
+    assert s["best"]["metric"] == "curriculum/max_level_solved" and s["best"]["step"] == 4
+    assert s["last"]["step"] == 8 and "val/bits_per_step" in s["last"]["metrics"]
+    assert Path(s["checkpoints"]["best"]).name == "best.ckpt"
+    assert Path(s["checkpoints"]["best"]).is_file() and Path(s["checkpoints"]["last"]).is_file()
+    out = capsys.readouterr().out
+    assert "best curriculum/max_level_solved = 0 at step 4" in out and "run folder:" in out
+
+
+def test_run_shorter_than_an_epoch_validates_at_its_last_step(tmp_path):
+    fit(tmp_path / "r", "--trainer.max_steps=3", "--data.init_args.steps_per_epoch=100")
+    version = tmp_path / "r/version_0"
+    assert any(r.get("val/bits_per_step") for r in rows(version))
+    s = json.loads((version / "summary.json").read_text())
+    assert s["epoch"] == 0.03 and s["global_step"] == 3 and s["best"] is not None
+
+
+def test_test_without_checkpoint_is_refused(tmp_path, capsys):
+    exits(2, "test", "--config", "copy_dni", f"--trainer.default_root_dir={tmp_path / 'r'}")
+    assert "test needs --ckpt_path" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_test_summary_names_the_checkpoint_and_its_step(tmp_path):
+    fit(tmp_path / "r", "--trainer.max_steps=4", "--data.init_args.steps_per_epoch=4")
+    last = tmp_path / "r/version_0/checkpoints/last.ckpt"
+    fit(tmp_path / "t", f"--ckpt_path={last}", stage="test")
+    s = json.loads((tmp_path / "t/version_0/summary.json").read_text())
+    assert s["stage"] == "test" and s["global_step"] == 4 and s["checkpoint"] == str(last)
+
+
+def test_resume_continues_the_same_run_folder_and_wandb_id(tmp_path):
+    root = tmp_path / "r"
+    fit(root, "--trainer.max_steps=4", "--data.init_args.steps_per_epoch=4")
+    fit(root, "--trainer.max_steps=8", "--data.init_args.steps_per_epoch=4",
+        f"--ckpt_path={root / 'version_0/checkpoints/last.ckpt'}")
+    assert [p.name for p in root.glob("version_*")] == ["version_0"]
+    steps = [int(r["step"]) for r in rows(root / "version_0") if r.get("train/loss")]
+    # one curve: both parts in one file, increasing, none twice. (Lightning logs the steps of
+    # a run resumed from an epoch-end checkpoint one higher: 0-3, then 5-8.)
+    assert len(steps) == 8 and steps == sorted(set(steps)) and steps[:4] == [0, 1, 2, 3]
+    loggers = make_loggers(root, use_wandb=True, version=0, resume_step=4, wandb_id="abc123")
+    assert loggers[0].log_dir == str(root / "version_0")
+    assert loggers[1]._wandb_init["id"] == "abc123" and loggers[1]._wandb_init["resume"]
+
+
+def test_last_n_periodic_checkpoints_kept_with_the_usual_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        fit(tmp_path / "r", "--trainer.max_steps=6", "--data.init_args.steps_per_epoch=100",
+            "--checkpoint_every=1", "--keep_checkpoints=2")
+    finally:
+        os.umask(old)
+    ckpts = tmp_path / "r/version_0/checkpoints"
+    assert sorted(p.name for p in ckpts.glob("*step=*.ckpt")) == [
+        "epoch=0-step=5.ckpt", "epoch=0-step=6.ckpt"]
+    assert (ckpts / "last.ckpt").stat().st_mode & 0o777 == 0o644
+
+
+# ---- clear errors --------------------------------------------------------------------------
+
+def test_config_typo_gets_one_line_and_a_suggestion(tmp_path, capsys):
+    exits(2, "fit", "--config", "copy_dni", "--model.windw=2")
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (after pytest's warnings)
+    assert err.startswith("dnirnn: error: unknown option --model.windw; did you mean "
+                          "--model.window?")
+    exits(2, "fit", "--config", "copy_dni", "--model.window=abc")
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("dnirnn: error: model.window: Expected a <class 'int'>")
+
+
+def test_fit_help_lists_the_model_options(capsys):
+    exits(0, "fit", "--help")
+    out = capsys.readouterr().out
+    assert "--model.window=8" in out and "--model.boundary=dni" in out
+
+
+def test_predict_is_not_a_command(capsys):
+    exits(2, "predict", "--config", "copy_dni")
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_mixed_precision_on_cpu_is_refused(tmp_path, capsys):
+    exits(2, "fit", "--config", "copy_dni", f"--trainer.default_root_dir={tmp_path / 'r'}",
+          "--trainer.accelerator=cpu", "--trainer.precision=bf16-mixed")
+    assert "trainer.precision=bf16-mixed" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_unwritable_output_folder(tmp_path, capsys, monkeypatch):
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(dnirnn.runs.tempfile, "mkstemp", denied)
+    exits(2, "fit", "--config", "copy_dni", f"--trainer.default_root_dir={tmp_path / 'r'}", *TINY)
+    err = capsys.readouterr().err
+    assert "could not write" in err and "Permission denied" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_full_disk_during_a_checkpoint(tmp_path, capsys, monkeypatch):
+    real, calls = torch.save, []
+
+    def full(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) >= 3:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(dnirnn.checkpointing.torch, "save", full)
+    exits(2, "fit", "--config", "copy_dni", f"--trainer.default_root_dir={tmp_path / 'r'}",
+          *TINY, "--trainer.max_steps=10", "--data.init_args.steps_per_epoch=100",
+          "--checkpoint_every=1")
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "resume with --ckpt_path" in err
+    ckpts = tmp_path / "r/version_0/checkpoints"
+    assert not list(ckpts.glob(".*.tmp"))  # nothing half-written
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 1
+
+
+def test_ctrl_c_ends_with_the_summary(tmp_path, capsys, monkeypatch):
+    real, calls = dnirnn.lit.window_update, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(dnirnn.lit, "window_update", interrupted)
+    exits(130, "fit", "--config", "copy_dni", f"--trainer.default_root_dir={tmp_path / 'r'}",
+          *TINY, "--trainer.max_steps=10", "--data.init_args.steps_per_epoch=2")
+    s = json.loads((tmp_path / "r/version_0/summary.json").read_text())
+    assert s["stage"] == "fit (interrupted)" and s["global_step"] == 3
+    assert "dnirnn fit (interrupted): step 3" in capsys.readouterr().out
+
+
+def test_wandb_offline_covers_lightnings_dryrun(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert dnirnn.runs.wandb_offline()
+
+
+# ---- plots, comparisons, seeds ---------------------------------------------------------------
+
+def fake_run(folder: Path, seed: int, bpc: list[float], window: int = 8) -> None:
+    folder.mkdir(parents=True)
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "step", "train/loss", "val/bpc", "diag/sg_true_cos"])
+        for i, v in enumerate(bpc):
+            w.writerow([0, 10 * i, 2.0 - 0.1 * i, v, 0.1 * i])
+    (folder / "config.yaml").write_text(
+        f"seed_everything: {seed}\nmodel:\n  window: {window}\n"
+        f"trainer:\n  default_root_dir: {folder.parent}\n")
+
+
+def test_plot_draws_the_runs_and_groups_seeds(tmp_path, capsys):
+    for seed, best in ((0, 1.5), (1, 1.7)):
+        fake_run(tmp_path / "ptb" / f"version_{seed}", seed, [2.0, best, 1.9])
+    fake_run(tmp_path / "other" / "version_0", 0, [2.0, 1.2], window=2)
+    out = tmp_path / "cmp.png"
+    dnirnn_main(["plot", str(tmp_path / "ptb"), str(tmp_path / "other"), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert out.stat().st_size > 10_000
+    assert "ptb/version_1" in text and "1.7" in text
+    assert "1.6 ± 0.1414 (1.5..1.7)" in text and "  2" in text  # one group of two seeds
+    assert "other" not in text.split("group")[1]  # window 2 is not a seed of window 8
+    titles = [t for t, _ in compare.panels([compare.load_run(tmp_path / "ptb/version_0")])]
+    assert any("true future gradient" in t for t in titles)
+
+
+def test_seeds_option():
+    assert pop_seeds(["fit", "--seeds=0,1,2", "-c", "x"]) == ([0, 1, 2], ["fit", "-c", "x"])
+    assert pop_seeds(["fit", "--seeds", "3"]) == ([3], ["fit"])
+
+
+# ---- outside the repository ---------------------------------------------------------------
+
+def test_recipes_by_name_from_anywhere(tmp_path, capsys):
+    assert resolve_config("copy_dni") == str(ROOT / "recipes/copy_dni.yaml")
+    assert resolve_config("recipes/copy_dni.yaml") == str(ROOT / "recipes/copy_dni.yaml")
+    assert len(list_recipes()) == len(list((ROOT / "recipes").glob("*.yaml")))
+    dnirnn_main(["recipes"])
+    assert "copy_dni " in capsys.readouterr().out
+
+
+def test_python_dash_m_and_version():
+    out = subprocess.run([sys.executable, "-m", "dnirnn", "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == f"dnirnn {dnirnn.__version__}" and dnirnn.__version__[0].isdigit()
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_wheel_ships_the_recipes(tmp_path):
+    """A real (offline) wheel build: the recipes are package data of dnirnn.recipes."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path), str(ROOT)], check=True,
+                   capture_output=True, env={**os.environ, "PIP_NO_INDEX": "1"})
+    (wheel,) = tmp_path.glob("dnirnn-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "dnirnn/recipes/copy_dni.yaml" in names and "dnirnn/main.py" in names
+    assert any(n.endswith("licenses/LICENSE") for n in names)
+
+
+def test_ptb_default_root_is_the_user_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv("DNIRNN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert ptb.resolve_root(None) == tmp_path / "xdg/dnirnn/ptb"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert ptb.resolve_root(None) == Path.home() / ".cache/dnirnn/ptb"
+    monkeypatch.setenv("DNIRNN_DATA", str(tmp_path / "env"))
+    assert ptb.resolve_root(None) == tmp_path / "env"
+    assert ptb.resolve_root(tmp_path / "arg") == tmp_path / "arg"
+
+
+def test_make_defaults_to_one_thread_and_readme_says_how_to_raise_it():
+    assert "export OMP_NUM_THREADS ?= 1" in (ROOT / "Makefile").read_text()
+    assert "OMP_NUM_THREADS=" in (ROOT / "README.md").read_text().split("## Running")[0]
