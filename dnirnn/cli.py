@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from dnirnn.checkpointing import (
     check_checkpoint,
     read_checkpoint,
 )
-from dnirnn.cli_parser import ConciseParser, ConfigError, RawEpilogFormatter, model_options_help
+from dnirnn.cli_parser import ConciseParser, ConfigError, model_options_help
 from dnirnn.data.ptb import DataError
 from dnirnn.lit import DNIModule, NonFiniteLossError, RecurrentModule
 from dnirnn.recipe import resolve_config_args
@@ -120,9 +121,9 @@ class DNICLI(LightningCLI):
         return subs
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):
-        kwargs.setdefault("formatter_class", RawEpilogFormatter)
-        kwargs.setdefault("epilog", model_options_help(DNIModule))
-        return super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        parser.epilog = model_options_help(DNIModule)
+        return parser
 
     def add_arguments_to_parser(self, parser) -> None:
         # model: plain init args mean DNIModule; class_path picks another RecurrentModule
@@ -298,6 +299,8 @@ def main(args: list[str] | None = None) -> None:
 def run(args: list[str]) -> None:
     """One fit / validate / test (see ``main``)."""
     torch.set_float32_matmul_precision("high")
+    # LightningCLI warns when given args while sys.argv has some: main() passes them on
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     try:
         DNICLI(
             RecurrentModule,

@@ -79,7 +79,12 @@ def concise(message: str, parser: argparse.ArgumentParser) -> str:
 
 
 class ConciseParser(LightningArgumentParser):
-    """``LightningArgumentParser`` whose errors are ``ConfigError`` with a short message."""
+    """``LightningArgumentParser`` whose errors are ``ConfigError`` with a short message, and
+    whose help keeps the epilog's line breaks (the model's options)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", RawEpilogFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:  # jsonargparse trying alternatives: not the user's error
@@ -121,14 +126,13 @@ def _arg_docs(cls: type) -> dict[str, str]:
 def model_options_help(cls: Any) -> str:
     """``fit --help``'s epilog: the default model's options with defaults and meaning."""
     docs = _arg_docs(cls)
-    lines = [f"Model options ({cls.__name__}, the default; give them as --model.NAME=VALUE or "
-             f"under model: in a recipe. Another model: --model.help CLASS, e.g. "
-             f"--model.help dnirnn.lit_hierarchy.HierarchyModule):"]
+    lines = [f"Model options ({cls.__name__}, the default): --model.NAME=VALUE, or under model:",
+             "in a recipe. Another model's: --model.help dnirnn.lit_hierarchy.HierarchyModule"]
     for name, p in inspect.signature(cls.__init__).parameters.items():
         if name == "self":
             continue
         text = docs.get(name, "")
         text = text if len(text) < 70 else text[:67] + "..."
-        lines.append(f"  --model.{name}={p.default!s:<8} {text}")
+        lines.append(f"  {f'--model.{name}={p.default}':<34} {text}")
     lines.append("Run folders, best.ckpt and summary.json: README.md; errors: docs/errors.md.")
     return "\n".join(lines)

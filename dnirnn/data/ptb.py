@@ -7,9 +7,10 @@ derived from them by :func:`word2char`'s exact transform (byte-identical to Miko
 Data root lookup (:func:`resolve_root`): the explicit argument (CLI ``--data.root``), else
 the environment variable ``DNIRNN_DATA``, else the per-user cache folder
 ``$XDG_CACHE_HOME/dnirnn/ptb`` (``~/.cache/dnirnn/ptb`` without ``XDG_CACHE_HOME``), so runs
-from any directory share one download. Missing files are downloaded from :data:`URL_TEMPLATES` in order to a temp file
-in the same folder, verified against :data:`SHA256` and only then renamed into place, so a
-failed or corrupt download never leaves a file behind.
+from any directory share one download. Missing files are downloaded from
+:data:`URL_TEMPLATES` in order to a temp file in the same folder, verified against
+:data:`SHA256` and only then renamed into place, so a failed or corrupt download never leaves
+a file behind.
 
 Statistics of the files (also checked by ``tests/test_ptb.py``):
 
