@@ -252,10 +252,17 @@ def test_python_dash_m_and_version():
 
 def test_wheel_ships_the_recipes(tmp_path):
     """A real (offline) wheel build: the recipes are package data of dnirnn.recipes."""
+    import shutil
     import zipfile
 
+    src = tmp_path / "src"  # setuptools writes build/ into the source tree: build a copy
+    for name in ("pyproject.toml", "README.md", "LICENSE", "dnirnn", "recipes"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        src.mkdir(exist_ok=True)
+        copy(ROOT / name, src / name, **({} if copy is shutil.copy else
+                                         {"ignore": shutil.ignore_patterns("__pycache__")}))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(tmp_path), str(ROOT)], check=True,
+                    "--no-build-isolation", "-w", str(tmp_path), str(src)], check=True,
                    capture_output=True, env={**os.environ, "PIP_NO_INDEX": "1"})
     (wheel,) = tmp_path.glob("dnirnn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
