@@ -197,7 +197,8 @@ def test_resolve_root_order(monkeypatch, tmp_path):
     assert ptb.resolve_root(tmp_path / "arg") == tmp_path / "arg"
     assert ptb.resolve_root(None) == tmp_path / "env"
     monkeypatch.delenv("DNIRNN_DATA")
-    assert ptb.resolve_root(None) == Path("data/ptb")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert ptb.resolve_root(None) == tmp_path / "xdg" / "dnirnn" / "ptb"
 
 
 @needs_data
