@@ -219,7 +219,8 @@ class DNIModule(RecurrentModule):
                 episode_start=batch.reset and k == 0,
                 episode_end=batch.last and k == n - 1,
                 future=windows[k + 1 :] if oracle else (),
-                next_context=windows[k + 1].context if k + 1 < n else self._end_context(w),
+                # (after the last window: an episode's end, g = 0, or a stream: no context)
+                next_context=windows[k + 1].context if k + 1 < n else None,
             )
             state = res.state
             results.append(res)
@@ -231,28 +232,28 @@ class DNIModule(RecurrentModule):
     def windows(self, batch: Batch) -> list[Window]:
         """The step's windows, each with its boundary position and cDNI context."""
         windows = split_windows(batch.x, batch.y, self.hparams.window, batch.mask)
+        contexts = self.contexts(len(windows), batch.x)
         for k, w in enumerate(windows):
             w.position = k if self.task.episodic else 0
-            w.context = self.context(k, len(windows), w.x)
+            w.context = None if contexts is None else contexts[k]
         return windows
 
-    def context(self, k: int, windows: int, x: Tensor) -> Tensor | None:
-        """cDNI context at the boundary k of an episode of ``windows`` windows: ``(B, C)``.
+    def contexts(self, windows: int, x: Tensor) -> Tensor | None:
+        """cDNI context at boundaries k = 0..K-1 of an episode of K windows: ``(K, B, C)``.
 
         "phase" (copy tasks): ``[input phase, answer phase, k / K]``, where the boundary is
         in the answer phase once the pattern and count have been read (step k*T is at or
-        past the first answer step). Plain Python numbers: no host sync.
+        past the first answer step). Built from Python numbers with one host-to-device copy
+        per step; each window gets a view.
         """
         if self.hparams.synthesizer_context == "none" or self.engine.synthesizer is None:
             return None
-        answer = float(self.task.answer_phase(k * self.hparams.window))
-        row = torch.tensor([1.0 - answer, answer, k / windows], dtype=x.dtype)
-        return row.to(x.device).expand(x.shape[1], PHASE_CONTEXT)
-
-    def _end_context(self, w: Window) -> Tensor | None:
-        # the boundary after a step's last window: an episode's end (g = 0) or, for streams,
-        # the next step's first boundary (streams have no context)
-        return None if w.context is None else torch.zeros_like(w.context)
+        rows = []
+        for k in range(windows):
+            answer = float(self.task.answer_phase(k * self.hparams.window))
+            rows.append([1.0 - answer, answer, k / windows])
+        table = torch.tensor(rows, dtype=x.dtype).to(x.device)  # (K, C)
+        return table[:, None, :].expand(windows, x.shape[1], PHASE_CONTEXT)
 
     def _fit_after_step(self, windows: list[Window], start: State, batch: Batch,
                         results: list[WindowResult]) -> None:

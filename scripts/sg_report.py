@@ -84,6 +84,14 @@ def _diag(root: Path) -> list[dict]:
     return [json.loads(x) for x in path.open()] if path and path.exists() else []
 
 
+def _save(fig, ax, path: Path) -> Path:
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_levels(recs: list[dict], out: Path) -> list[Path]:
     paths = []
     for (task, T) in sorted({(r["task"], r["T"]) for r in recs}):
@@ -99,12 +107,7 @@ def plot_levels(recs: list[dict], out: Path) -> list[Path]:
                     label=label)
         ax.set(title=f"{task}, T={T}: level solved (one line per seed)",
                xlabel="training step", ylabel="max level solved (L*R)")
-        ax.legend(fontsize=7)
-        path = out / f"levels_{task}_T{T}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, ax, out / f"levels_{task}_T{T}.png"))
     return paths
 
 
@@ -135,12 +138,7 @@ def plot_cos_by_position(recs: list[dict], out: Path) -> list[Path]:
         ax.axhline(0, color="k", lw=0.5)
         ax.set(title=f"{task}, T={T}: cos(SG, true future gradient) per boundary, 2nd half",
                xlabel="boundary index k within the episode", ylabel="mean cosine")
-        ax.legend(fontsize=7)
-        path = out / f"cos_by_position_{task}_T{T}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, ax, out / f"cos_by_position_{task}_T{T}.png"))
     return paths
 
 

@@ -88,3 +88,15 @@ def test_other_boundaries_run_from_the_dni_recipe(tmp_path, boundary):
     version = fit("copy_dni", tmp_path, *COPY, "--trainer.max_steps=2",
                   f"--model.boundary={boundary}")
     assert (version / "metrics.csv").exists()
+
+
+def test_phase_context_needs_a_copy_task(capsys, tmp_path):
+    root = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(ROOT / "recipes" / "recall_dni.yaml"),
+              f"--trainer.default_root_dir={root}", "--wandb=false", "--trainer.max_steps=1",
+              "--model.synthesizer_context=phase"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "model.synthesizer_context" in err and "copy" in err
+    assert not root.exists()
