@@ -44,7 +44,7 @@ from dnirnn.hierarchy import (
 )
 from dnirnn.optim import adam
 from dnirnn.recurrent import TASKS, TOKEN_TASKS, RecurrentModule
-from dnirnn.synthesizers import SYNTHESIZER_KINDS
+from dnirnn.synthesizers import FITS, SYNTHESIZER_KINDS
 from dnirnn.tasks import Batch, CopyTask
 
 # train/<key>: the fast core's keys mean what DNIModule's mean for its single core.
@@ -81,10 +81,15 @@ class HierarchyModule(RecurrentModule):
         interface_synthesizer: kind of ``M_if`` (predicts the slow core's gradient on the
             bottom-up message), or null: the slow level sends no gradient to the fast core.
         synthesizer_hidden: hidden units of the mlp synthesizers.
+        synthesizer_fit: how the three synthesizers are fitted: "adam" (each its own Adam,
+            the paper) or "rls" (linear maps, exact ridge least squares with forgetting,
+            solved once per training step; ``dnirnn.synthesizers.least_squares``).
+        rls_forget: ``rls``: weight of a regression pair one training step older.
+        rls_ridge: ``rls``: ridge relative to the mean diagonal of the normal matrix.
         sg_scale: beta, the weight of the recurrent synthetic gradients.
         interface_sg_scale: beta_if, the weight of the interface synthetic gradient.
         lr: learning rate of both cores (Adam; one optimizer per core).
-        synthesizer_lr: learning rate of the three synthesizers (one Adam each).
+        synthesizer_lr: learning rate of the three synthesizers (one Adam each; ``adam``).
         clip: gradient-norm clip of each core (null: none).
         synthesizer_clip: gradient-norm clip of each synthesizer (null: none).
         eval_chunk: steps per validation/test forward call; a multiple of ``k``.
@@ -111,6 +116,9 @@ class HierarchyModule(RecurrentModule):
         slow_synthesizer: str | None = "mlp",
         interface_synthesizer: str | None = "mlp",
         synthesizer_hidden: int = 256,
+        synthesizer_fit: str = "adam",
+        rls_forget: float = 0.8,
+        rls_ridge: float = 0.1,
         sg_scale: float = 1.0,
         interface_sg_scale: float = 1.0,
         lr: float = 1e-3,
@@ -129,7 +137,8 @@ class HierarchyModule(RecurrentModule):
             embed_size=embed_size, fast_window=window, slow_window=slow_window,
             fast_synthesizer=synthesizer, slow_synthesizer=slow_synthesizer,
             interface_synthesizer=interface_synthesizer,
-            synthesizer_hidden=synthesizer_hidden, sg_scale=sg_scale,
+            synthesizer_hidden=synthesizer_hidden, synthesizer_fit=synthesizer_fit,
+            rls_forget=rls_forget, rls_ridge=rls_ridge, sg_scale=sg_scale,
             interface_sg_scale=interface_sg_scale, forget_bias=forget_bias,
         )
         self.engine = TwoTimescaleRNN(cfg, TASKS[task], 1.0)
@@ -162,21 +171,27 @@ class HierarchyModule(RecurrentModule):
         self.engine.loss_norm = self.task.loss_norm(self.hparams.window)
 
     def configure_optimizers(self):
-        """One Adam per part, in the order ``_optimizers`` reads them back."""
+        """One Adam per part (none for a least-squares synthesizer), in the order
+        ``_optimizers`` reads them back."""
         hp, net = self.hparams, self.engine
         opts = [adam(net.fast_parameters(), hp.lr), adam(net.slow_parameters(), hp.lr)]
-        for synth in (net.fast_synthesizer, net.slow_synthesizer, net.interface_synthesizer):
+        for synth in self._fitted_by_adam():
             if synth is not None:
                 opts.append(adam(synth.parameters(), hp.synthesizer_lr))
         return opts
+
+    def _fitted_by_adam(self) -> list:
+        """``M_f``, ``M_s``, ``M_if`` where an optimizer fits them, else None."""
+        net = self.engine
+        return [s if s is not None and s.fit == "adam" else None for s in (
+            net.fast_synthesizer, net.slow_synthesizer, net.interface_synthesizer)]
 
     def _optimizers(self) -> HierarchyOptimizers:
         if self._opts is None:
             raw = iter([o.optimizer for o in self.optimizers()])  # the engine steps them
             fast, slow = next(raw), next(raw)
             net, hp = self.engine, self.hparams
-            m_f, m_s, m_if = (None if s is None else next(raw) for s in (
-                net.fast_synthesizer, net.slow_synthesizer, net.interface_synthesizer))
+            m_f, m_s, m_if = (None if s is None else next(raw) for s in self._fitted_by_adam())
             self._opts = HierarchyOptimizers(
                 fast=Optimizers(fast, m_f, hp.clip, hp.synthesizer_clip),
                 slow=Optimizers(slow, m_s, hp.clip, hp.synthesizer_clip),
@@ -199,6 +214,7 @@ class HierarchyModule(RecurrentModule):
                                    episode_end=batch.last and i == len(spans) - 1)
             state = res.state
             results.append(res)
+        results[-1].finite = results[-1].finite & self.engine.end_step()  # rls: the solve
         self.carried = state
         return results
 
@@ -245,6 +261,13 @@ def _validate(args: dict[str, Any]) -> None:
          "must be >= 1, or null for hidden_size")
     for f in ("sg_scale", "interface_sg_scale"):
         need(args[f] >= 0, f, "must be >= 0")
+    need(args["synthesizer_fit"] in FITS, "synthesizer_fit", f"must be one of {FITS}")
+    if args["synthesizer_fit"] == "rls":
+        for f in ("synthesizer", "slow_synthesizer", "interface_synthesizer"):
+            need(args[f] in ("linear", None), f,
+                 "synthesizer_fit 'rls' fits linear maps: set it to linear, or null for none")
+    need(0 < args["rls_forget"] <= 1, "rls_forget", "must be in (0, 1]")
+    need(args["rls_ridge"] > 0, "rls_ridge", "must be > 0")
     for f in ("lr", "synthesizer_lr"):
         need(args[f] > 0, f, "must be > 0")
     for f in ("clip", "synthesizer_clip"):

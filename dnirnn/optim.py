@@ -28,9 +28,10 @@ def adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
 @dataclass
 class Optimizers:
     """The core's and the synthesizer's optimizers and clip norms: theta and phi never share
-    either. ``synthesizer`` is None for a synthesizer fitted in closed form (``rls``)."""
+    either. ``synthesizer`` is None for a synthesizer fitted in closed form (``rls``);
+    ``core`` is None where a synthesizer has no core of its own (the hierarchy's ``M_if``)."""
 
-    core: torch.optim.Optimizer
+    core: torch.optim.Optimizer | None
     synthesizer: torch.optim.Optimizer | None = None
     core_clip: float | None = None
     synthesizer_clip: float | None = None
@@ -38,7 +39,8 @@ class Optimizers:
     _synth_params: list[Tensor] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        self._core_params = [p for g in self.core.param_groups for p in g["params"]]
+        self._core_params = [] if self.core is None else [
+            p for g in self.core.param_groups for p in g["params"]]
         if self.synthesizer is not None:
             self._synth_params = [p for g in self.synthesizer.param_groups for p in g["params"]]
             shared = {id(p) for p in self._core_params} & {id(p) for p in self._synth_params}

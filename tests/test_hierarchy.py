@@ -85,7 +85,7 @@ class RecordGrads(torch.optim.Optimizer):
 
 def recorders(net: TwoTimescaleRNN) -> HierarchyOptimizers:
     def rec(m):
-        return None if m is None else RecordGrads(m.parameters())
+        return None if m is None or m.fit != "adam" else RecordGrads(m.parameters())
 
     return HierarchyOptimizers(
         Optimizers(RecordGrads(net.fast_parameters()), rec(net.fast_synthesizer)),
@@ -523,3 +523,54 @@ def test_interface_synthesizer_loss_goes_down():
         cos.append(res.interface_sg_cos.item())
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < 0.8 * losses[0] and cos[0] == 0.0 and cos[-1] > 0.3, (losses, cos)
+
+
+# ---- least-squares synthesizers (synthesizer_fit: rls) ------------------------------------
+
+def ridge_solution(inputs: torch.Tensor, target: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``argmin_W ||[x; 1] W - target||^2 + r ||W||^2``, ``r = ridge * mean(diag A)``."""
+    x = torch.cat([inputs, torch.ones(len(inputs), 1)], -1)
+    a = x.T @ x
+    return torch.linalg.solve(a + ridge * a.diagonal().mean() * torch.eye(len(a)), x.T @ target)
+
+
+def test_least_squares_synthesizers_solve_the_regressions_of_their_span():
+    """With ``synthesizer_fit = rls`` the span's fits only collect pairs (every synthesizer is
+    still the zero map after ``hierarchy_update``); ``end_step`` then leaves M_f, M_s and M_if
+    at the closed-form ridge solutions of exactly the pairs the window functions give:
+    (s_w, delta_w) for every fast window, (z_{i0}, delta_s), and (u_i, dL/du_i)."""
+    net = make_net(synthesizer_fit="rls", rls_ridge=0.05, fast_synthesizer="linear",
+                   slow_synthesizer="linear", interface_synthesizer="linear")
+    d, state = data(net.cfg.span), random_state(net)
+
+    twin, fast_in, fast_target = copy.deepcopy(net), [], []
+    slow, s = SlowWindow.open(state.slow), state.fast
+    for window in split_windows(d.x, d.y, net.cfg.fast_window, d.mask):
+        fw = fast_window_gradients(twin, window, s, slow)
+        fast_in.append(flatten_state(fw.start).detach())
+        fast_target.append(fw.target)
+        s = fw.state
+    sw = slow_window_gradients(twin, slow)
+
+    opts = recorders(net)  # frozen cores: the engine's windows see the twin's parameters
+    assert opts.fast.synthesizer is None and opts.interface is None  # no optimizer to fit
+    hierarchy_update(net, opts, d, state)
+    assert all(m.W.abs().sum() == 0 for m in net.synthesizers())  # solved once per step
+    assert bool(net.end_step())
+    pairs = {
+        "fast": (torch.cat(fast_in), torch.cat(fast_target)),
+        "slow": (flatten_state(state.slow), sw.target),
+        "interface": (sw.messages.flatten(0, 1), sw.message_grads.flatten(0, 1)),
+    }
+    for name, (inputs, target) in pairs.items():
+        synth = getattr(net, f"{name}_synthesizer")
+        assert target.abs().sum() > 0, name
+        torch.testing.assert_close(synth.W[0], ridge_solution(inputs, target, 0.05),
+                                   rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_least_squares_hierarchy_needs_linear_synthesizers():
+    with pytest.raises(ValueError, match="interface_synthesizer.*linear"):
+        make_net(synthesizer_fit="rls", fast_synthesizer="linear", slow_synthesizer=None)
+    with pytest.raises(ValueError, match="synthesizer_fit must be one of"):
+        make_net(synthesizer_fit="sgd")

@@ -78,6 +78,33 @@ def test_resume_hierarchy_recall_continues_exactly(tmp_path):
                     "--model.slow_hidden=8")
 
 
+RLS_HIER = ("--model.synthesizer_fit=rls", "--model.synthesizer=linear",
+            "--model.slow_synthesizer=linear", "--model.interface_synthesizer=linear")
+
+
+def test_resume_hierarchy_with_least_squares_synthesizers_continues_exactly(tmp_path):
+    """The three synthesizers' least-squares statistics (A, b, W) travel in the checkpoint:
+    the steps after the resume solve from the same statistics as the uninterrupted run."""
+    _resume_matches("recall_hier_dni", tmp_path, 6, 3, "--data.init_args.steps_per_epoch=4",
+                    "--model.slow_hidden=8", *RLS_HIER)
+
+
+def test_least_squares_hierarchy_checkpoint(tmp_path):
+    version = fit("recall_hier_dni", tmp_path / "run", "--trainer.max_steps=2",
+                  "--data.init_args.steps_per_epoch=2", *HIER_TINY, "--model.slow_hidden=6",
+                  *RLS_HIER)
+    ckpt = torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)
+    assert len(ckpt["optimizer_states"]) == 2  # the two cores; least squares needs none
+    weights = {name: ckpt["state_dict"][f"engine.{name}_synthesizer.W"]
+               for name in ("fast", "slow", "interface")}
+    for name in weights:
+        assert ckpt["state_dict"][f"engine.{name}_synthesizer.A"].dtype == torch.float64
+    assert weights["fast"].abs().sum() > 0 and weights["interface"].abs().sum() > 0  # solved
+    # an episode here is ONE span: M_s would predict at the episode's end (no future) and
+    # be fitted at its start (a fresh state), so it is never fitted and stays the zero map
+    assert weights["slow"].abs().sum() == 0
+
+
 @needs_ptb
 def test_resume_hierarchy_ptb_mid_epoch_continues_exactly(tmp_path):
     """Carried fast AND slow states, stream position and the five optimizers restored
@@ -171,6 +198,8 @@ def fails(capsys, recipe: str, root: Path, *extra: str) -> str:
     ("--model.k=0", ["model.k", "integer >= 1"]),
     ("--model.interface_synthesizer=bogus", ["model.interface_synthesizer", "or null"]),
     ("--data.init_args.length=48", ["data.length", "multiple of 32"]),
+    ("--model.synthesizer_fit=rls", ["model.synthesizer", "linear"]),
+    ("--model.rls_forget=0", ["model.rls_forget", "(0, 1]"]),
 ])
 def test_hierarchy_config_errors(capsys, tmp_path, override, names):
     err = fails(capsys, "recall_hier_dni", tmp_path / "run", override)
