@@ -284,3 +284,23 @@ def test_ptb_default_root_is_the_user_cache(monkeypatch, tmp_path):
 def test_make_defaults_to_one_thread_and_readme_says_how_to_raise_it():
     assert "export OMP_NUM_THREADS ?= 1" in (ROOT / "Makefile").read_text()
     assert "OMP_NUM_THREADS=" in (ROOT / "README.md").read_text().split("## Running")[0]
+
+
+def test_wandb_offline_from_the_command_line_has_no_git_root_warning(tmp_path):
+    """As a user runs it (a process, W&B offline, not silenced): W&B finds the run folder it
+    was given (it warned "git root <run> does not exist" when dnirnn created the folder after
+    W&B started), and dnirnn's own "upload with wandb sync" line prints."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "DNIRNN_"))}
+    env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1", XDG_CACHE_HOME=str(tmp_path / "cache"),
+               **{f"WANDB_{d}_DIR": str(tmp_path / "wandb_home" / d.lower())
+                  for d in ("CONFIG", "CACHE", "DATA", "ARTIFACT")})
+    proc = subprocess.run(
+        [sys.executable, "-m", "dnirnn", "fit", "--config", "copy_dni",
+         "--trainer.max_steps=2", "--data.init_args.steps_per_epoch=2",
+         "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path / 'run'}",
+         "--model.hidden_size=8"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*")), "W&B wrote its run"
+    assert "git root" not in proc.stdout + proc.stderr
+    assert "wandb sync" in proc.stdout + proc.stderr
