@@ -1,13 +1,16 @@
 """Hierarchy vs single level at equal core parameters and equal fast window, on CPU.
 
-Runs each cell as ``dnirnn fit`` (one process at a time, ``OMP_NUM_THREADS=1``), reads
-``metrics.csv`` and the checkpoint, and writes ``results/hierarchy.md``:
+Runs each cell as ``dnirnn fit`` (``--jobs`` processes at once, ``OMP_NUM_THREADS=1``
+each), reads ``metrics.csv`` and the checkpoint, and writes ``results/hierarchy.md``:
 
     .venv/bin/python scripts/hierarchy_cpu.py [--recall-steps 1500] [--ptb-steps 800]
-        [--ptb-root ../shared/data/ptb] [--out results/hierarchy.md]
+        [--recall-seeds 0,1,2] [--jobs 2] [--ptb-root ../shared/data/ptb]
+        [--out results/hierarchy.md]
 
-Cells: delayed recall (``recipes/recall_{tbptt,dni,hier_dni}.yaml``, plus the hierarchy with
-no interface synthesizer) and PTB char (``recipes/ptb_char_{tbptt,dni,hier_dni}.yaml``).
+Cells: delayed recall (``recipes/recall_{tbptt,dni,hier_dni}.yaml``: the paper's Adam-fitted
+synthesizers and the least-squares ones, the hierarchy with no interface synthesizer, the
+oracle boundary) over ``--recall-seeds``, and PTB char
+(``recipes/ptb_char_{tbptt,dni,hier_dni}.yaml``) at seed 0.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -48,11 +52,18 @@ def val_curve(version: Path, key: str) -> list[tuple[int, float]]:
 
 
 def param_counts(version: Path) -> tuple[int, int]:
-    """(core, synthesizers): parameters in the checkpoint's state dict."""
+    """(core, synthesizers): weights in the checkpoint's state dict. A least-squares
+    synthesizer counts its maps ``W``, not its statistics ``A, b``; the guard's running
+    statistics count nowhere."""
     sd = torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu",
                     weights_only=False)["state_dict"]
-    synth = sum(v.numel() for k, v in sd.items() if "synthesizer" in k)
-    return sum(v.numel() for v in sd.values()) - synth, synth
+    core = synth = 0
+    for k, v in sd.items():
+        if "synthesizer" in k:
+            synth += 0 if k.rsplit(".", 1)[-1] in ("A", "b") else v.numel()
+        elif ".guard." not in f".{k}":
+            core += v.numel()
+    return core, synth
 
 
 def cells(args: argparse.Namespace) -> list[tuple[str, str, str, list[str], str]]:
@@ -62,10 +73,22 @@ def cells(args: argparse.Namespace) -> list[tuple[str, str, str, list[str], str]
          f"--trainer.limit_val_batches={args.ptb_val_batches}",
          f"--data.init_args.root={args.ptb_root}"]
     bits, bpc = "val/bits_per_step", "val/bpc"
+    # the copy recipes' least-squares synthesizer: one map per boundary (4 per episode here),
+    # λ-return targets with λ = 1, the norm guard
+    rls = ["--model.synthesizer=linear", "--model.synthesizer_fit=rls", "--model.sg_guard=2.0"]
+    rls_episodes = [*rls, "--model.synthesizer_positions=4", "--model.sg_lambda=1.0"]
+    rls_hier = [f"--model.init_args.{f}=linear" for f in
+                ("synthesizer", "slow_synthesizer", "interface_synthesizer")] + [
+                "--model.init_args.synthesizer_fit=rls"]
     return [
         ("recall", "single, tbptt", "recall_tbptt", r, bits),
         ("recall", "single, dni", "recall_dni", r, bits),
+        ("recall", "single, dni, least squares (positions, λ = 1, guard)", "recall_dni",
+         [*r, *rls_episodes], bits),
+        ("recall", "single, oracle (true future gradient)", "recall_dni",
+         [*r, "--model.boundary=oracle"], bits),
         ("recall", "hierarchy, dni", "recall_hier_dni", r, bits),
+        ("recall", "hierarchy, dni, least squares", "recall_hier_dni", [*r, *rls_hier], bits),
         ("recall", "hierarchy, dni, no interface synthesizer", "recall_hier_dni",
          [*r, "--model.init_args.interface_synthesizer=null"], bits),
         ("recall", "single, tbptt, forget_bias 0", "recall_tbptt", [*r, "--model.forget_bias=0"],
@@ -74,7 +97,10 @@ def cells(args: argparse.Namespace) -> list[tuple[str, str, str, list[str], str]
          [*r, "--model.init_args.forget_bias=0"], bits),
         ("ptb_char", "single, tbptt", "ptb_char_tbptt", p, bpc),
         ("ptb_char", "single, dni", "ptb_char_dni", p, bpc),
+        ("ptb_char", "single, dni, least squares (λ = 1, guard)", "ptb_char_dni",
+         [*p, *rls, "--model.sg_lambda=1.0"], bpc),
         ("ptb_char", "hierarchy, dni", "ptb_char_hier_dni", p, bpc),
+        ("ptb_char", "hierarchy, dni, least squares", "ptb_char_hier_dni", [*p, *rls_hier], bpc),
         ("ptb_char", "hierarchy, dni, interface_sg_scale 1", "ptb_char_hier_dni",
          [*p, "--model.init_args.interface_sg_scale=1.0"], bpc),
         ("ptb_char", "hierarchy, dni, no interface synthesizer", "ptb_char_hier_dni",
@@ -85,20 +111,28 @@ def cells(args: argparse.Namespace) -> list[tuple[str, str, str, list[str], str]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recall-steps", type=int, default=1500)
+    ap.add_argument("--recall-seeds", default="0,1,2", help="comma-separated seeds (recall)")
     ap.add_argument("--ptb-steps", type=int, default=800)
     ap.add_argument("--ptb-val-batches", type=int, default=20)
     ap.add_argument("--ptb-root", default=str(ROOT.parent / "shared" / "data" / "ptb"))
+    ap.add_argument("--jobs", type=int, default=1, help="cells run at once (one core each)")
     ap.add_argument("--only", default="", help="comma-separated tasks to run (default: all)")
     ap.add_argument("--out", default=str(ROOT / "results" / "hierarchy.md"))
     ap.add_argument("--runs", default="runs/hierarchy_cpu", help="run folders")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse a cell's record.json from an earlier run of the same command")
     args = ap.parse_args()
-    rows = []
+    seeds = {"recall": [int(x) for x in args.recall_seeds.split(",")], "ptb_char": [0]}
+    jobs = []  # (task, label, recipe, extra + seed, key, root)
     for i, (task, label, recipe, extra, key) in enumerate(cells(args)):
         if args.only and task not in args.only.split(","):
             continue
-        root = Path(args.runs) / f"{i}_{recipe}"
+        for seed in seeds[task]:
+            root = Path(args.runs) / f"{i}_{recipe}_s{seed}"
+            jobs.append((task, label, recipe, [*extra, f"--seed_everything={seed}"], key, root))
+
+    def one(job) -> dict:
+        task, label, recipe, extra, key, root = job
         record = root / "record.json"
         old = json.loads(record.read_text()) if args.reuse and record.exists() else None
         if old is None or old["extra"] != extra:
@@ -107,40 +141,55 @@ def main() -> None:
             old = {"extra": extra, "wall": wall, "cmd": cmd, "core": core, "synth": synth,
                    "curve": val_curve(version, key)}
             record.write_text(json.dumps(old))
-        rows.append((task, label, old["core"], old["synth"], old["wall"],
-                     [tuple(c) for c in old["curve"]], old["cmd"], key))
-        print(f"{task:9s} {label:45s} core={old['core']} synth={old['synth']} "
+        print(f"{task:9s} {label:55s} {extra[-1]} core={old['core']} synth={old['synth']} "
               f"wall={old['wall']:.0f}s {key}={old['curve'][-1][1]:.3f}", flush=True)
+        return old
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        records = list(pool.map(one, jobs))
+    rows: dict[tuple[str, str], dict] = {}
+    for (task, label, _, _, key, _), rec in zip(jobs, records):
+        row = rows.setdefault((task, label), {"task": task, "label": label, "key": key,
+                                              "core": rec["core"], "synth": rec["synth"],
+                                              "runs": []})
+        row["runs"].append(rec)
     out = Path(args.out)
     notes = out.read_text().partition(NOTES)[2] if out.exists() else ""
-    out.write_text(render(rows, args) + NOTES + (notes or "\n"))
+    out.write_text(render(list(rows.values()), args) + NOTES + (notes or "\n"))
 
 
 NOTES = "<!-- notes: written by hand, kept when the tables are regenerated -->"
 
 
-def render(rows, args) -> str:
+def render(rows: list[dict], args) -> str:
     lines = [
         "# Hierarchy vs single level (CPU)",
         "",
         f"Written by `scripts/hierarchy_cpu.py --recall-steps {args.recall_steps} "
-        f"--ptb-steps {args.ptb_steps} --ptb-val-batches {args.ptb_val_batches}` "
-        f"on {platform.machine()} CPU, `OMP_NUM_THREADS=1`, one run at a time, torch "
-        f"{torch.__version__}. No GPU was available in this session: nothing here was run "
-        "on one. Seed 0, one run per cell (no error bars).",
+        f"--recall-seeds {args.recall_seeds} --ptb-steps {args.ptb_steps} "
+        f"--ptb-val-batches {args.ptb_val_batches} --jobs {args.jobs}` "
+        f"on {platform.machine()} CPU, `OMP_NUM_THREADS=1`, {args.jobs} run(s) at a time, "
+        f"torch {torch.__version__}. No GPU was available in this session: nothing here was "
+        "run on one. Curves are means over the seeds; the last column lists each seed's "
+        "final value.",
         "",
     ]
-    for task in dict.fromkeys(r[0] for r in rows):
-        key = next(r[7] for r in rows if r[0] == task)
-        lines += [f"## {task}", "", f"| model | core params | synthesizer params | wall s | "
-                  f"{key} at steps " + ", ".join(str(s) for s, _ in
-                                                 next(r[5] for r in rows if r[0] == task))
-                  + " |", "|---|---:|---:|---:|---|"]
-        for _, label, core, synth, wall, curve, _, _ in (r for r in rows if r[0] == task):
-            vals = ", ".join(f"{v:.3f}" for _, v in curve)
-            lines.append(f"| {label} | {core:,} | {synth:,} | {wall:.0f} | {vals} |")
+    for task in dict.fromkeys(r["task"] for r in rows):
+        group = [r for r in rows if r["task"] == task]
+        key, steps = group[0]["key"], [st for st, _ in group[0]["runs"][0]["curve"]]
+        lines += [f"## {task}", "",
+                  f"| model | core params | synthesizer params | wall s (mean) | mean {key} at "
+                  f"steps {', '.join(map(str, steps))} | final, per seed |",
+                  "|---|---:|---:|---:|---|---|"]
+        for r in group:
+            curves = [[v for _, v in run["curve"]] for run in r["runs"]]
+            mean = [sum(vs) / len(vs) for vs in zip(*curves)]
+            wall = sum(run["wall"] for run in r["runs"]) / len(r["runs"])
+            lines.append(f"| {r['label']} | {r['core']:,} | {r['synth']:,} | {wall:.0f} | "
+                         + ", ".join(f"{v:.3f}" for v in mean) + " | "
+                         + ", ".join(f"{c[-1]:.3f}" for c in curves) + " |")
         lines += ["", "Commands (from the repository root, `OMP_NUM_THREADS=1`):", "", "```"]
-        lines += [" ".join(r[6]) for r in rows if r[0] == task]
+        lines += [" ".join(run["cmd"]) for r in group for run in r["runs"]]
         lines += ["```", ""]
     return "\n".join(lines) + "\n"
 
