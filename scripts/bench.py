@@ -19,6 +19,8 @@ random token stream of ``vocab`` symbols, Adam lr 1e-3, core gradient clip 1.0):
   dni_linear         (same as dni, linear synthesizer fitted by Adam)
   dni_rls            (same as dni, linear synthesizer fitted by exact least squares:
                      synthesizer_fit="rls", synthesizer_positions=1)
+  dni_rls_lambda     (same as dni_rls, with λ-return targets, λ = 1, and the guard 2: the copy
+                     recipes' synthesizer on a stream; one more forward + backward per step)
   naive_lightning  Lightning's documented TBPTT pattern: automatic optimisation, one window
                    per ``training_step`` (one DataLoader batch), hidden state kept on the
                    module and detached
@@ -78,13 +80,15 @@ PRESETS = {
 }
 VARIANTS = (
     "floor", "bare", "engine_tbptt", "engine_dni", "engine_dni_aux",
-    "tbptt", "dni", "dni_aux", "dni_linear", "dni_rls", "naive_lightning",
+    "tbptt", "dni", "dni_aux", "dni_linear", "dni_rls", "dni_rls_lambda",
+    "naive_lightning",
 )
 RATIOS = {  # name: (numerator, denominator)
     "dni_over_tbptt": ("dni", "tbptt"),
     "dni_aux_over_tbptt": ("dni_aux", "tbptt"),
     "dni_linear_over_tbptt": ("dni_linear", "tbptt"),
     "dni_rls_over_tbptt": ("dni_rls", "tbptt"),
+    "dni_rls_lambda_over_tbptt": ("dni_rls_lambda", "tbptt"),
     "tbptt_over_bare": ("tbptt", "bare"),
     "bare_over_floor": ("bare", "floor"),
     "engine_dni_over_engine_tbptt": ("engine_dni", "engine_tbptt"),
@@ -352,14 +356,14 @@ def _trainer(device: torch.device, max_steps: int, timer: L.Callback, **kw) -> L
 
 
 def run_dnimodule(cfg: BenchConfig, T: int, device: torch.device, boundary: str,
-                  synthesizer: str = "mlp", fit: str = "adam") -> float:
+                  synthesizer: str = "mlp", fit: str = "adam", **options) -> float:
     """The real dnirnn training path: ``DNIModule`` fitted by a Lightning Trainer."""
     task = make_task(cfg, cfg.warmup + cfg.steps, cfg.seed)
     module = DNIModule(task="lm", input_size=cfg.vocab, output_size=cfg.vocab,
                        hidden_size=cfg.hidden, boundary=boundary, window=T,
                        windows_per_step=cfg.span // T, lr=LR, clip=CLIP,
                        synthesizer=synthesizer, synthesizer_hidden=cfg.synthesizer_hidden,
-                       synthesizer_fit=fit, synthesizer_positions=1)
+                       synthesizer_fit=fit, synthesizer_positions=1, **options)
     timer = _TimerCallback(device, cfg.warmup // cfg.span)
     trainer = _trainer(device, (cfg.warmup + cfg.steps) // cfg.span, timer)
     trainer.fit(module, datamodule=_TaskData(task))
@@ -424,6 +428,9 @@ def runner(name: str) -> Callable[[BenchConfig, int, torch.device], float]:
     if name == "dni_rls":
         return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
                                                  fit="rls")
+    if name == "dni_rls_lambda":
+        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
+                                                 fit="rls", sg_lambda=1.0, sg_guard=2.0)
     if name == "naive_lightning":
         return run_naive_lightning
     raise ValueError(name)
