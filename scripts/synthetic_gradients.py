@@ -58,6 +58,9 @@ VARIANTS: dict[str, dict | None] = {
     "rls+positions+lambda0.5": {**RLS, **POS, "sg_lambda": 0.5},
     "best": {**RLS, **POS, **LAM, **GUARD},
     "best+phase": {**RLS, **POS, **LAM, **GUARD, "synthesizer_context": "phase"},
+    # longer least-squares memory: more samples per fit, older ones (scripts/sg_capacity.py)
+    "best+forget0.9": {**RLS, **POS, **LAM, **GUARD, "rls_forget": 0.9},
+    "best+forget0.95": {**RLS, **POS, **LAM, **GUARD, "rls_forget": 0.95},
     "oracle": None,
 }
 LABELS = {"tbptt": "TBPTT", "dni_paper": "DNI (paper: Adam mlp)", "oracle": "oracle"}
