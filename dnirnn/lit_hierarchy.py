@@ -4,7 +4,7 @@ Everything but the engine is ``RecurrentModule``'s (``dnirnn.lit``): positions-b
 the carried state on the module, one ``trainer.global_step`` per ``training_step``, the
 finiteness check, evaluation of the whole stream with carried state, and exact resume (the
 checkpoint holds the carried fast AND slow states, the data position, the task state, the
-RNG and the five optimizers).
+RNG, the optimizers and the least-squares statistics).
 
 A training step takes ``window * windows_per_step`` steps of a stream (or one whole episode)
 and cuts it into *spans* of ``k * slow_window`` steps; each span is one ``hierarchy_update``:
@@ -190,7 +190,7 @@ class HierarchyModule(RecurrentModule):
         if self._opts is None:
             raw = iter([o.optimizer for o in self.optimizers()])  # the engine steps them
             fast, slow = next(raw), next(raw)
-            net, hp = self.engine, self.hparams
+            hp = self.hparams
             m_f, m_s, m_if = (None if s is None else next(raw) for s in self._fitted_by_adam())
             self._opts = HierarchyOptimizers(
                 fast=Optimizers(fast, m_f, hp.clip, hp.synthesizer_clip),

@@ -168,7 +168,8 @@ def test_report_and_plots_from_fake_runs(tmp_path):
         (c.root / "done.json").write_text(json.dumps(results[c.name]))
     out = tmp_path / "results" / "table1_cpu.md"
     out.parent.mkdir()
-    out.write_text(f"old\n{table1_report.NOTES_START}\nhand-written analysis\n{table1_report.NOTES_END}\n")
+    notes = (table1_report.NOTES_START, table1_report.NOTES_END)
+    out.write_text(f"old\n{notes[0]}\nhand-written analysis\n{notes[1]}\n")
     loaded = table1.load_results(cells)
     assert loaded == results
     plots = table1_report.make_plots(cells, out.with_suffix(""))

@@ -146,7 +146,7 @@ def hierarchy_update(
 
     Args:
         net: the hierarchy.
-        opts: the five optimizers.
+        opts: the optimizers (none for a least-squares synthesizer).
         data: ``k * T_s`` steps, time-major (``x`` ``(N, B)`` or ``(N, B, C)``, ``y``, ``mask``).
         state: carried from the previous span (or zeros at an episode start).
         episode_start: ``state`` is a fresh start: ``M_f`` (first fast window) and ``M_s``
