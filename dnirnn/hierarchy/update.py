@@ -16,7 +16,7 @@ from dnirnn.hierarchy.windows import (
     fast_window_gradients,
     slow_window_gradients,
 )
-from dnirnn.optim import Optimizers, adam, grad_norm
+from dnirnn.optim import Optimizers, adam, adam_step, grad_norm, zero_grad
 from dnirnn.state import State, flatten_state
 from dnirnn.synthesizers.fitting import fit_boundary
 
@@ -78,10 +78,11 @@ def adam_optimizers(
     )
 
 
-def _step(opt: torch.optim.Optimizer, clip: float | None) -> Tensor:
-    """Clips (if ``clip``) and steps ``opt``; returns the gradient norm before clipping."""
-    norm = grad_norm([p for g in opt.param_groups for p in g["params"]], clip)
-    opt.step()
+def _step(opts: Optimizers) -> Tensor:
+    """Clips (if ``core_clip``) and steps the core's optimizer with the engine's lean calls
+    (``dnirnn.optim``: the same update as ``opt.step()``); returns the norm before clipping."""
+    norm = grad_norm(opts._core_params, opts.core_clip)
+    adam_step(opts.core)
     return norm.detach()
 
 
@@ -164,13 +165,13 @@ def hierarchy_update(
                                       "cos": [], "target": []}
     for w, window in enumerate(windows):
         last = w == len(windows) - 1
-        opts.fast.core.zero_grad(set_to_none=True)
+        zero_grad(opts.fast._core_params)
         fw = fast_window_gradients(
             net, window, s, slow, episode_end=episode_end and last,
             oracle_end=None if oracle is None else oracle.fast[w],
             oracle_interface=None if oracle is None else oracle.interface[w * per:(w + 1) * per],
         )
-        stats["norm"].append(_step(opts.fast.core, opts.fast.core_clip))
+        stats["norm"].append(_step(opts.fast))
         target = fw.target  # delta_w, (B, S_f)
         stats["target"].append(torch.linalg.vector_norm(target))
         if not (episode_start and w == 0):
@@ -190,9 +191,9 @@ def _slow_update(
     oracle_end: Tensor | None,
 ) -> HierarchyResult:
     """The span's slow window update (theta_s, M_s, M_if) and the result."""
-    opts.slow.core.zero_grad(set_to_none=True)
+    zero_grad(opts.slow._core_params)
     sw = slow_window_gradients(net, slow, episode_end=episode_end, oracle_end=oracle_end)
-    slow_norm = _step(opts.slow.core, opts.slow.core_clip)
+    slow_norm = _step(opts.slow)
     loss = torch.stack(stats["loss"]).sum()
     zero = torch.zeros_like(loss)
     slow_sg = None if episode_start else _fit(
