@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 from dnirnn.lit import DNIModule
 from dnirnn.synthesizers.targets import lambda_targets
@@ -35,13 +36,16 @@ from dnirnn.tasks import CopyTask
 
 
 def load(run: Path) -> tuple[DNIModule, CopyTask]:
-    path = next(run.glob("version_*/checkpoints/last.ckpt"))
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    """The run's model and a task at its curriculum level (its data settings, a new seed)."""
+    version = sorted(run.glob("version_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
+    ck = torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu",
+                    weights_only=False)
     hp = {k: v for k, v in ck["hyper_parameters"].items() if not k.startswith("_")}
     module = DNIModule(**hp)
     module.load_state_dict(ck["state_dict"])
-    cfg = json.loads((run / "done.json").read_text())["cmd"]
-    task = CopyTask(repeat="repeat_copy" in cfg, batch_size=32, seed=12345)
+    data = yaml.safe_load((version / "config.yaml").read_text())["data"]["init_args"]
+    task = CopyTask(repeat=data["repeat"], num_bits=data["num_bits"],
+                    norm_max=data["norm_max"], batch_size=data["batch_size"], seed=12345)
     task.length, task.repeats = ck["dnirnn"]["task"]["length"], ck["dnirnn"]["task"]["repeats"]
     module.task = task
     module.engine.loss_norm = task.loss_norm(module.hparams.window)
@@ -81,7 +85,7 @@ def cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", type=Path, help="a copy / repeat-copy run folder (sweep cell)")
+    ap.add_argument("run", type=Path, help="a copy / repeat-copy run folder (its last.ckpt)")
     ap.add_argument("--train", type=int, default=96, help="training batches of 32 episodes")
     ap.add_argument("--test", type=int, default=32, help="held-out batches")
     ap.add_argument("--features", type=int, default=1024)
