@@ -128,9 +128,9 @@ def main() -> None:
     print("| synthesizer | cos, input phase | cos, answer phase |")
     print("|---|---|---|")
     for name, by_phase in scores.items():
-        vals = [sum(v) / len(v) if (v := by_phase.get(p)) else float("nan")
+        vals = [f"{sum(v) / len(v):.3f}" if (v := by_phase.get(p)) else "–"  # no boundary
                 for p in ("input", "answer")]
-        print(f"| {name} | {vals[0]:.3f} | {vals[1]:.3f} |")
+        print(f"| {name} | {vals[0]} | {vals[1]} |")
 
 
 if __name__ == "__main__":

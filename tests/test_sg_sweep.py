@@ -89,6 +89,6 @@ def test_capacity_probe_runs_on_a_finished_run(tmp_path, cli_sandbox, monkeypatc
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     names = [line.split(" | ")[0][2:] for line in table[1:]]
     assert names == ["linear, ridge 0.1", "features 8, ridge 0.1", "the run's synthesizer"]
-    for line in table[1:]:
-        cosines = [float(v) for v in line.strip("| ").split(" | ")[1:]]
-        assert all(-1 <= c <= 1 for c in cosines), line
+    for line in table[1:]:  # "–" where the level has no boundary in that phase
+        cosines = [float(v) for v in line.strip("| ").split(" | ")[1:] if v != "–"]
+        assert cosines and all(-1 <= c <= 1 for c in cosines), line
