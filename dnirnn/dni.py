@@ -1,6 +1,6 @@
 r"""Truncated BPTT with Decoupled Neural Interfaces: the window update.
 
-Notation (DESIGN.md §1). A stream is cut into windows of T steps. Window k starts in the
+Notation (docs/design.md §1). A stream is cut into windows of T steps. Window k starts in the
 recurrent state ``s_k`` and ends in ``s_{k+1}``; ``l_k`` is its task loss (a sum of per-step
 terms, so that the window losses add up to the loss of the whole sequence). ``M_phi`` is the
 synthesizer, ``theta`` the core (+ readout, + Aux head).
@@ -14,23 +14,28 @@ One window update is ONE forward and ONE backward pass through the window::
          theta.grad = dl_k/dtheta + beta * (ds_{k+1}/dtheta)^T g_{k+1}
          s_k.grad   = delta_k = dl_k/ds_k + beta * (ds_{k+1}/ds_k)^T g_{k+1}
                                                        (the bootstrapped target)
-    5. fit M_phi to (s_k, delta_k): L_SG = || M_phi(s_k) - delta_k ||^2 (delta_k detached;
-       M_phi recomputed on s_k), by its own optimizer (Adam, the paper) or by exact least
-       squares (``rls``); see ``dnirnn.synthesizers`` for the fitting methods, per-position
-       maps, λ-return targets and the guard.
+    5. fit M_phi to (s_j, G_j) for every boundary j whose target is ready:
+       L_SG = || M_phi(s_j) - G_j ||^2, by its own optimizer (Adam, the paper) or by exact
+       least squares (``rls``). With ``sg_horizon`` H = 1 (the paper) G_k = delta_k, ready at
+       once; with H > 1, G_k is the H-window truncated λ-return, ready H - 1 windows later
+       (``dnirnn.synthesizers.horizon``: the last H windows' graphs are kept, no second
+       forward pass).
     6. step theta (core optimizer, core clip) and phi (its own optimizer, its own clip);
        carry detach(s_{k+1}) into window k+1.
 
+The synthesizer is reached through one narrow face, ``SyntheticGradient``
+(``dnirnn.synthesizers.interface``): ``pair`` (M_phi(s_k) and g_{k+1} in one batched call),
+``observe`` (fit a ready pair), ``end_step``; the targets come from the window (H = 1) or from
+``HorizonTargets`` (H > 1), so the path through a window runs one way.
+
 Cost (``scripts/bench.py``). Steps 3 and 5 evaluate M_phi with the SAME phi (phi steps only
-at the end of step 5), so ``M_phi(s_k)`` and ``M_phi(s_{k+1})`` are one batched call of the
-synthesizer (the two states concatenated along the batch), made in step 3 without a graph;
-step 5 takes the gradient of L_SG by a manual backward through the synthesizer's Linear /
-ReLU layers (``dnirnn.synthesizers.fitting``: the same kernels and floats as autograd). The
-optimizer steps, clips and zero_grads are torch's fused kernels without their Python
-bookkeeping (``dnirnn.optim``). A batched GEMM may round a row differently from the same
-row computed alone (the BLAS picks its kernel by the row count and the width): a 40-step
-copy run (batch 32, one map) is bit-identical to the unbatched code, one with per-position
-maps and the phase context differs in the last bits (relative 1e-7 on the logged losses).
+at the end of step 5), so at H = 1 ``M_phi(s_k)`` and ``M_phi(s_{k+1})`` are one batched call
+of the synthesizer (the two states concatenated along the batch), made in step 3 without a
+graph; step 5 takes the gradient of L_SG by a manual backward through the synthesizer's
+Linear / ReLU layers (``dnirnn.synthesizers.fitting``: the same kernels and floats as
+autograd). The optimizer steps, clips and zero_grads are torch's fused kernels without their
+Python bookkeeping (``dnirnn.optim``). A batched GEMM may round a row differently from the
+same row computed alone (the BLAS picks its kernel by the row count and the width).
 
 With beta = 1, step 4 is the paper's update ``theta <- theta - a(sum dL/dtheta +
 delta_hat * dh_T/dtheta)`` and delta_k is exactly the paper's bootstrapped target. With
@@ -51,15 +56,14 @@ Boundaries (``boundary``):
 
 Positions. ``Window.position`` is the index k of the boundary a window starts from within its
 episode (0 for streams); a per-position synthesizer uses map k there, and ``M_{k+1}`` at the
-window's end. With ``sg_lambda`` set, step 5 is not done per window: the module fits the
-synthesizer to λ-return targets after the step (``dnirnn.synthesizers.fitting.fit_span``),
-while the core keeps this one-window update (update-unlocked).
+window's end.
 
 Nothing in this module syncs with the host: every diagnostic is returned as a tensor.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -69,14 +73,10 @@ from torch import Tensor, nn
 from dnirnn.model import LSTMCore
 from dnirnn.optim import Optimizers, adam_step, grad_norm, zero_grad
 from dnirnn.state import State, detach_state, flatten_state, unflatten_state
-from dnirnn.synthesizers.fitting import (
-    Prediction,
-    fit_boundary,
-    predict,
-    predict_pair,
-    synthesizer_regression,
-)
+from dnirnn.synthesizers.fitting import Prediction, synthesizer_regression
 from dnirnn.synthesizers.guard import NormGuard
+from dnirnn.synthesizers.horizon import HorizonTargets, Link, ParameterSnapshot, Ready
+from dnirnn.synthesizers.interface import SyntheticGradient
 
 __all__ = ["BOUNDARIES", "DNIRNN", "Optimizers", "Window", "WindowResult", "bootstrap_target",
            "grad_norm", "masked_task_loss", "split_windows", "surrogate_backward",
@@ -117,13 +117,18 @@ class WindowResult:
         nats: summed task loss over scored steps, in nats.
         count: number of scored steps (sum of the mask).
         state: ``s_{k+1}``, detached: carry it into the next window.
-        sg_loss: ``L_SG`` of the synthesizer (0 where it was not trained).
+        sg_loss: mean ``L_SG`` over the boundaries fitted in this update (0 if none; at
+            H > 1 they are the boundaries H - 1 windows back, and at an episode's end all
+            that waited).
         aux_loss: the Aux objective (0 unless ``dni_aux``).
         sg_norm: ``||g_{k+1}||``, the synthetic gradient injected at the end boundary.
-        target_norm: ``||delta_k||``, the bootstrapped target at the start boundary.
-        sg_cos: cosine between ``M_phi(s_k)`` and ``delta_k`` (0 where not trained).
+        target_norm: ``||delta_k||``, the window's own bootstrapped target at its start.
+        sg_cos: mean cosine between ``M_phi(s_j)`` (before the fit) and its target ``G_j``
+            over the boundaries fitted in this update (0 if none).
+        fitted: how many boundaries the synthesizer was fitted to in this update.
         grad_norm: the core's gradient norm before clipping.
-        finite: whether the loss, the core gradients, the target and L_SG were all finite.
+        finite: whether the loss, the core gradients, delta_k and L_SG (hence the fitted
+            targets) were all finite.
     """
 
     loss: Tensor
@@ -137,6 +142,7 @@ class WindowResult:
     sg_cos: Tensor
     grad_norm: Tensor
     finite: Tensor
+    fitted: int = 0
 
 
 @dataclass
@@ -152,6 +158,7 @@ class WindowGradients:
     aux_loss: Tensor
     start_flat: Tensor | None = None  # s_k flattened (B, S), detached
     prediction: Prediction | None = None  # M_phi(s_k) with the phi that made g_{k+1}
+    link: Link | None = None  # the window's graph, kept for horizon targets
 
     @property
     def target(self) -> Tensor:
@@ -164,22 +171,23 @@ def surrogate_backward(
     ends: Sequence[Tensor],
     g: Sequence[Tensor] | None,
     sg_scale: float = 1.0,
+    retain_graph: bool = False,
 ) -> None:
     """Step 4: ONE backward pass of ``objective + sg_scale * <g, ends>``.
 
     ``g`` (one tensor per tensor of ``ends``, detached) is injected as the incoming gradient
     of ``ends`` instead of forming the dot product. ``g=None`` or ``sg_scale=0`` is plain
-    backprop of ``objective`` (TBPTT).
+    backprop of ``objective`` (TBPTT). ``retain_graph`` keeps the graph (horizon targets).
     """
     if g is None or sg_scale == 0.0:
-        objective.backward()
+        objective.backward(retain_graph=retain_graph)
         return
     # (x * 1.0 == x bit for bit: skip the multiply at the paper's beta = 1)
     incoming = [gi.detach() if sg_scale == 1.0 else gi.detach() * sg_scale for gi in g]
     outputs = list(ends)
     if objective.requires_grad:  # (a layer with no loss of its own has only the g term)
         outputs, incoming = [objective, *outputs], [None, *incoming]
-    torch.autograd.backward(outputs, incoming)
+    torch.autograd.backward(outputs, incoming, retain_graph=retain_graph)
 
 
 def masked_task_loss(
@@ -225,8 +233,11 @@ class DNIRNN(nn.Module):
         aux_weight: weight of the Aux loss (``dni_aux``).
         oracle_windows: ``W``, how many future windows the ``oracle`` boundary looks ahead.
         guard: caps each synthetic gradient relative to its targets' running RMS (or None).
-        sg_lambda: None: the synthesizer is fitted per window to ``delta_k`` (step 5); λ in
-            [0, 1]: it is fitted after each span to λ-return targets (``fit_span``).
+        sg_lambda: None: the synthesizer's target is the window's own ``delta_k`` (H = 1);
+            λ in [0, 1]: the λ-return over ``sg_horizon`` windows.
+        sg_horizon: with ``sg_lambda``: H >= 1 windows of the truncated λ-return (1: delta_k),
+            or None: unbounded, to the episode's end (a stream: the training step's end, at
+            ``end_step``), i.e. full BPTT for the synthesizer, whose memory grows with it.
     """
 
     def __init__(
@@ -241,6 +252,7 @@ class DNIRNN(nn.Module):
         oracle_windows: int = 1,
         guard: NormGuard | None = None,
         sg_lambda: float | None = None,
+        sg_horizon: int | None = None,
     ) -> None:
         super().__init__()
         if boundary not in BOUNDARIES:
@@ -257,6 +269,10 @@ class DNIRNN(nn.Module):
             raise ValueError(f"loss_norm must be > 0, got {loss_norm}")
         if sg_lambda is not None and not 0.0 <= sg_lambda <= 1.0:
             raise ValueError(f"sg_lambda must be in [0, 1] or None, got {sg_lambda}")
+        if sg_horizon is not None and sg_horizon < 1:
+            raise ValueError(f"sg_horizon must be >= 1 or None, got {sg_horizon}")
+        if sg_lambda is None and sg_horizon not in (None, 1):
+            raise ValueError("sg_horizon > 1 needs sg_lambda (the λ of the λ-return)")
         if sg_lambda is not None and boundary == "dni_aux":
             raise ValueError("sg_lambda (λ-return targets) is not defined for dni_aux (its "
                              "targets include the Aux loss): use boundary='dni'")
@@ -267,6 +283,10 @@ class DNIRNN(nn.Module):
         # (tbptt / oracle have no synthesizer: sg_lambda does not apply)
         self.guard = guard
         self.sg_lambda = sg_lambda if boundary == "dni" else None
+        self.sg_horizon = sg_horizon if self.sg_lambda is not None else 1
+        self.targets = (HorizonTargets(self.sg_horizon, self.sg_lambda, self.sg_scale,
+                                       core.cfg.num_layers)
+                        if self.sg_lambda is not None and self.sg_horizon != 1 else None)
         self.aux = (  # the Aux head A: o_t (H) -> predicted g_{k+1} (S)
             nn.Linear(core.cfg.hidden_size, core.state_size) if boundary == "dni_aux" else None
         )
@@ -277,8 +297,13 @@ class DNIRNN(nn.Module):
 
     @property
     def fits_per_window(self) -> bool:
-        """Step 5 runs inside each window update (else after the span: ``sg_lambda``)."""
-        return self.trains_synthesizer and self.sg_lambda is None
+        """The target is the window's own delta_k (H = 1), fitted inside its update."""
+        return self.trains_synthesizer and self.targets is None
+
+    @property
+    def sg(self) -> SyntheticGradient:
+        """The synthesizer's face (``pair``, ``observe``, ``end_step``)."""
+        return SyntheticGradient(self.synthesizer, self.guard)
 
     def core_parameters(self) -> list[nn.Parameter]:
         """theta: everything the core optimizer steps (core, readout, Aux head)."""
@@ -296,16 +321,13 @@ class DNIRNN(nn.Module):
     ) -> Tensor:
         """``M_phi(s)`` at boundary ``position`` for a detached state: ``(B, S)``, no graph
         (capped by the guard, if any: this is the gradient the core receives)."""
-        return self.synthetic_gradient_flat(flatten_state(state), context, position)
+        return self.sg(flatten_state(state), context, position)
 
     def synthetic_gradient_flat(
         self, state_flat: Tensor, context: Tensor | None = None, position: int = 0
     ) -> Tensor:
         """As ``synthetic_gradient``, for a flat state ``(B, S)``."""
-        assert self.synthesizer is not None
-        with torch.no_grad():
-            return self._capped(self.synthesizer(state_flat.detach(), context, position),
-                                position)
+        return self.sg(state_flat, context, position)
 
     def oracle_gradient(self, state: State, future: Sequence[Window]) -> Tensor:
         """The TRUE gradient of the next windows' task loss w.r.t. ``state``: ``(B, S)``.
@@ -337,6 +359,7 @@ class DNIRNN(nn.Module):
         future: Sequence[Window] = (),
         next_context: Tensor | None = None,
         predict_start: bool = False,
+        keep_graph: bool = False,
     ) -> WindowGradients:
         """Steps 1-4: forward the window, inject g_{k+1}, ONE backward pass.
 
@@ -352,24 +375,25 @@ class DNIRNN(nn.Module):
                 ``window.position + 1``).
             predict_start: also evaluate ``M_phi(s_k)`` for step 5 (``prediction``), with
                 the same phi as g_{k+1}, batched with it into one call of the synthesizer.
+            keep_graph: keep the window's graph (``link``) for horizon targets, its forward
+                run under a parameter snapshot (``dnirnn.synthesizers.horizon``).
         """
         start = detach_state(state, requires_grad=True)  # 1.
-        logits, outputs, end = self.core(window.x, start)  # 2. (T,B,O), (T,B,H), s_{k+1}
-        loss, nats, count = self.task_loss(logits, window)
-        start_flat = prediction = None
-        if predict_start and self.trains_synthesizer:
-            start_flat = flatten_state(start).detach()
-        if start_flat is not None and not episode_end:  # 3. and M_phi(s_k), one call
-            prediction, g_raw = predict_pair(
-                self.synthesizer, start_flat, window.context, window.position,
-                flatten_state(end).detach(), next_context, window.position + 1)
-            g_next = self._capped(g_raw, window.position + 1)
+        record = self._record(window) if keep_graph and self.targets.resumable else None
+        snap = ParameterSnapshot(self.core_parameters()) if keep_graph else None
+        with (torch.autograd.graph.saved_tensors_hooks(*snap.hooks()) if keep_graph
+              else contextlib.nullcontext()):
+            logits, outputs, end = self.core(window.x, start)  # 2. (T,B,O), (T,B,H), s_{k+1}
+            loss, nats, count = self.task_loss(logits, window)
+        start_flat = flatten_state(start).detach() if predict_start or keep_graph else None
+        fit_start = start_flat if predict_start and self.trains_synthesizer else None
+        if self.trains_synthesizer:  # 3. (and M_phi(s_k) in the same call)
+            end_flat = None if episode_end else flatten_state(end).detach()
+            prediction, g_next = self.sg.pair(fit_start, window.context, window.position,
+                                              end_flat, next_context, window.position + 1)
         else:
-            if start_flat is not None:
-                prediction = predict(self.synthesizer, start_flat, window.context,
-                                     window.position)
-            g_next = None if episode_end else self._boundary_gradient(  # 3.
-                end, future, next_context, window.position + 1)
+            prediction = None
+            g_next = None if episode_end else self._boundary_gradient(end, future)
         objective, aux_loss = loss, torch.zeros((), device=loss.device, dtype=loss.dtype)
         if self.aux is not None:
             target = torch.zeros_like(flatten_state(end)) if g_next is None else g_next
@@ -377,24 +401,97 @@ class DNIRNN(nn.Module):
             aux_loss = self.aux_weight * (pred - target).pow(2).sum(-1).mean()
             objective = objective + aux_loss
         g_end = None if g_next is None else unflatten_state(g_next, self.core.cfg.num_layers)
-        surrogate_backward(objective, end, g_end, self.sg_scale)  # 4.
+        surrogate_backward(objective, end, g_end, self.sg_scale, retain_graph=keep_graph)  # 4.
+        link = None
+        if keep_graph:
+            link = Link(start, end, loss, g_next, start_flat, window.context, window.position,
+                        record or {})
         return WindowGradients(
             start=start, state=detach_state(end), g_next=g_next,
             loss=loss.detach(), nats=nats.detach(), count=count, aux_loss=aux_loss.detach(),
-            start_flat=start_flat, prediction=prediction,
+            start_flat=start_flat, prediction=prediction, link=link,
         )
 
-    def _capped(self, g: Tensor, position: int) -> Tensor:
-        return g if self.guard is None else self.guard.cap(g, position)[0]
-
-    def _boundary_gradient(
-        self, end: State, future: Sequence[Window], context: Tensor | None, position: int
-    ) -> Tensor | None:
-        if self.boundary == "tbptt":
-            return None
+    def _boundary_gradient(self, end: State, future: Sequence[Window]) -> Tensor | None:
         if self.boundary == "oracle":
             return self.oracle_gradient(detach_state(end), list(future)[: self.oracle_windows])
-        return self.synthetic_gradient(detach_state(end), context, position)
+        return None  # tbptt
+
+    # ---- horizon targets: exact resume with chains in flight ----------------------------
+
+    def _record(self, window: Window) -> dict:
+        """What rebuilds a kept window's graph after a resume (``rebuild_targets``)."""
+        return {"x": window.x, "y": window.y, "mask": window.mask,
+                "params": [p.detach().clone() for p in self.core_parameters()],
+                "rng": torch.get_rng_state()}
+
+    def rebuild_targets(self) -> None:
+        """After loading ``targets``' state: re-runs the waiting windows' forwards with the
+        parameters and RNG state they had, so their graphs are as before the checkpoint."""
+        if self.targets is None or not self.targets.needs_rebuild:
+            return
+        params = self.core_parameters()
+        device = params[0].device
+
+        def forward(rec: dict, start: State) -> tuple[Tensor, State]:
+            now = [p.detach().clone() for p in params]
+            rng = torch.get_rng_state()
+            try:
+                with torch.no_grad():
+                    for p, v in zip(params, rec["params"]):
+                        p.copy_(v.to(device))
+                torch.set_rng_state(rec["rng"])
+                snap = ParameterSnapshot(params)
+                mask = None if rec["mask"] is None else rec["mask"].to(device)
+                w = Window(rec["x"].to(device), rec["y"].to(device), mask)
+                with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(*snap.hooks()):
+                    logits, _, end = self.core(w.x, start)
+                    loss = self.task_loss(logits, w)[0]
+            finally:
+                with torch.no_grad():
+                    for p, v in zip(params, now):
+                        p.copy_(v)
+                torch.set_rng_state(rng)
+            return loss, end
+
+        self.targets.rebuild(forward, device)
+
+    # ---- step 5 and the training step's end ---------------------------------------------
+
+    def fit_ready(self, opts: Optimizers, ready: Sequence[Ready],
+                  prediction: Prediction | None = None) -> tuple[Tensor, Tensor, int]:
+        """Step 5 for each ready boundary, oldest first: ``(mean L_SG, mean cos, count)``
+        (zeros if none; a non-finite target makes L_SG non-finite). ``prediction`` is
+        M_phi(s) of a single ready pair, made with the current phi (the H = 1 path batches it
+        with g_{k+1})."""
+        if not ready:
+            zero = torch.zeros((), device=self.core.readout.weight.device)
+            return zero, zero, 0
+        sg, losses, coses = self.sg, [], []
+        for r in ready:
+            loss, cos = sg.observe(opts, r.state, r.target, r.context, r.position,
+                                   prediction=prediction if len(ready) == 1 else None)
+            losses.append(loss)
+            coses.append(cos)
+        if len(ready) == 1:
+            return losses[0], coses[0], 1
+        return torch.stack(losses).mean(), torch.stack(coses).mean(), len(ready)
+
+    def end_step(self, opts: Optimizers | None = None, all_reduce=None) -> Tensor:
+        """Once per training step, after its windows: an unbounded horizon on a stream ends
+        here (its waiting boundaries are fitted), then the guard and a least-squares
+        synthesizer fold in the step (``SyntheticGradient.end_step``). ``all_reduce`` sums a
+        tensor over data-parallel ranks in place (or None). Returns a 0-dim bool tensor:
+        everything fitted and the new synthesizer are finite. Loops that drive the engine
+        directly must call it too."""
+        ok = torch.ones((), dtype=torch.bool, device=self.core.readout.weight.device)
+        if not self.trains_synthesizer:
+            return ok
+        if self.targets is not None and self.targets.horizon is None and len(self.targets):
+            if opts is None and self.synthesizer.fit == "adam":
+                raise ValueError("end_step needs the optimizers to fit the span's targets")
+            ok = ok & torch.isfinite(self.fit_ready(opts, self.targets.flush())[0])
+        return ok & self.sg.end_step(all_reduce)
 
 
 def window_update(
@@ -421,37 +518,42 @@ def window_update(
         future: for the ``oracle`` boundary, the windows that follow (see ``oracle_gradient``).
         next_context: cDNI context at ``s_{k+1}``.
 
-    The synthesizer is fitted here (step 5) unless ``net.sg_lambda`` is set (see
-    ``fit_span``); a least-squares synthesizer only collects the pairs here and is solved
-    by its ``end_step`` once per training step.
+    The synthesizer is fitted to every target that is ready (step 5); a least-squares
+    synthesizer only collects the pairs here and is solved by ``net.end_step`` once per
+    training step, which every loop calls.
 
     Returns:
         A ``WindowResult`` of detached tensors; carry ``result.state`` into the next window.
     """
-    fit = net.fits_per_window and not episode_start
+    targets = net.targets if net.trains_synthesizer else None
+    if targets is not None and episode_start:
+        targets.clear()  # (nothing waits across an episode start)
+    fit_now = net.fits_per_window and not episode_start
+    keep = targets is not None and not episode_start
     zero_grad(opts._core_params)
     wg = net.window_gradients(
         window, state, episode_end=episode_end, future=future, next_context=next_context,
-        predict_start=fit,
+        predict_start=fit_now, keep_graph=keep,
     )
     core_norm = grad_norm(opts._core_params, opts.core_clip)
     adam_step(opts.core)  # 6. (theta)
-    target = wg.target  # delta_k, (B, S)
-    zero = torch.zeros((), device=target.device, dtype=target.dtype)
-    sg_loss, sg_cos = zero, zero
-    if fit:  # 5. and 6. (phi); M_phi(s_k) was evaluated with g_{k+1}, before this step
-        sg_loss, sg_cos = fit_boundary(net.synthesizer, opts, wg.start_flat, target,
-                                       window.context, window.position, net.guard,
-                                       prediction=wg.prediction)
+    if fit_now:  # 5. and 6. (phi): delta_k, with M_phi(s_k) made beside g_{k+1}
+        ready = [Ready(wg.start_flat, wg.target, window.context, window.position)]
+    elif keep:
+        ready = targets.push(wg.link, episode_end)
+    else:
+        ready = targets.flush() if targets is not None and episode_end else []
+    sg_loss, sg_cos, fitted = net.fit_ready(opts, ready, wg.prediction)
+    zero = torch.zeros((), device=wg.loss.device, dtype=wg.loss.dtype)
+    target_norm = torch.linalg.vector_norm(wg.target)
     sg_norm = zero if wg.g_next is None else torch.linalg.vector_norm(wg.g_next)
-    target_norm = torch.linalg.vector_norm(target)
-    finite = torch.isfinite(torch.stack([  # loss, core gradients, target, L_SG
-        wg.loss, core_norm.to(target), target_norm, sg_loss.to(target)])).all()
+    finite = torch.isfinite(torch.stack([  # loss, core gradients, targets, L_SG
+        wg.loss, core_norm.to(zero), target_norm.to(zero), sg_loss.to(zero)])).all()
     return WindowResult(
         loss=wg.loss, nats=wg.nats, count=wg.count, state=wg.state,
         sg_loss=sg_loss.detach(), aux_loss=wg.aux_loss, sg_norm=sg_norm,
         target_norm=target_norm, sg_cos=sg_cos,
-        grad_norm=core_norm.detach(), finite=finite,
+        grad_norm=core_norm.detach(), finite=finite, fitted=fitted,
     )
 
 

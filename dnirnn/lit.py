@@ -40,14 +40,7 @@ from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.optim import adam
 from dnirnn.recurrent import TASKS, TOKEN_TASKS, NonFiniteLossError, RecurrentModule
 from dnirnn.state import State
-from dnirnn.synthesizers import (
-    FITS,
-    SYNTHESIZER_KINDS,
-    NormGuard,
-    build_synthesizer,
-    end_step,
-)
-from dnirnn.synthesizers.fitting import fit_span
+from dnirnn.synthesizers import FITS, SYNTHESIZER_KINDS, NormGuard, build_synthesizer
 from dnirnn.tasks import Batch, CopyTask
 
 CONTEXTS = ("none", "phase")  # cDNI context of the synthesizer (see DNIModule.context)
@@ -88,8 +81,13 @@ class DNIModule(RecurrentModule):
         rls_ridge: ``rls``: ridge, relative to the mean diagonal of the normal matrix.
         sg_lambda: null: the synthesizer regresses the one-window bootstrapped target
             delta_k, per window (the paper); λ in [0, 1]: it regresses λ-return targets
-            computed once per step over the step's span with frozen parameters (one extra
-            forward + backward; λ = 1: the true gradient of the rest of the span).
+            over ``sg_horizon`` windows (λ = 1: the true gradient of those windows' loss,
+            bootstrapped with the synthesizer at the horizon).
+        sg_horizon: with ``sg_lambda``: H windows of exact credit in the target (the
+            H-window truncated λ-return, ready H - 1 windows later; the last H windows'
+            graphs are kept: the memory of TBPTT over H * T steps); null: unbounded, to
+            the episode's end (streams: the training step's end): full BPTT for the
+            synthesizer, whose memory grows with the episode (``dnirnn.synthesizers.horizon``).
         sg_guard: cap each synthetic gradient's norm at this multiple of the running RMS
             norm of its position's targets (null: no cap).
         synthesizer_hidden: hidden units of the mlp synthesizer (null: the state size,
@@ -105,6 +103,7 @@ class DNIModule(RecurrentModule):
 
     train_keys = {k: k for k in ("sg_loss", "aux_loss", "sg_norm", "target_norm", "sg_cos",
                                  "grad_norm")}
+    fit_keys = {"sg_loss", "sg_cos"}  # means over the boundaries fitted (``fitted``)
 
     def __init__(
         self,
@@ -128,6 +127,7 @@ class DNIModule(RecurrentModule):
         rls_forget: float = 0.8,
         rls_ridge: float = 0.1,
         sg_lambda: float | None = None,
+        sg_horizon: int | None = None,
         sg_guard: float | None = None,
         synthesizer_hidden: int | None = None,
         synthesizer_layers: int = 1,
@@ -156,7 +156,7 @@ class DNIModule(RecurrentModule):
             if sg_guard is not None:
                 guard = NormGuard(synthesizer_positions, sg_guard)
         self.engine = DNIRNN(core, TASKS[task], 1.0, boundary, synth, sg_scale, aux_weight,
-                             oracle_windows, guard, sg_lambda)
+                             oracle_windows, guard, sg_lambda, sg_horizon)
         self._opts: Optimizers | None = None
 
     def check_task(self, task: Any, world: int) -> None:
@@ -167,6 +167,8 @@ class DNIModule(RecurrentModule):
     def configure_task(self, world: int) -> None:
         self.engine.aux_weight = self.hparams.aux_weight / world  # see the module docstring
         self.engine.loss_norm = self.task.loss_norm(self.hparams.window)  # global batch
+        if self.engine.targets is not None:  # chains cross training steps on streams only
+            self.engine.targets.resumable = not self.task.episodic
 
     def configure_optimizers(self):
         core = adam(self.engine.core_parameters(), self.hparams.lr)
@@ -209,10 +211,11 @@ class DNIModule(RecurrentModule):
                 for p in params]
 
     def run_windows(self, batch: Batch) -> list[WindowResult]:
-        opts, start = self._optimizers(), self.carried
+        opts, state = self._optimizers(), self.carried
+        self.engine.rebuild_targets()  # (after a resume with horizon targets in flight)
         windows = self.windows(batch)
         oracle, n = self.engine.boundary == "oracle", len(windows)
-        results, state = [], start
+        results = []
         for k, w in enumerate(windows):
             res = window_update(
                 self.engine, opts, w, state,
@@ -225,8 +228,8 @@ class DNIModule(RecurrentModule):
             state = res.state
             results.append(res)
         self.carried = state
-        if self.engine.trains_synthesizer:
-            self._fit_after_step(windows, start, batch, results)
+        # an unbounded horizon on a stream ends here; the guard; the least-squares solve
+        results[-1].finite = results[-1].finite & self.engine.end_step(opts, self._all_reduce())
         return results
 
     def windows(self, batch: Batch) -> list[Window]:
@@ -255,27 +258,21 @@ class DNIModule(RecurrentModule):
         table = torch.tensor(rows, dtype=x.dtype).to(x.device)  # (K, C)
         return table[:, None, :].expand(windows, x.shape[1], PHASE_CONTEXT)
 
-    def _fit_after_step(self, windows: list[Window], start: State, batch: Batch,
-                        results: list[WindowResult]) -> None:
-        """λ-target fit (``sg_lambda``) and the least-squares solve, once per step; their
-        losses and finiteness join the step's results."""
-        engine, opts = self.engine, self._optimizers()
-        if engine.sg_lambda is not None:
-            losses, coses, targets = fit_span(
-                engine, opts, windows, start, lam=engine.sg_lambda,
-                episode_start=batch.reset, episode_end=batch.last)
-            for r, loss, cos, t in zip(results, losses, coses, targets):
-                norm = torch.linalg.vector_norm(t)
-                r.sg_loss, r.sg_cos, r.target_norm = loss, cos, norm
-                r.finite = r.finite & torch.isfinite(loss) & torch.isfinite(norm)
-        ok = end_step(engine, self._all_reduce())
-        results[-1].finite = results[-1].finite & ok
-
     def _all_reduce(self):
         """In-place sum over DDP ranks (the least-squares statistics), or None."""
         if self.trainer.world_size <= 1 or not torch.distributed.is_initialized():
             return None
         return torch.distributed.all_reduce
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.engine.targets is not None:  # horizon targets in flight (streams)
+            checkpoint["dnirnn"]["horizon"] = self.engine.targets.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if self.engine.targets is not None:
+            self.engine.targets.load_state_dict(checkpoint["dnirnn"].get("horizon", {}))
 
     def eval_forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         logits, _, state = self.engine.core(x, state)
@@ -306,6 +303,12 @@ def _validate(args: dict[str, Any]) -> None:
     need(args["rls_ridge"] > 0, "rls_ridge", "must be > 0")
     need(args["sg_lambda"] is None or 0 <= args["sg_lambda"] <= 1, "sg_lambda",
          "must be in [0, 1], or null for the per-window bootstrapped target")
+    need(args["sg_horizon"] is None
+         or (isinstance(args["sg_horizon"], int) and args["sg_horizon"] >= 1), "sg_horizon",
+         "must be an integer >= 1 (windows of the λ-return), or null for the whole episode")
+    need(args["sg_horizon"] in (None, 1) or args["sg_lambda"] is not None, "sg_horizon",
+         "a horizon > 1 is a λ-return: also set model.sg_lambda (1.0: no bootstrapping "
+         "inside the horizon)")
     need(args["sg_lambda"] is None or args["boundary"] != "dni_aux", "sg_lambda",
          "λ-return targets are not defined for dni_aux (its targets include the Aux loss): "
          "set model.sg_lambda=null, or use model.boundary=dni")

@@ -54,6 +54,9 @@ class RecurrentModule(L.LightningModule):
     # train/<key> -> the attribute of the per-update results averaged over the step (logged
     # on logged steps only). Every result also has ``nats``, ``count`` and ``finite``.
     train_keys: dict[str, str] = {}
+    # the keys among those that are means over the boundaries fitted in the step (each
+    # result's ``fitted`` counts them), not over the updates: 0 when none was fitted
+    fit_keys: set[str] = set()
 
     def __init__(self) -> None:
         super().__init__()
@@ -196,8 +199,15 @@ class RecurrentModule(L.LightningModule):
         if not self._logs_this_step():
             return
         metrics = {f"train/{k}": v for k, v in metrics.items()}
-        metrics.update({f"train/{key}": stacked(attr).mean()
-                        for key, attr in self.train_keys.items()})
+        fitted = None
+        for key, attr in self.train_keys.items():
+            if key in self.fit_keys:
+                if fitted is None:
+                    n = torch.tensor([float(r.fitted) for r in results])
+                    fitted = n.to(results[0].loss) / n.sum().clamp_min(1.0)
+                metrics[f"train/{key}"] = (stacked(attr) * fitted).sum()
+            else:
+                metrics[f"train/{key}"] = stacked(attr).mean()
         loss = metrics.pop("train/loss")
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)

@@ -71,7 +71,7 @@ from dnirnn.dni import DNIRNN, Optimizers, split_windows, window_update
 from dnirnn.lit import DNIModule
 from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.optim import adam
-from dnirnn.synthesizers import Synthesizer, end_step
+from dnirnn.synthesizers import Synthesizer
 from dnirnn.tasks import LanguageModelTask, lm_step_loss
 
 PRESETS = {
@@ -323,8 +323,7 @@ def run_engine(cfg: BenchConfig, T: int, device: torch.device, boundary: str) ->
         for k, w in enumerate(windows):
             res = window_update(net, opts, w, state, episode_start=s0 == 0 and k == 0)
             state = res.state
-        if synth is not None:
-            end_step(net)  # (guard statistics, least-squares solve: nothing for this one)
+        net.end_step(opts)  # (guard statistics, least-squares solve: nothing for this one)
     clock.stop()
     return clock.elapsed
 

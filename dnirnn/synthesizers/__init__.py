@@ -6,12 +6,17 @@ One module per concept (the window update itself stays in ``dnirnn.dni``):
   paper), optionally one map per boundary position;
 - ``least_squares``: ``LeastSquaresSynthesizer``, linear maps refitted exactly each training
   step by ridge least squares with exponential forgetting (``synthesizer_fit: rls``);
-- ``targets``: λ-return targets over a span (BP(λ)); λ = 1 is the true future gradient;
+- ``targets``: λ-return targets over a span by one autograd pass (BP(λ)); λ = 1 is the true
+  future gradient (the diagnostics' measurement, and the tests' reference);
+- ``horizon``: ``HorizonTargets``, the H-window truncated λ-return computed as the data goes
+  from the last H windows' graphs (``sg_horizon``): what the synthesizer is fitted to;
+- ``interface``: ``SyntheticGradient``, the synthesizer's narrow face to the window update
+  (``pair``, ``observe``, ``end_step``);
 - ``guard``: ``NormGuard``, caps the synthetic gradient relative to its targets' running RMS;
-- ``fitting``: step 5 for every method (``fit_boundary``) and the λ-target fit (``fit_span``).
+- ``fitting``: step 5 for every method (``fit_boundary``).
 
-``build_synthesizer`` makes the one a configuration names; ``end_step(net)`` closes a training
-step (guard statistics, least-squares solve).
+``build_synthesizer`` makes the one a configuration names; ``DNIRNN.end_step`` closes a
+training step (guard statistics, least-squares solve).
 """
 
 from __future__ import annotations
@@ -51,11 +56,7 @@ def build_synthesizer(
     return Synthesizer(state_size, kind, hidden_size, hidden_layers, context_size, positions)
 
 
-def end_step(net, all_reduce=None):
-    """Once per training step, after its windows (and ``fit_span``): folds the step's
-    targets into the guard and solves a least-squares synthesizer. ``all_reduce`` sums a
-    tensor over data-parallel ranks in place (or None). Returns a 0-dim bool tensor: the new
-    synthesizer is finite. Loops that drive the engine directly must call it too."""
-    if net.guard is not None:
-        net.guard.end_step(all_reduce)
-    return net.synthesizer.end_step(all_reduce)
+def end_step(net, all_reduce=None, opts=None):
+    """``net.end_step(opts, all_reduce)``: once per training step (see ``DNIRNN.end_step``).
+    Returns a 0-dim bool tensor: the new synthesizer is finite."""
+    return net.end_step(opts, all_reduce)

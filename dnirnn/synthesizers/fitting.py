@@ -10,14 +10,12 @@ r"""Step 5 of the window update, the synthesizer's fit, for every fitting method
 Either way the guard (if any) sees the targets, and ``(L_SG, cosine)`` of the prediction made
 BEFORE this fit is returned for logging.
 
-``fit_span`` is the λ-return variant (``sg_lambda``): after a training step's window updates
-it computes every boundary's λ-target over the span with frozen parameters
-(``dnirnn.synthesizers.targets``) and fits each boundary in order.
+Where the targets come from (the window's own ``delta_k``, or the λ-return over a horizon,
+``dnirnn.synthesizers.horizon``) is the caller's business: this module fits a pair it is given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -25,9 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dnirnn.optim import Optimizers, adam_step, grad_norm, zero_grad
-from dnirnn.state import State
 from dnirnn.synthesizers.network import features
-from dnirnn.synthesizers.targets import lambda_targets
 
 
 @dataclass
@@ -190,39 +186,3 @@ def fit_boundary(
         grad_norm(params, opts.synthesizer_clip)
     adam_step(opts.synthesizer)
     return loss.detach(), cos
-
-
-def fit_span(
-    net,
-    opts: Optimizers,
-    windows: Sequence,
-    state: State,
-    *,
-    lam: float,
-    episode_start: bool,
-    episode_end: bool,
-) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-    """λ-targets over ``windows`` from ``state`` (frozen parameters), then ``fit_boundary``
-    at every window start (not at an episode's first state: zeros, nothing flows into it).
-
-    Returns ``(sg_losses, cosines, targets)`` per window (zeros where not fitted).
-    """
-    def predict(flat: Tensor, k: int) -> Tensor:
-        if k < len(windows):
-            return net.synthetic_gradient_flat(flat, windows[k].context, windows[k].position)
-        return net.synthetic_gradient_flat(flat, None, windows[-1].position + 1)
-
-    span = lambda_targets(net, windows, state, lam=lam, beta=net.sg_scale, predict=predict,
-                          episode_end=episode_end)
-    zero = torch.zeros((), device=span.targets[0].device, dtype=span.targets[0].dtype)
-    losses, coses = [], []
-    for k, w in enumerate(windows):
-        if k == 0 and episode_start:
-            losses.append(zero)
-            coses.append(zero)
-            continue
-        loss, cos = fit_boundary(net.synthesizer, opts, span.states[k], span.targets[k],
-                                 w.context, w.position, net.guard)
-        losses.append(loss)
-        coses.append(cos)
-    return losses, coses, span.targets

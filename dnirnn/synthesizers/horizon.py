@@ -1,0 +1,248 @@
+r"""Synthesizer targets with a bounded horizon, computed as the data goes (``sg_horizon``).
+
+The target of boundary k looks H windows ahead and bootstraps with the synthesizer at
+``s_{k+H}`` (the H-window truncated λ-return; ``J_j = ds_{j+1}/ds_j``, ``g_j`` the synthetic
+gradient injected at ``s_j``, capped as the core received it)::
+
+    G_{k+H} = g_{k+H}                       (0 if the episode ends at s_{k+H})
+    G_j     = dl_j/ds_j + beta J_j^T [ (1 - λ) g_{j+1} + λ G_{j+1} ]      (j = k+H-1 .. k)
+
+- H = 1: ``G_k = delta_k``, the window's own bootstrapped target (``s_k.grad`` after its update):
+  nothing is kept; this is the paper's DNI.
+- H reaching the end of the episode: the λ-return over the rest of the episode (λ = 1: its
+  true gradient). ``sg_horizon: null`` asks for that: full BPTT run for the synthesizer, whose
+  memory grows with the episode (for streams, the horizon ends with the training step).
+
+How (no second forward pass). After window j's update, the graph from ``s_j`` to
+``(l_j, s_{j+1})`` is kept (``Link``) instead of freed. ``delta_j`` is the head of the chain of
+boundary ``k = j - H + 1``: H - 1 vector-Jacobian products back through windows j-1 .. k, each
+mixing in the synthetic gradient at the boundary it crosses, give ``G_k``; window k's graph is
+then dropped. At an episode's end one chain from the last window gives every boundary still
+waiting its target (their horizons reach the end). So at most H window graphs are held, the
+graph memory of TBPTT over H·T steps; the cost is H - 1 VJPs per window, with respect to the
+states only (no parameter gradient is formed).
+
+Parameters. The core steps after every window, in place, while a kept graph still needs the
+parameters its forward used. Each kept window's forward therefore runs under
+``ParameterSnapshot``, a saved-tensor hook that stores a copy of each parameter autograd saves
+(one copy per parameter per window, shared by the window's steps): a later VJP through window
+j uses the Jacobian of the core as it was when window j's data went through, as an online
+learner has it. With parameters frozen this equals ``lambda_targets`` over the same windows
+(``tests/test_horizon.py``).
+
+Streams with a finite H carry unfinished chains across training steps; ``state_dict`` holds
+what rebuilds their graphs on resume (each window's data, start state, parameter copies and
+RNG state), so resume is exact with targets in flight.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dnirnn.state import State, flatten_state, unflatten_state
+
+
+class ParameterSnapshot:
+    """A saved-tensor hook pair that stores copies of parameters instead of the parameters.
+
+    Use ``with torch.autograd.graph.saved_tensors_hooks(*snap.hooks()):`` around a forward
+    pass: any saved tensor that shares storage with one of ``params`` is replaced by a copy
+    (one copy per distinct tensor, kept in ``copies``), so the graph survives in-place
+    optimizer steps. Gradients still flow to the parameters themselves.
+    """
+
+    def __init__(self, params: Iterable[Tensor]) -> None:
+        self._storages = {p.untyped_storage().data_ptr() for p in params}
+        self.copies: dict[tuple, Tensor] = {}
+
+    def _pack(self, t: Tensor) -> Tensor:
+        if t.untyped_storage().data_ptr() not in self._storages:
+            # (a view, not ``t``: a saved output holding itself would be a reference cycle
+            # through its own grad_fn that Python's collector cannot see, and leak the graph)
+            return t.detach()
+        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        copy = self.copies.get(key)
+        if copy is None:
+            copy = self.copies[key] = t.detach().clone()
+        return copy
+
+    def hooks(self):
+        return self._pack, _identity
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
+@dataclass
+class Link:
+    """One window's graph, kept for the targets of the boundaries before it.
+
+    Attributes:
+        start: ``s_j``, the graph's leaves (their ``.grad`` is ``delta_j``).
+        end: ``s_{j+1}`` in the graph.
+        loss: ``l_j`` in the graph.
+        g_end: ``g_{j+1}`` ``(B, S)`` as injected at the window's end (None: zero).
+        state: ``s_j`` flat and detached ``(B, S)``: the regression input of boundary j.
+        context: the synthesizer's context at boundary j (or None).
+        position: boundary j's index within its episode.
+        record: what rebuilds the graph on resume (streams): the window's data, the
+            parameter copies and the RNG state before its forward.
+    """
+
+    start: State
+    end: State
+    loss: Tensor
+    g_end: Tensor | None
+    state: Tensor
+    context: Tensor | None
+    position: int
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def delta(self) -> Tensor:
+        """``delta_j`` ``(B, S)``: the window's own bootstrapped target."""
+        return flatten_state(tuple(torch.zeros_like(s) if s.grad is None else s.grad
+                                   for s in self.start))
+
+
+@dataclass
+class Ready:
+    """A boundary whose target is ready: fit the synthesizer to ``(state, target)``."""
+
+    state: Tensor
+    target: Tensor
+    context: Tensor | None
+    position: int
+
+
+class HorizonTargets:
+    """Keeps the last H windows and hands out H-window λ-return targets as they become ready.
+
+    Args:
+        horizon: H >= 2 windows, or None (unbounded: until the episode ends, or ``flush``).
+        lam: λ in [0, 1].
+        beta: the synthetic gradient's weight (``sg_scale``).
+        layers: the core's layer count (to unflatten states).
+    """
+
+    def __init__(self, horizon: int | None, lam: float, beta: float, layers: int) -> None:
+        if horizon is not None and horizon < 2:
+            raise ValueError(f"HorizonTargets needs a horizon >= 2 (or None), got {horizon}; "
+                             "H = 1 is the window's own target")
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"lambda must be in [0, 1], got {lam}")
+        self.horizon, self.lam, self.beta, self.layers = horizon, float(lam), float(beta), layers
+        self.links: deque[Link] = deque()
+        self.max_held = 0  # the most window graphs held at once (a diagnostic)
+        # streams set this: each kept window records what rebuilds its graph (state_dict)
+        self.resumable = False
+        self._pending: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.links)
+
+    def push(self, link: Link, episode_end: bool) -> list[Ready]:
+        """Adds window j's link (after its update) and returns the targets now ready:
+        boundary ``j - H + 1``'s, or at an episode end every waiting boundary's."""
+        self.links.append(link)
+        self.max_held = max(self.max_held, len(self.links))
+        if episode_end:
+            return self.flush()
+        if self.horizon is None or len(self.links) < self.horizon:
+            return []
+        oldest = self.links[0]
+        target = self._chain(list(self.links), keep=False)[-1]
+        self.links.popleft()
+        return [Ready(oldest.state, target, oldest.context, oldest.position)]
+
+    def flush(self) -> list[Ready]:
+        """Every waiting boundary's target, with its horizon cut at the newest window (whose
+        own target ``delta_j`` heads the chain): oldest first. Frees every graph."""
+        links = list(self.links)
+        self.links.clear()
+        if not links:
+            return []
+        targets = self._chain(links, keep=True)[::-1]
+        return [Ready(l.state, t, l.context, l.position) for l, t in zip(links, targets)]
+
+    def clear(self) -> None:
+        self.links.clear()
+
+    def _chain(self, links: list[Link], keep: bool) -> list[Tensor]:
+        """``[G_newest, ..., G_oldest]`` down the chain headed by the newest link's delta.
+        ``keep=False`` returns only the last value in full (the others are intermediate)."""
+        g = links[-1].delta
+        out = [g]
+        for link in reversed(links[:-1]):
+            mixed = g if link.g_end is None or self.lam == 1.0 else \
+                self.lam * g + (1.0 - self.lam) * link.g_end
+            g = self._vjp(link, mixed if self.beta == 1.0 else self.beta * mixed)
+            if keep:
+                out.append(g)
+        return out if keep else [g]
+
+    def _vjp(self, link: Link, v: Tensor) -> Tensor:
+        """``dl_j/ds_j + J_j^T v`` through the kept graph of window j (no parameter .grad)."""
+        outputs = [link.loss, *link.end]
+        grads = [None, *unflatten_state(v, self.layers)]
+        got = torch.autograd.grad(outputs, link.start, grads, retain_graph=True,
+                                  allow_unused=True)
+        return flatten_state(tuple(torch.zeros_like(s) if g is None else g
+                                   for g, s in zip(got, link.start)))
+
+    # ---- exact resume with chains in flight (streams) -------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What rebuilds the waiting windows' graphs (``rebuild``): per waiting window its
+        ``record`` (data, parameters, RNG state before its forward), start state, own target
+        and injected gradient. Empty between episodes."""
+        def cpu(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.detach().cpu()
+
+        links = []
+        for l in self.links:
+            rec = {k: ([cpu(v) for v in val] if isinstance(val, list) else cpu(val))
+                   for k, val in l.record.items()}
+            links.append({**rec, "start": [cpu(s) for s in l.start], "delta": cpu(l.delta),
+                          "g_end": cpu(l.g_end), "context": cpu(l.context),
+                          "position": l.position})
+        return {"links": links, "max_held": self.max_held}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.links.clear()
+        self._pending = list(state.get("links", []))
+        self.max_held = state.get("max_held", 0)
+        if self._pending and not all("params" in rec for rec in self._pending):
+            raise ValueError("the checkpoint's horizon targets cannot be rebuilt: their "
+                             "windows were not recorded")
+
+    @property
+    def needs_rebuild(self) -> bool:
+        return bool(self._pending)
+
+    def rebuild(self, forward: Callable[[dict, State], tuple[Tensor, State]],
+                device: torch.device) -> None:
+        """Re-runs the waiting windows' forwards after a resume, oldest first.
+        ``forward(record, start)`` runs one window from the leaves ``start`` with the
+        record's parameters and RNG state, returning ``(loss, end)`` in a graph."""
+        pending, self._pending = self._pending, []
+
+        def dev(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        for rec in pending:
+            start = tuple(s.to(device).requires_grad_(True) for s in rec["start"])
+            loss, end = forward(rec, start)
+            for s, d in zip(start, unflatten_state(rec["delta"].to(device), self.layers)):
+                s.grad = d.clone()
+            record = {k: rec[k] for k in ("x", "y", "mask", "params", "rng")}
+            self.links.append(Link(start, end, loss, dev(rec["g_end"]),
+                                   flatten_state(start).detach(), dev(rec["context"]),
+                                   rec["position"], record))
