@@ -20,6 +20,8 @@ commands:
   recipes   list the shipped recipes (--config takes a name or a path)
   plot      draw run folders' curves side by side into a PNG and print their best values
             (alias: compare); dnirnn plot --help
+  sweep     run a grid of fits (recipes x variants x seeds), then tables and plots:
+            dnirnn sweep GRID.yaml --jobs N [--dry-run | --report]; dnirnn sweep --help
 
 `dnirnn fit --help` lists every option, the model's included. Errors: docs/errors.md.
 """
@@ -44,6 +46,11 @@ def main(args: list[str] | None = None) -> None:
         from dnirnn.compare import main as compare_main
 
         compare_main(args[1:])
+        return
+    if args[0] == "sweep":
+        from dnirnn.sweep import main as sweep_main
+
+        sweep_main(args[1:])
         return
     from dnirnn.cli import main as cli_main
 

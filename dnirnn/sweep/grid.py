@@ -1,0 +1,528 @@
+"""Grid files: read, check and expand into cells (one ``dnirnn fit`` each) and their commands.
+
+The format is documented in ``dnirnn/sweep/__init__.py``. Everything is checked when the
+file is read (keys, recipes, overlays, axis labels, templates, metric names), so a typo stops
+the sweep before its first cell runs. No Lightning import.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dnirnn.recipe import list_recipes, recipe_dir
+
+GRID_KEYS = {"title", "description", "runs", "out", "recipe", "overlays", "args", "callbacks",
+             "threads", "test", "seeds", "axes", "blocks", "metrics", "tables", "plots"}
+BLOCK_KEYS = {"recipe", "overlays", "args", "callbacks", "threads", "test", "seeds", "axes"}
+VARIANT_KEYS = {"recipe", "overlays", "args", "callbacks", "threads", "test", "about"}
+METRIC_KEYS = {"key", "name", "file", "stage", "reduce", "from", "at", "where", "better",
+               "format"}
+TABLE_KEYS = {"title", "text", "rows", "columns", "metrics", "entry", "where", "exclude",
+              "reference", "wins"}
+PLOT_KEYS = {"by", "kind", "where", "exclude"}
+ENTRIES = ("full", "spread", "mean", "median")
+REDUCE = ("last", "first", "min", "max", "mean", "best")
+SWEEP_OWNED = ("trainer.default_root_dir", "ckpt_path")
+_FIELD = re.compile(r"\{(\w+)\}")
+_LABEL = re.compile(r"[\w.+=-]+")
+
+SOURCE_GRIDS = Path(__file__).resolve().parents[2] / "grids"  # a checkout, pip install -e .
+INSTALLED_GRIDS = Path(__file__).resolve().parents[1] / "grids"  # a wheel (package data)
+
+
+class GridError(ValueError):
+    """A grid file that cannot run; the message says where and what to write instead."""
+
+
+def grid_dir() -> Path:
+    return INSTALLED_GRIDS if any(INSTALLED_GRIDS.glob("*.yaml")) else SOURCE_GRIDS
+
+
+def list_grids() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(grid_dir().glob("*.yaml"))}
+
+
+def find_grid(value: str) -> Path:
+    """A grid file's path, or a shipped grid's name (``table1_cpu``)."""
+    if Path(value).expanduser().is_file():
+        return Path(value).expanduser()
+    name = Path(value).name.removesuffix(".yaml")
+    grids = list_grids()
+    if name in grids and Path(value).parent.name in ("", "grids"):
+        return grids[name]
+    raise GridError(f"no grid file {value!r}: give a path, or one of the shipped grids "
+                    f"({', '.join(grids) or 'none found'}; `dnirnn sweep --list`).")
+
+
+# ---- the parts of a grid --------------------------------------------------------------------
+
+@dataclass
+class Settings:
+    """What one level (the grid, a block, an axis label) contributes to a cell."""
+
+    recipe: str | None = None
+    overlays: list[str] = field(default_factory=list)
+    args: dict[str, Any] = field(default_factory=dict)
+    callbacks: dict[str, dict] = field(default_factory=dict)
+    threads: int | None = None
+    test: str | None = None
+    about: str | None = None
+
+    def then(self, other: Settings) -> Settings:
+        """``self`` overridden by ``other`` (overlays and callbacks accumulate)."""
+        callbacks = {k: dict(v) for k, v in self.callbacks.items()}
+        for cls, init in other.callbacks.items():
+            callbacks[cls] = {**callbacks.get(cls, {}), **init}
+        return Settings(other.recipe or self.recipe, self.overlays + other.overlays,
+                        {**self.args, **other.args}, callbacks, other.threads or self.threads,
+                        other.test if other.test is not None else self.test)
+
+
+@dataclass
+class Metric:
+    """How one number is read from a finished cell (see the module docstring of the package)."""
+
+    name: str
+    key: str
+    file: str = "metrics.csv"
+    stage: str = "fit"
+    reduce: str | None = None
+    start: float | None = None  # ``from``: fraction of the run's last step
+    at: int | None = None
+    where: dict = field(default_factory=dict)
+    better: str | None = None
+    format: str | None = None
+
+
+@dataclass
+class Cell:
+    name: str
+    labels: dict[str, str]  # axis -> label, the seed included (axis "seed")
+    recipe: str
+    overlays: list[str]
+    args: dict[str, str]  # dotted overrides, final CLI strings
+    callbacks: dict[str, dict]
+    threads: int
+    test: str | None
+    root: Path
+    configs: list[str]  # the --config values: the recipe, then the overlays' paths
+
+    def spec(self) -> dict:
+        """What defines the cell's result; a finished cell with another spec is stale."""
+        return {"recipe": self.recipe, "overlays": self.overlays, "args": self.args,
+                "callbacks": self.callbacks, "test": self.test}
+
+    def _args(self) -> list[str]:
+        out = []
+        for c in self.configs:
+            out += ["--config", c]
+        return out + [f"--{k}={v}" for k, v in self.args.items()]
+
+    def _callbacks(self) -> list[str]:
+        out = []
+        for cls, init in self.callbacks.items():
+            out.append(f"--trainer.callbacks+={cls}")
+            out += [f"--trainer.callbacks.{k}={cli_value(v)}" for k, v in init.items()]
+        return out
+
+    def fit_args(self, ckpt: Path | None = None) -> list[str]:
+        """``fit ...``: the arguments after ``python -m dnirnn``."""
+        return ["fit", *self._args(), f"--trainer.default_root_dir={self.root}",
+                *self._callbacks(), *([f"--ckpt_path={ckpt}"] if ckpt else [])]
+
+    def test_args(self, ckpt: Path | str) -> list[str]:
+        """``test ...`` of the checkpoint: the same model and data, no extra callbacks."""
+        return ["test", *self._args(), f"--trainer.default_root_dir={self.root / 'test'}",
+                f"--ckpt_path={ckpt}"]
+
+
+@dataclass
+class Grid:
+    path: Path
+    name: str
+    title: str
+    description: str
+    runs: Path
+    out: Path
+    cells: list[Cell]
+    metrics: dict[str, Metric]
+    tables: list[dict]
+    plots: list[dict]
+    axes: list[str]  # every axis, in order of first appearance (the seed last)
+    labels: dict[str, list[str]]  # axis -> its labels: as defined under axes:, then as met
+    about: dict[str, dict[str, str]]  # axis -> label -> description
+
+
+def cli_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, list | dict):
+        return json.dumps(v)
+    return str(v)
+
+
+def shown(cmd: list[str], threads: int | None = None) -> str:
+    """A command as a person would type it."""
+    env = f"OMP_NUM_THREADS={threads} " if threads else ""
+    return env + "dnirnn " + " ".join(cmd)
+
+
+# ---- reading --------------------------------------------------------------------------------
+
+def _keys(d: Any, allowed: set[str], where: str) -> dict:
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise GridError(f"{where}: expected a mapping, got {d!r}.")
+    bad = sorted(set(map(str, d)) - allowed)
+    if bad:
+        raise GridError(f"{where}: unknown key(s) {', '.join(bad)}; allowed: "
+                        f"{', '.join(sorted(allowed))}.")
+    return d
+
+
+def _as_list(v: Any) -> list:
+    return [] if v is None else list(v) if isinstance(v, list | tuple) else [v]
+
+
+def _looks_like_path(v: str) -> bool:
+    return "/" in v or v.endswith((".yaml", ".yml"))
+
+
+class _Resolver:
+    """Recipes and overlays by name (as ``dnirnn fit --config``) or by path (relative to the
+    grid file's folder, then to the working directory)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.recipes = list_recipes()
+        self.overlays = {p.stem: p for p in sorted((recipe_dir() / "overlays").glob("*.yaml"))}
+
+    def _path(self, v: str) -> Path | None:
+        for p in (self.base / v, Path(v)):
+            if p.expanduser().is_file():
+                return p.expanduser()
+        return None
+
+    def recipe(self, v: str, where: str) -> str:
+        if _looks_like_path(v):
+            p = self._path(v)
+            if p is None:
+                raise GridError(f"{where}: recipe file {v} does not exist.")
+            return _short(p)
+        if v not in self.recipes:
+            raise GridError(f"{where}: no recipe {v!r}; recipes: {', '.join(self.recipes)}.")
+        return v
+
+    def overlay(self, v: str, where: str) -> str:
+        p = self._path(v) if _looks_like_path(v) else self.overlays.get(v)
+        if p is None:
+            raise GridError(f"{where}: no overlay {v!r}; overlays (recipes/overlays/): "
+                            f"{', '.join(self.overlays) or 'none'}, or give a path.")
+        return _short(p)
+
+    def named(self, v: str, where: str) -> Settings:
+        """A bare string as an axis label's value: an overlay's name, else a recipe's."""
+        if v in self.overlays or (_looks_like_path(v) and "overlays" in v):
+            return Settings(overlays=[v])
+        if v in self.recipes or _looks_like_path(v):
+            return Settings(recipe=v)
+        raise GridError(f"{where}: {v!r} is neither an overlay ({', '.join(self.overlays)}) "
+                        f"nor a recipe; write a mapping (recipe:, overlays:, dotted.key: value) "
+                        f"for anything else.")
+
+
+def _short(p: Path) -> str:
+    p = p.resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def _settings(d: dict, where: str, reserved: set[str], resolve: _Resolver) -> Settings:
+    """Settings from a mapping: reserved keys plus (for axis labels) dotted overrides."""
+    args = {}
+    for k, v in d.items():
+        k = str(k)
+        if k in reserved:
+            continue
+        if k.startswith("-"):
+            raise GridError(f"{where}: write override keys without dashes ({k!r}).")
+        args[k] = v
+    for k, v in (d.get("args") or {}).items():
+        args[str(k).lstrip("-")] = v
+    for k, v in args.items():
+        if "." not in k and v is None:
+            raise GridError(f"{where}: override {k!r} with no value: a text split at a comma "
+                            f"in a {{flow: mapping}}? Quote it (about: \"a, b\").")
+        if k in SWEEP_OWNED:
+            raise GridError(f"{where}: {k} is set by the sweep (each cell has its own folder "
+                            f"under `runs:`; resumption passes ckpt_path).")
+    callbacks = {}
+    cbs = d.get("callbacks") or {}
+    if isinstance(cbs, list):
+        cbs = {c: {} for c in cbs}
+    for cls, init in cbs.items():
+        callbacks[str(cls)] = dict(init or {})
+    threads = d.get("threads")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise GridError(f"{where}: threads must be a positive integer, got {threads!r}.")
+    test = d.get("test")
+    if test not in (None, False, "best", "last"):
+        raise GridError(f"{where}: test: best | last (the checkpoint to test), got {test!r}.")
+    recipe = d.get("recipe")
+    for o in _as_list(d.get("overlays")):
+        if "{" not in str(o):
+            resolve.overlay(str(o), where)
+    if recipe is not None and "{" not in str(recipe):
+        resolve.recipe(str(recipe), where)
+    return Settings(None if recipe is None else str(recipe),
+                    [str(o) for o in _as_list(d.get("overlays"))], args, callbacks, threads,
+                    test if test else None, d.get("about"))
+
+
+def _label_values(axis: str, spec: Any, definition: Any, where: str,
+                  resolve: _Resolver) -> list[tuple[str, Settings]]:
+    """An axis in a block: ``[(label, settings)]``."""
+    def value(label: str, v: Any) -> Settings:
+        w = f"{where}, axis {axis}, label {label}"
+        if v is None:
+            return Settings()
+        if isinstance(v, str):
+            return resolve.named(v, w)
+        if isinstance(v, list):
+            for o in v:
+                resolve.overlay(str(o), w)
+            return Settings(overlays=[str(o) for o in v])
+        if not isinstance(v, dict):
+            raise GridError(f"{w}: a label's value is a recipe or overlay name, a list of "
+                            f"overlays, or a mapping (recipe:, overlays:, dotted.key: value).")
+        return _settings(v, w, VARIANT_KEYS, resolve)
+
+    if spec is None:
+        if definition is None:
+            raise GridError(f"{where}: axis {axis} has no labels here and no definition under "
+                            f"the grid's `axes:`.")
+        spec = definition
+        definition = None
+    if isinstance(spec, dict):
+        out = [(str(k), value(str(k), v)) for k, v in spec.items()]
+    else:
+        labels = [str(x) for x in _as_list(spec)]
+        if isinstance(definition, dict):
+            known = {str(k): v for k, v in definition.items()}
+            bad = [x for x in labels if x not in known]
+            if bad:
+                raise GridError(f"{where}: axis {axis} has no label(s) {', '.join(bad)}; "
+                                f"defined: {', '.join(known)}.")
+            out = [(x, value(x, known[x])) for x in labels]
+        else:
+            out = [(x, Settings()) for x in labels]
+    for label, _ in out:
+        if not _LABEL.fullmatch(label):
+            raise GridError(f"{where}: label {label!r} of axis {axis} names a folder: use "
+                            f"letters, digits and . _ + = - (describe it with `about:`).")
+    if not out:
+        raise GridError(f"{where}: axis {axis} has no labels.")
+    return out
+
+
+def _part(axis: str, label: str) -> str:
+    """A label's part of a cell name: numbers carry their axis (``T2``, ``s0``)."""
+    if re.fullmatch(r"-?[\d.]+", label):
+        return ("s" if axis == "seed" else axis) + label
+    return label
+
+
+def _fill(v: Any, labels: dict[str, str], where: str) -> Any:
+    if isinstance(v, dict):
+        return {k: _fill(x, labels, where) for k, x in v.items()}
+    if not isinstance(v, str):
+        return v
+
+    def sub(m: re.Match) -> str:
+        if m.group(1) not in labels:
+            raise GridError(f"{where}: {{{m.group(1)}}} names no axis of this cell "
+                            f"(its axes: {', '.join(labels)}).")
+        return labels[m.group(1)]
+
+    return _FIELD.sub(sub, v)
+
+
+def _metric(name: str, d: Any) -> Metric:
+    where = f"metric {name}"
+    if isinstance(d, str):
+        d = {"key": d}
+    d = dict(_keys(d, METRIC_KEYS, where))
+    if "key" not in d:
+        d["key"] = name
+    m = Metric(name=str(d.get("name", name)), key=str(d["key"]),
+               file=str(d.get("file", "metrics.csv")), stage=str(d.get("stage", "fit")),
+               reduce=d.get("reduce"), start=d.get("from"), at=d.get("at"),
+               where=dict(d.get("where") or {}), better=d.get("better"),
+               format=d.get("format"))
+    if m.reduce is not None and m.reduce not in REDUCE:
+        raise GridError(f"{where}: reduce is one of {', '.join(REDUCE)}, got {m.reduce!r}.")
+    if m.stage not in ("fit", "test"):
+        raise GridError(f"{where}: stage is fit or test, got {m.stage!r}.")
+    if m.better not in (None, "min", "max"):
+        raise GridError(f"{where}: better is min or max, got {m.better!r}.")
+    if m.file not in ("metrics.csv", "summary.json", "checkpoint") and not m.file.endswith(
+            ".jsonl"):
+        raise GridError(f"{where}: file is metrics.csv, summary.json, checkpoint or a "
+                        f"*.jsonl of the run folder, got {m.file!r}.")
+    return m
+
+
+def load_grid(path: str | Path, runs: str | None = None, out: str | None = None) -> Grid:
+    """Reads and checks a grid file; raises ``GridError`` with what to change."""
+    path = find_grid(str(path))
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise GridError(f"{path} is not valid YAML: {e}") from None
+    raw = _keys(raw, GRID_KEYS, str(path))
+    name = path.stem
+    resolve = _Resolver(path.parent)
+    top = _settings({k: raw[k] for k in BLOCK_KEYS - {"axes", "seeds"} if k in raw}, str(path),
+                    VARIANT_KEYS, resolve)
+    top.threads = top.threads or 1
+    defs = raw.get("axes") or {}
+    if not isinstance(defs, dict):
+        raise GridError(f"{path}: axes: a mapping of axis name -> labels.")
+    blocks = raw.get("blocks") or [{"axes": {k: None for k in defs}}]
+    runs_dir = Path(runs or raw.get("runs") or f"runs/{name}")
+    cells: list[Cell] = []
+    axes_order: list[str] = []
+    label_order = {str(a): [str(x) for x in (v if isinstance(v, dict) else _as_list(v))]
+                   for a, v in defs.items()}
+    about: dict[str, dict[str, str]] = {}
+    for i, block in enumerate(blocks):
+        where = f"{path}, block {i + 1}" if raw.get("blocks") else str(path)
+        block = _keys(block, BLOCK_KEYS, where)
+        bset = _settings({k: v for k, v in block.items() if k not in ("axes", "seeds")}, where,
+                         VARIANT_KEYS, resolve)
+        axes = [(str(a), _label_values(str(a), spec, defs.get(a), where, resolve))
+                for a, spec in (block.get("axes") or {}).items()]
+        seeds = block.get("seeds", raw.get("seeds"))
+        if seeds is not None:
+            if "seed" in dict(axes):
+                raise GridError(f"{where}: `seeds:` makes the axis `seed`; do not name one.")
+            axes.append(("seed", [(str(int(s)), Settings()) for s in _as_list(seeds)]))
+        for a, values in axes:
+            if a not in axes_order:
+                axes_order.append(a)
+            for label, s in values:
+                if label not in label_order.setdefault(a, []):
+                    label_order[a].append(label)
+                if s.about:
+                    about.setdefault(a, {})[label] = str(s.about)
+        for combo in itertools.product(*[values for _, values in axes]):
+            labels = {a: label for (a, _), (label, _) in zip(axes, combo)}
+            s = top.then(bset)
+            for _, part in combo:
+                s = s.then(part)
+            if seeds is not None and "seed_everything" not in s.args:
+                s.args["seed_everything"] = "{seed}"
+            cname = "_".join(_part(a, label) for a, label in labels.items()) or name
+            w = f"{where}, cell {cname}"
+            if not s.recipe:
+                raise GridError(f"{w}: no recipe (set `recipe:` in the grid, the block or a "
+                                f"label).")
+            recipe = _fill(s.recipe, labels, w)
+            overlays = [_fill(o, labels, w) for o in s.overlays]
+            configs = [resolve.recipe(recipe, w)] + [resolve.overlay(o, w) for o in overlays]
+            cells.append(Cell(
+                cname, labels, recipe, overlays,
+                {k: cli_value(_fill(v, labels, w)) for k, v in s.args.items()},
+                {k: _fill(v, labels, w) for k, v in s.callbacks.items()},
+                s.threads or 1, s.test, runs_dir / cname, configs))
+    seen: dict[str, int] = {}
+    for c in cells:
+        seen[c.name] = seen.get(c.name, 0) + 1
+    dup = [n for n, k in seen.items() if k > 1]
+    if dup:
+        raise GridError(f"{path}: cells with the same name (the same labels) in two blocks: "
+                        f"{', '.join(dup)}.")
+    if not cells:
+        raise GridError(f"{path}: no cells.")
+    axes_order = [a for a in axes_order if a != "seed"] + (["seed"] if "seed" in axes_order
+                                                           else [])
+    metrics_raw = raw.get("metrics") or []
+    if isinstance(metrics_raw, list):
+        metrics_raw = {str(m): m for m in metrics_raw}
+    metrics = {str(k): _metric(str(k), v) for k, v in metrics_raw.items()}
+    tables = [_table(t, i, metrics, axes_order) for i, t in enumerate(
+        _as_list(raw.get("tables")) or [{}])]
+    plots = [_plot(p, i, axes_order) for i, p in enumerate(_as_list(raw.get("plots")))]
+    out_path = Path(out or raw.get("out") or runs_dir / "report.md")
+    return Grid(path, name, str(raw.get("title") or name), str(raw.get("description") or ""),
+                runs_dir, out_path, cells, metrics, tables, plots, axes_order, label_order,
+                about)
+
+
+def _axes_list(v: Any, where: str, axes: list[str]) -> list[str]:
+    out = [str(a) for a in _as_list(v)]
+    bad = [a for a in out if a not in axes]
+    if bad:
+        raise GridError(f"{where}: no axis {', '.join(bad)}; axes: {', '.join(axes)}.")
+    return out
+
+
+def _table(t: Any, i: int, metrics: dict[str, Metric], axes: list[str]) -> dict:
+    where = f"table {i + 1}"
+    t = dict(_keys(t, TABLE_KEYS, where))
+    t["metrics"] = [str(m) for m in _as_list(t.get("metrics"))] or list(metrics)
+    bad = [m for m in t["metrics"] if m not in metrics and m != "wall_s"]
+    if bad:
+        raise GridError(f"{where}: no metric {', '.join(bad)}; metrics: "
+                        f"{', '.join([*metrics, 'wall_s'])}.")
+    t["columns"] = _axes_list(t.get("columns"), where, axes)
+    t["rows"] = _axes_list(t["rows"], where, axes) if "rows" in t else [
+        a for a in axes if a != "seed" and a not in t["columns"]]
+    if t.get("entry", "full") not in ENTRIES:
+        raise GridError(f"{where}: entry is {', '.join(ENTRIES)}, got {t['entry']!r}.")
+    if (t.get("wins") or t.get("reference")) and len(t["columns"]) != 1:
+        raise GridError(f"{where}: wins and reference need `columns:` to be one axis.")
+    for k in ("where", "exclude"):
+        _axes_list(list((t.get(k) or {}).keys()), where, axes)
+    return t
+
+
+def _plot(p: Any, i: int, axes: list[str]) -> dict:
+    where = f"plot {i + 1}"
+    p = dict(_keys(p, PLOT_KEYS, where))
+    p["by"] = _axes_list(p.get("by"), where, axes)
+    if p.get("kind", "compare") not in ("compare", "boundary"):
+        raise GridError(f"{where}: kind is compare (dnirnn plot's panels) or boundary "
+                        f"(cos per boundary, from diagnostics.jsonl).")
+    for k in ("where", "exclude"):
+        _axes_list(list((p.get(k) or {}).keys()), where, axes)
+    return p
+
+
+def selected(cell: Cell, spec: dict) -> bool:
+    """Whether a cell passes a table's or plot's ``where:`` / ``exclude:`` filters."""
+    for axis, allowed in (spec.get("where") or {}).items():
+        if cell.labels.get(axis) not in {str(x) for x in _as_list(allowed)}:
+            return False
+    for axis, banned in (spec.get("exclude") or {}).items():
+        if cell.labels.get(axis) in {str(x) for x in _as_list(banned)}:
+            return False
+    return True
+
+
+def env_for(cell: Cell) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(cell.threads),
+            "MKL_NUM_THREADS": str(cell.threads)}

@@ -1,0 +1,442 @@
+"""The report of a grid: tables (mean ± spread over seeds), plots, every cell's command.
+
+Numbers are read from the cells' own files each time (``metrics.csv``, ``summary.json``,
+``*.jsonl``, the test run's ``summary.json``, the checkpoint), so ``dnirnn sweep GRID
+--report`` recomputes the tables after the grid's ``metrics:`` / ``tables:`` change, without
+running anything. The plots are ``dnirnn plot``'s (``dnirnn.compare.plot``), one per group
+of cells, plus, for ``kind: boundary``, the cosine with the true future gradient per boundary
+of an episode (``diagnostics.jsonl`` of the diagnostics callback).
+
+The part of the Markdown file between ``<!-- notes -->`` and ``<!-- /notes -->`` is written by
+hand and kept when the file is regenerated. An existing file without that block is copied to
+``<name>.before-sweep.md`` first.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import re
+import shutil
+import statistics
+import time
+from collections import defaultdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from dnirnn import compare
+from dnirnn.sweep.grid import Cell, Grid, Metric, _part, selected, shown
+from dnirnn.sweep.runner import read_json, run_folder, state
+
+NOTES = ("<!-- notes -->", "<!-- /notes -->")
+BETTER = dict(compare.HEADLINE)  # metric -> "max" | "min"
+
+
+# ---- reading one cell -----------------------------------------------------------------------
+
+class CellData:
+    """A cell's files, read once each."""
+
+    def __init__(self, cell: Cell) -> None:
+        self.cell = cell
+        self.state = state(cell)
+        self.done = read_json(cell.root / "done.json") if self.state == "done" else None
+        self.failed = read_json(cell.root / "failed.json")
+        self.run = run_folder(cell.root)
+        self._cache: dict[str, Any] = {}
+
+    def series(self) -> dict[str, list[tuple[int, float]]]:
+        if "series" not in self._cache:
+            path = self.run / "metrics.csv" if self.run else None
+            self._cache["series"] = compare.load_run(self.run).series if (
+                path and path.is_file()) else {}
+        return self._cache["series"]
+
+    def last_step(self) -> int:
+        steps = [s for pts in self.series().values() for s, _ in pts]
+        return max(steps, default=0)
+
+    def rows(self, name: str) -> list[dict]:
+        if name not in self._cache:
+            path = self.run / name if self.run else None
+            self._cache[name] = [json.loads(line) for line in path.open() if line.strip()] \
+                if path and path.is_file() else []
+        return self._cache[name]
+
+    def summary(self, stage: str) -> dict:
+        root = self.cell.root / "test" if stage == "test" else self.cell.root
+        run = run_folder(root)
+        return (read_json(run / "summary.json") or {}) if run else {}
+
+    def params(self) -> dict[str, int]:
+        """Weights in ``last.ckpt``: the core (with readout) and the synthesizers. A
+        least-squares synthesizer counts its maps, not its statistics ``A, b``; the guard's
+        running statistics count nowhere."""
+        if "params" not in self._cache:
+            import torch
+
+            ckpt = self.run / "checkpoints" / "last.ckpt" if self.run else None
+            core = synth = 0
+            if ckpt and ckpt.is_file():
+                sd = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+                for k, v in sd.items():
+                    if "synthesizer" in k:
+                        synth += 0 if k.rsplit(".", 1)[-1] in ("A", "b") else v.numel()
+                    elif ".guard." not in f".{k}":
+                        core += v.numel()
+            self._cache["params"] = {"params/core": core, "params/synthesizer": synth}
+        return self._cache["params"]
+
+    def value(self, m: Metric) -> float | None:
+        """The metric's number for this cell, or None where it has none."""
+        if self.done is None:
+            return None
+        if m.key == "wall_s" and m.file == "metrics.csv":
+            return self.done.get("seconds")
+        if m.stage == "test" or m.file == "summary.json":
+            node: Any = self.summary(m.stage)
+            for part in (["metrics", m.key] if m.stage == "test" and m.file != "summary.json"
+                         else m.key.split(".")):
+                node = node.get(part) if isinstance(node, dict) else None
+            return _finite(node)
+        if m.file == "checkpoint":
+            return self.params().get(m.key)
+        if m.file.endswith(".jsonl"):
+            points = [(int(r.get("step", 0)), r[m.key]) for r in self.rows(m.file)
+                      if m.key in r and all(r.get(k) == v for k, v in m.where.items())]
+            reduce = m.reduce or "mean"
+        else:
+            points = self.series().get(m.key, [])
+            reduce = m.reduce or ("best" if m.key in BETTER else "last")
+        points = [(s, float(v)) for s, v in points if _finite(v) is not None]
+        if m.start is not None:
+            first = m.start * self.last_step()
+            points = [(s, v) for s, v in points if s >= first]
+        if m.at is not None:
+            points = [(s, v) for s, v in points if s <= m.at][-1:]
+        if not points:
+            return None
+        values = [v for _, v in points]
+        if reduce == "best":
+            reduce = BETTER.get(m.key, "last")
+        return {"last": values[-1], "first": values[0], "min": min(values), "max": max(values),
+                "mean": statistics.fmean(values)}[reduce]
+
+
+def _finite(v: Any) -> float | None:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def better(m: Metric) -> str | None:
+    return m.better or (m.reduce if m.reduce in ("min", "max") else None) or BETTER.get(m.key)
+
+
+# ---- formatting -----------------------------------------------------------------------------
+
+def fmt(v: float | None, spec: str | None = None) -> str:
+    if v is None:
+        return "–"
+    if spec:
+        return format(v, spec)
+    if float(v).is_integer() and abs(v) < 1e9:
+        return str(int(v))
+    return f"{v:.4g}"
+
+
+def entry(values: list[float], spec: str | None, mode: str = "full") -> str:
+    """``mean ± sd (each seed)`` (``full``), ``mean ± sd`` (``spread``), ``mean``, or
+    ``median (each seed)``."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return fmt(values[0], spec)
+    each = ", ".join(fmt(v, spec) for v in values)
+    if mode == "median":
+        return f"{fmt(statistics.median(values), spec)} ({each})"
+    mean = statistics.fmean(values)
+    if mode == "mean":
+        return fmt(mean, spec)
+    text = f"{fmt(mean, spec)} ± {fmt(statistics.stdev(values), spec)}"
+    return text if mode == "spread" else f"{text} ({each})"
+
+
+def _label(axes: list[str], labels: tuple[str, ...]) -> str:
+    return " ".join(_part(a, x) if x != "–" else x for a, x in zip(axes, labels))
+
+
+def _wall(d: CellData) -> float | None:
+    return d.done.get("seconds") if d.done else None
+
+
+WALL = Metric(name="wall s", key="wall_s", format=".0f")
+
+
+def _metric(grid: Grid, name: str) -> Metric:
+    return WALL if name == "wall_s" else grid.metrics[name]
+
+
+# ---- tables ---------------------------------------------------------------------------------
+
+def table(grid: Grid, spec: dict, data: list[CellData]) -> list[str]:
+    mine = [d for d in data if selected(d.cell, spec) and d.done is not None]
+    rows, cols, mode = spec["rows"], spec["columns"], spec.get("entry", "full")
+    metrics = [_metric(grid, n) for n in spec["metrics"]]
+    out = [f"## {spec['title']}" if spec.get("title") else "## Results", ""]
+    if spec.get("text"):
+        out += [str(spec["text"]).strip(), ""]
+    if not mine:
+        return out + ["(no finished cells)", ""]
+
+    def key(d: CellData, axes: list[str]) -> tuple[str, ...]:
+        return tuple(d.cell.labels.get(a, "–") for a in axes)
+
+    def order(keys, axes: list[str]) -> list[tuple[str, ...]]:  # the grid's label order
+        def rank(k):
+            return tuple(grid.labels.get(a, []).index(x) if x in grid.labels.get(a, []) else -1
+                         for a, x in zip(axes, k))
+        return sorted(dict.fromkeys(keys), key=rank)
+
+    row_keys = order((key(d, rows) for d in mine), rows)
+    groups: dict[tuple, list[CellData]] = defaultdict(list)
+    for d in mine:
+        groups[key(d, rows) + key(d, cols)].append(d)
+    head = ", ".join(rows) or "cells"
+    if not cols:  # one column per metric
+        out += [f"| {head} | " + " | ".join(m.name for m in metrics) + " | n |",
+                "|---" * (len(metrics) + 2) + "|"]
+        for r in row_keys:
+            g = groups[r]
+            cells = [entry(_values(g, [m]), m.format, mode) for m in metrics]
+            out.append(f"| {_label(rows, r)} | " + " | ".join(cells) + f" | {len(g)} |")
+        return out + [""]
+    col_keys = order((key(d, cols) for d in mine), cols)
+    ref = spec.get("reference") or {}
+    ref_name, ref_values = ref.get("name", "reference"), ref.get("values") or {}
+    head_cols = [_label(cols, c) for c in col_keys]
+    head_cols += [f"{ref_name}: {c}" for c in head_cols] if ref_values else []
+    out += [f"| {head} | " + " | ".join(head_cols) + " |", "|---" * (len(head_cols) + 1) + "|"]
+    for r in row_keys:
+        cells = []
+        for c in col_keys:
+            g = groups.get(r + c, [])
+            m = _first_metric(g, metrics)
+            cells.append(entry(_values(g, [m]), m.format, mode) if m else "–")
+        if ref_values:
+            cells += [_reference(ref_values, r, c[0], col_keys) for c in col_keys]
+        out.append(f"| {_label(rows, r)} | " + " | ".join(cells) + " |")
+    out.append("")
+    for a, b in spec.get("wins") or []:
+        out += _wins(str(a), str(b), rows, row_keys, groups, metrics)
+    return out + ([""] if spec.get("wins") else [])
+
+
+def _values(g: list[CellData], metrics: list[Metric]) -> list[float]:
+    return [v for d in g if (v := d.value(metrics[0])) is not None]
+
+
+def _first_metric(g: list[CellData], metrics: list[Metric]) -> Metric | None:
+    """The first of the table's metrics that these cells have (e.g. the level for copy cells,
+    the test BPC for PTB cells, in one table)."""
+    return next((m for m in metrics if _values(g, [m])), None)
+
+
+def _reference(values: dict, row: tuple[str, ...], col: str, col_keys: list) -> str:
+    node: Any = values
+    for label in row:
+        node = next((v for k, v in node.items() if str(k) == label), None) if isinstance(
+            node, dict) else None
+    if isinstance(node, list):
+        i = [c[0] for c in col_keys].index(col)
+        node = node[i] if i < len(node) else None
+    elif isinstance(node, dict):
+        node = next((v for k, v in node.items() if str(k) == col), None)
+    return "–" if node is None else str(node)
+
+
+def _wins(a: str, b: str, rows: list[str], row_keys: list[tuple], groups: dict,
+          metrics: list[Metric]) -> list[str]:
+    """``- <first row label>: a beats b at <rest> = ... (k of n; ties at ...)``, comparing the
+    means over seeds with the metric's direction."""
+    by: dict[str, list[tuple[str, str]]] = defaultdict(list)  # first label -> (rest, result)
+    for r in row_keys:
+        ga, gb = groups.get(r + (a,), []), groups.get(r + (b,), [])
+        m = _first_metric(ga, metrics)
+        if m is None or not _values(gb, [m]) or better(m) is None:
+            continue
+        va, vb = statistics.fmean(_values(ga, [m])), statistics.fmean(_values(gb, [m]))
+        res = "tie" if va == vb else "win" if (va > vb) == (better(m) == "max") else "loss"
+        first, rest = (r[0], r[1:]) if len(r) > 1 else ("", r)
+        by[first].append((_label(rows[len(r) - len(rest):], rest) or r[0], res))
+    lines = []
+    for first, res in by.items():
+        wins = [x for x, w in res if w == "win"]
+        ties = [x for x, w in res if w == "tie"]
+        name = f"**{first}**: " if first else ""
+        lines.append(f"- {name}{a} beats {b} at {', '.join(wins) or 'none'} "
+                     f"({len(wins)} of {len(res)}; ties at {', '.join(ties) or 'none'}).")
+    return lines
+
+
+# ---- plots ----------------------------------------------------------------------------------
+
+def plots(grid: Grid, data: list[CellData], folder: Path) -> list[Path]:
+    specs = grid.plots or [{"by": [a for a in grid.axes if a != "seed"][:1], "kind": "compare"}]
+    written = []
+    for spec in specs:
+        by, kind = spec["by"], spec.get("kind", "compare")
+        groups: dict[tuple, list[CellData]] = defaultdict(list)
+        for d in data:
+            if d.done is not None and d.run is not None and selected(d.cell, spec):
+                groups[tuple(d.cell.labels.get(a, "–") for a in by)].append(d)
+        for labels, members in groups.items():
+            stem = "_".join(_part(a, x) for a, x in zip(by, labels)) or grid.name
+            if kind == "boundary":
+                path = _boundary_plot(members, folder / f"boundary_cos_{stem}.png",
+                                      _label(by, labels))
+            else:
+                path = compare.plot([compare.load_run(d.run) for d in members
+                                     if (d.run / "metrics.csv").is_file()],
+                                    folder / f"{stem}.png")
+            if path:
+                written.append(path)
+    return written
+
+
+def _boundary_plot(members: list[CellData], path: Path, title: str) -> Path | None:
+    """Mean cos(SG, true future gradient) per boundary index k over the second half of
+    training, one line per group of cells that differ only by seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for d in members:
+        name = "_".join(_part(a, x) for a, x in d.cell.labels.items() if a != "seed")
+        half = d.last_step() / 2
+        for r in d.rows("diagnostics.jsonl"):
+            if r.get("step", 0) >= half and "cos" in r:
+                per[name][int(r["k"])].append(float(r["cos"]))
+    if not per:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, by_k in per.items():
+        ks = sorted(by_k)
+        ax.plot(ks, [statistics.fmean(by_k[k]) for k in ks], marker="o", label=name)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set(title=f"{title}: cos(SG, true future gradient) per boundary, 2nd half",
+           xlabel="boundary index k within the episode", ylabel="mean cosine")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---- the file -------------------------------------------------------------------------------
+
+def _notes(out: Path) -> str:
+    text = out.read_text() if out.is_file() else ""
+    m = re.search(re.escape(NOTES[0]) + ".*?" + re.escape(NOTES[1]), text, re.S)
+    if m:
+        return m.group(0)
+    if text:
+        backup = out.with_name(f"{out.stem}.before-sweep.md")
+        shutil.copyfile(out, backup)
+        print(f"{out} had no {NOTES[0]} block: copied it to {backup}")
+    return f"{NOTES[0]}\n(notes written by hand go here; kept when the report is rewritten)\n" \
+           f"{NOTES[1]}"
+
+
+def _made_by(grid: Grid, data: list[CellData]) -> str:
+    meta = read_json(grid.runs / "sweep.json") or {}
+    counts = defaultdict(int)
+    for d in data:
+        counts[d.state] += 1
+    threads = sorted({c.threads for c in grid.cells})
+    try:
+        torch = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch = "?"
+    total = sum(_wall(d) or 0 for d in data)
+    states = ", ".join(f"{n} {s}" for s, n in counts.items() if s != "done")
+    return (f"Made by `dnirnn sweep {meta.get('grid', grid.path)} --jobs {meta.get('jobs', 1)}`"
+            f" from real runs: {counts['done']} of {len(data)} cells done"
+            f"{f' ({states})' if states else ''}. One `dnirnn fit` process per cell, "
+            f"OMP_NUM_THREADS={'/'.join(map(str, threads))}, {meta.get('jobs', 1)} at a time, "
+            f"on {platform.machine()} ({meta.get('host', platform.node())}), torch {torch}; "
+            f"sum of cell wall times {total / 60:.1f} min.")
+
+
+def cells_table(grid: Grid, data: list[CellData]) -> list[str]:
+    metrics = [grid.metrics[n] for n in grid.metrics]
+    out = ["## Cells: state, numbers, wall time, command", "",
+           "| cell | state | " + " | ".join(m.name for m in metrics) + " | wall s | command |",
+           "|---" * (len(metrics) + 4) + "|"]
+    for d in data:
+        st = d.state
+        if st == "failed" and d.failed:
+            st = f"failed ({d.failed.get('stage')}, exit {d.failed.get('returncode')}): " \
+                 f"{d.failed.get('reason', '')}".replace("|", "\\|")
+        cmd = (d.done or {}).get("command") or shown(d.cell.fit_args(), d.cell.threads)
+        test = (d.done or {}).get("test_command")
+        cmd = f"`{cmd}`" + (f" then `{test}`" if test else "")
+        nums = [fmt(d.value(m), m.format) for m in metrics]
+        wall = _wall(d)
+        out.append(f"| {d.cell.name} | {st} | " + " | ".join(nums)
+                   + f" | {'' if wall is None else f'{wall:.0f}'} | {cmd} |")
+    return out + [""]
+
+
+def write_report(grid: Grid) -> tuple[Path, list[Path]]:
+    """Writes ``grid.out`` and its plots (in the folder of the same name); returns them."""
+    data = [CellData(c) for c in grid.cells]
+    out = grid.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    folder = out.with_suffix("")
+    pngs = plots(grid, data, folder)
+    lines = [f"# {grid.title}", ""]
+    if grid.description.strip():
+        lines += [grid.description.strip(), ""]
+    lines += [_made_by(grid, data), "", _notes(out), ""]
+    if grid.about:
+        lines += ["Labels:", ""]
+        for axis, labels in grid.about.items():
+            lines += [f"- {axis} `{label}`: {text}" for label, text in labels.items()]
+        lines.append("")
+    for spec in grid.tables:
+        lines += table(grid, spec, data)
+    missing = [d.cell.name for d in data if d.state != "done"]
+    if missing:
+        lines += [f"**Not in the tables ({len(missing)})**: {', '.join(missing)}.", ""]
+    if pngs:
+        lines += ["## Plots", ""]
+        lines += [f"![{p.stem}]({folder.name}/{p.name})\n" for p in pngs]
+    lines += cells_table(grid, data)
+    lines.append(f"<!-- written by dnirnn sweep, {time.strftime('%Y-%m-%d %H:%M')} -->")
+    out.write_text("\n".join(lines) + "\n")
+    return out, pngs
+
+
+def write_csv(grid: Grid, path: Path) -> Path:
+    """Every done cell's labels and metric values, one row each (for your own analysis)."""
+    data = [CellData(c) for c in grid.cells]
+    names = list(grid.metrics)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["cell", *grid.axes, *names, "wall_s"])
+        for d in data:
+            if d.done is None:
+                continue
+            w.writerow([d.cell.name, *(d.cell.labels.get(a, "") for a in grid.axes),
+                        *(d.value(grid.metrics[n]) for n in names), _wall(d)])
+    return path
