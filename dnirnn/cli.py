@@ -13,12 +13,17 @@ Every run writes to ``trainer.default_root_dir`` (``runs/<recipe>`` in the recip
     runs/<recipe>/wandb/       the W&B run (offline when no API key is configured)
 
 A fit resumed from a checkpoint of ``runs/<recipe>/version_N`` continues in that folder and
-the same W&B run (``dnirnn.runs``). ``validate`` / ``test`` need ``--ckpt_path``.
+the same W&B run (``dnirnn.runs``). ``validate`` / ``test`` need ``--ckpt_path``; on a copy
+task they score at the checkpoint's largest solved level (``ScoreAtSolvedLevel``).
 ``--seeds=0,1,2`` runs one fit per seed and prints their comparison (``dnirnn.compare``).
+Checkpoints come every ``--checkpoint_every`` (default 5 min) and at epoch ends, and Ctrl-C /
+SIGTERM checkpoint the step they interrupt (``dnirnn.interrupt``). ``--config`` files are
+applied first, in their order, then the other options, wherever they are written.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -32,7 +37,7 @@ import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dnirnn.checkpointing import (
     AtomicCheckpointIO,
@@ -40,62 +45,58 @@ from dnirnn.checkpointing import (
     check_checkpoint,
     read_checkpoint,
 )
-from dnirnn.cli_parser import ConciseParser, ConfigError, model_options_help
+from dnirnn.cli_help import RUN_OPTIONS, wants_short_help
+from dnirnn.cli_parser import ConciseParser, ConfigError, model_options_help, user_message
+from dnirnn.curriculum import ScoreAtSolvedLevel
 from dnirnn.data.ptb import DataError
+from dnirnn.interrupt import PeriodicCheckpoint, parse_every
 from dnirnn.lit import DNIModule, NonFiniteLossError, RecurrentModule
-from dnirnn.recipe import resolve_config_args
+from dnirnn.recipe import RecipeNotFound, configs_first, resolve_config_args
 from dnirnn.runs import (
     COMPLETED,
-    ResumableCSVLogger,
+    LEVEL,
     RunRecord,
+    StepLabels,
     ValidateAtEnd,
     check_writable,
+    make_loggers,
     monitor_for,
     run_folder_of,
 )
 
 
-def wandb_has_key() -> bool:
-    """Whether W&B can log online: an API key in the environment or in ~/.netrc."""
-    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
-        return False
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
-        return False
-
-
-def make_loggers(root: Path, project: str = "dnirnn", use_wandb: bool = True,
-                 version: int | None = None, resume_step: int | None = None,
-                 wandb_id: str | None = None) -> list:
-    """A local CSV record (first: it names the run folder) and W&B (offline without a key).
-    ``version`` / ``resume_step`` / ``wandb_id`` continue an existing run (see cli docstring)."""
-    csv = ResumableCSVLogger(str(root), version=version, resume_step=resume_step)
-    if not use_wandb:
-        return [csv]
-    online = wandb_has_key()
-    if not online:
-        os.environ.setdefault("WANDB_MODE", "offline")
-    resume = {"id": wandb_id, "resume": "allow"} if wandb_id else {}
-    wandb = WandbLogger(project=project, save_dir=str(root), name=root.name, offline=not online,
-                        **resume)
-    return [csv, wandb]
-
-
 class BestCheckpoint(ModelCheckpoint):
-    """``best.ckpt``: the checkpoint with the best value of the task's metric so far. Skips
-    (instead of failing) a validation at which the metric has not been logged yet."""
+    """``best.ckpt``: the checkpoint with the best value of the task's metric so far, judged
+    at validations. Skips (instead of failing) a validation at which the metric has not been
+    logged yet. The copy tasks' level is read from the curriculum itself (the logged value
+    is that of the last logged step, before the step's curriculum decision)."""
 
     def __init__(self, monitor: str, mode: str) -> None:
         super().__init__(monitor=monitor, mode=mode, filename="best", save_top_k=1,
                          auto_insert_metric_name=False, enable_version_counter=False)
+        self.saved_step: int | None = None
+
+    def _monitor_candidates(self, trainer: L.Trainer) -> dict:
+        candidates = super()._monitor_candidates(trainer)
+        task = getattr(trainer.lightning_module, "task", None)
+        if self.monitor == LEVEL and task is not None:
+            candidates[LEVEL] = torch.tensor(float(task.max_level_solved))
+        return candidates
 
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         if self.monitor in monitor_candidates:
             super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self.saved_step = trainer.global_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "saved_step": self.saved_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.saved_step = state.get("saved_step")
 
 
 class ConfigToLoggers(SaveConfigCallback):
@@ -132,16 +133,8 @@ class DNICLI(LightningCLI):
             target = "task" if name == "task_name" else name
             parser.link_arguments(f"data.{name}", f"model.init_args.{target}",
                                   apply_on="instantiate")
-        parser.add_argument("--checkpoint_every", type=int, default=0,
-                            help="also checkpoint every N training steps (0: each epoch only)")
-        parser.add_argument("--keep_checkpoints", type=int, default=3,
-                            help="periodic checkpoints kept, the latest N (0: all); "
-                                 "best.ckpt and last.ckpt are always kept")
-        parser.add_argument("--allow_untrained", type=bool, default=False,
-                            help="validate / test without --ckpt_path: score a fresh model")
-        parser.add_argument("--wandb_project", type=str, default="dnirnn")
-        parser.add_argument("--wandb", type=bool, default=True,
-                            help="log to W&B as well as the local CSV record")
+        for name, (kind, default, text) in RUN_OPTIONS.items():  # (dnirnn.cli_help)
+            parser.add_argument(f"--{name}", type=kind, default=default, help=text)
 
     def _cfg(self) -> dict[str, Any]:
         return self.config_init[self.subcommand] if self.subcommand else self.config_init
@@ -154,15 +147,20 @@ class DNICLI(LightningCLI):
         if cfg.get("trainer", {}).get("logger") in (None, True):
             kwargs["logger"] = make_loggers(root, cfg.get("wandb_project", "dnirnn"),
                                             bool(cfg.get("wandb", True)), **self._resume(root))
-        every, keep = int(cfg.get("checkpoint_every") or 0), int(cfg.get("keep_checkpoints"))
-        periodic = ModelCheckpoint(save_last=True, save_top_k=(keep or -1) if every else 1,
-                                   monitor="step", mode="max", every_n_train_steps=every or None)
+        steps, seconds = parse_every(cfg.get("checkpoint_every"))
+        keep = int(cfg.get("keep_checkpoints"))
+        if keep < 0:
+            raise ValueError(f"keep_checkpoints: must be >= 0 (0: keep all), got {keep}")
+        ckpt, path = self._ckpt or {}, cfg.get("ckpt_path")
+        resumed = (path, int(ckpt["global_step"])) if ckpt and self.subcommand == "fit" else None
+        periodic = PeriodicCheckpoint(steps, seconds, keep, resumed)
         best = BestCheckpoint(*monitor_for(self.datamodule))
-        ckpt = self._ckpt or {}
-        record = RunRecord(best.monitor, best.mode, best, cfg.get("ckpt_path"),
-                           ckpt.get("global_step"))
-        self.trainer_defaults = {**self.trainer_defaults,
-                                 "callbacks": [periodic, best, record, ValidateAtEnd()]}
+        scored = ScoreAtSolvedLevel() if self.subcommand in ("validate", "test") else None
+        record = RunRecord(best.monitor, best.mode, best, path, ckpt.get("global_step"),
+                           periodic, scored)
+        callbacks = [periodic, best, StepLabels(), *([scored] if scored else []), record,
+                     ValidateAtEnd()]
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
         if not cfg.get("trainer", {}).get("plugins"):
             kwargs["plugins"] = [AtomicCheckpointIO()]  # a kill mid-save keeps last.ckpt whole
         return super().instantiate_trainer(**kwargs)
@@ -252,11 +250,16 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def write_error(e: OSError) -> str:
+    """A write that failed during a run: a full disk, or a folder that stopped being
+    writable. Checkpoints are atomic, so the last one on disk is whole."""
     what = e.strerror or str(e)
     where = f" {e.filename}" if e.filename else ""
+    fix = ("Free space" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+           else "Make the run folder writable again (or choose another "
+                "--trainer.default_root_dir)")
     return (f"could not write{where}: {what}. Checkpoints are written whole or not at all, so "
-            f"the last checkpoint on disk is intact. Free space (or choose a writable "
-            f"--trainer.default_root_dir) and resume with --ckpt_path, or start again.")
+            f"the last checkpoint on disk (the summary above names it and its step) is intact. "
+            f"{fix}, then resume with --ckpt_path=<run>/checkpoints/last.ckpt, or start again.")
 
 
 def pop_seeds(args: list[str]) -> tuple[list[int], list[str]]:
@@ -282,7 +285,16 @@ def main(args: list[str] | None = None) -> None:
     non-finite loss end the run with exit code 2 and a one-paragraph message on stderr
     (``DNIRNN_DEBUG=1``: traceback); see docs/errors.md. Ctrl-C ends it with the summary and
     exit code 130. ``--seeds=0,1,2`` runs one fit per seed, then compares them."""
-    args = resolve_config_args(sys.argv[1:] if args is None else list(args))
+    args = sys.argv[1:] if args is None else list(args)
+    if wants_short_help(args):
+        from dnirnn.cli_help import print_help
+
+        return print_help(args)
+    args = [a for a in args if a != "--help-all"] + (["--help"] if "--help-all" in args else [])
+    try:
+        args = configs_first(resolve_config_args(args))
+    except RecipeNotFound as e:
+        fail(str(e))
     seeds, args = pop_seeds(args)
     if not seeds:
         return run(args)
@@ -315,19 +327,24 @@ def run(args: list[str]) -> None:
     except USER_ERRORS as e:
         if os.environ.get("DNIRNN_DEBUG"):
             raise
-        fail(str(e))
+        fail(user_message(e))
     except OSError as e:  # a read-only or full disk while the run writes
         if os.environ.get("DNIRNN_DEBUG"):
             raise
         fail(write_error(e))
+    except SIGTERMException:  # (before dnirnn's handler was installed: no step trained)
+        print("dnirnn: SIGTERM before training started; nothing to resume.", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
     except SystemExit as e:  # Lightning ends an interrupted fit with exit(1)
         if isinstance(e.__context__, KeyboardInterrupt):
-            print("dnirnn: interrupted; the summary above is up to the last step.",
-                  file=sys.stderr)
-            raise SystemExit(130) from None
+            signum = getattr(e.__context__, "signum", signal.SIGINT)
+            print(f"dnirnn: stopped by {signal.Signals(signum).name}; the summary above names "
+                  f"the checkpoint to resume from.", file=sys.stderr)
+            raise SystemExit(128 + signum) from None
         raise
     except KeyboardInterrupt:
-        print("dnirnn: interrupted before training started.", file=sys.stderr)
+        print("dnirnn: interrupted before training started; nothing to resume.",
+              file=sys.stderr)
         raise SystemExit(130) from None
     finally:
         if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # Lightning's, on Ctrl-C

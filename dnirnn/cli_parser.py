@@ -4,7 +4,9 @@ jsonargparse reports a bad ``--model.*`` value through the ``Union`` of the mode
 (60 lines for a typo). ``ConciseParser.error`` reduces the message to the line that matters,
 adds "did you mean" for an unknown key, and raises ``ConfigError``, which the CLI prints as
 one ``dnirnn: error:`` paragraph (exit 2; ``DNIRNN_DEBUG=1`` keeps the parser's full text).
-``model_options_help`` lists the default model's options under ``fit --help``.
+Abbreviated options (``--trainer.max_step``) are refused, with the "did you mean".
+``user_message`` does the same for errors raised while the classes are instantiated.
+``model_options_help`` lists the default model's options under ``fit --help-all``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 
 from jsonargparse._formatters import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
+
+from dnirnn.cli_help import arg_docs
 
 MODEL_CLASSES = ("dnirnn.lit.DNIModule", "dnirnn.lit_hierarchy.HierarchyModule")
 DATA_CLASSES = tuple(f"dnirnn.datamodules.{c}" for c in
@@ -68,7 +72,12 @@ def concise(message: str, parser: argparse.ArgumentParser) -> str:
         key = unknown.group(1)
         if not key.startswith("-"):
             key = f"--{group}.{key}" if group == "model" else f"--{group}.init_args.{key}"
-        close = difflib.get_close_matches(key, candidates(parser, group), n=1, cutoff=0.6)
+        known = candidates(parser, group)
+        if key in known:  # a real option that the parser could not place
+            return (f"option {key} is not accepted here: it belongs to a class chosen by a "
+                    f"config (data.class_path / model.class_path); give that first, e.g. "
+                    f"--config RECIPE or --data=CopyDataModule")
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else "."
         return f"unknown option {key}{hint}"
     inner = re.search(r'Parser key "(\w+)":\s*\n\s*(.+)', message.split("\n", 1)[-1])
@@ -84,6 +93,8 @@ class ConciseParser(LightningArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", RawEpilogFormatter)
+        # No abbreviations: --trainer.max_step must not silently mean --trainer.max_steps
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
@@ -107,25 +118,9 @@ class RawEpilogFormatter(DefaultHelpFormatter):
         return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
-def _arg_docs(cls: type) -> dict[str, str]:
-    doc = inspect.getdoc(cls) or ""
-    args = doc.split("Args:", 1)[-1] if "Args:" in doc else ""
-    out, name = {}, None
-    for line in args.splitlines():
-        m = re.match(r"\s{4}(\w+): (.*)", line)
-        if m:
-            name = m.group(1)
-            out[name] = m.group(2)
-        elif name and line.startswith("        "):
-            out[name] += " " + line.strip()
-        elif line.strip() and not line.startswith(" "):
-            break
-    return out
-
-
 def model_options_help(cls: Any) -> str:
     """``fit --help``'s epilog: the default model's options with defaults and meaning."""
-    docs = _arg_docs(cls)
+    docs = arg_docs(inspect.getdoc(cls) or "")
     lines = [f"Model options ({cls.__name__}, the default): --model.NAME=VALUE, or under model:",
              "in a recipe. Another model's: --model.help dnirnn.lit_hierarchy.HierarchyModule"]
     for name, p in inspect.signature(cls.__init__).parameters.items():
@@ -136,3 +131,24 @@ def model_options_help(cls: Any) -> str:
         lines.append(f"  {f'--model.{name}={p.default}':<34} {text}")
     lines.append("Run folders, best.ckpt and summary.json: README.md; errors: docs/errors.md.")
     return "\n".join(lines)
+
+
+UNION = "Does not validate against any of the Union subtypes"
+
+
+def user_message(e: BaseException) -> str:
+    """The one paragraph to print for a user error ``e``.
+
+    jsonargparse reports an error raised while instantiating the model or data module (e.g.
+    ``model.window: must be an integer >= 1``) inside a seven-line "Union subtypes" message
+    with a dump of the whole config; the cause is the exception it was raised from. Other
+    messages are kept, with their lines joined."""
+    inner, seen = e, 0
+    while UNION in str(inner) and inner.__cause__ is not None and seen < 20:
+        inner, seen = inner.__cause__, seen + 1
+    text = str(inner)
+    if UNION in text:  # no usable cause: the first error of the list that is not NoneType's
+        errors = re.findall(r"^\s+- (.+)$", text, re.M)
+        errors = [x for x in errors if "NoneType" not in x] or errors
+        text = errors[0] if errors else text.splitlines()[0]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())

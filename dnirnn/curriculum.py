@@ -1,4 +1,5 @@
-"""The copy-task curriculum (DNI / NTM practice) as a Lightning callback."""
+"""The copy-task curriculum (DNI / NTM practice) as a Lightning callback, and the level at
+which `dnirnn validate / test` score a copy-task checkpoint (``ScoreAtSolvedLevel``)."""
 
 from __future__ import annotations
 
@@ -54,3 +55,70 @@ class Curriculum(L.Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.error_sum, self.steps = state["error_sum"], state["steps"]
+
+
+def previous_level(length: int, repeats: int, repeat: bool) -> tuple[int, int]:
+    """The curriculum level before ``(length, repeats)`` (the inverse of ``next_level``)."""
+    if repeats > 1:
+        return length, repeats - 1
+    return (length - 1, length - 1) if repeat else (length - 1, 1)
+
+
+def solved_level(task: Any) -> tuple[int, int] | None:
+    """The ``(length, repeats)`` of the level whose answer length is the task's
+    ``max_level_solved`` (the latest such level, walking back along the curriculum from the
+    current one), or ``None`` when no level is solved."""
+    if not task.max_level_solved:
+        return None
+    length, repeats = task.length, task.repeats
+    while length > 1 or repeats > 1:
+        length, repeats = previous_level(length, repeats, task.repeat)
+        if length * repeats == task.max_level_solved:
+            return length, repeats
+    return None
+
+
+class ScoreAtSolvedLevel(L.Callback):
+    """``dnirnn validate / test`` of a copy-task checkpoint: scores at the level of its
+    ``max_level_solved`` (the run's headline figure), not at the curriculum's current level,
+    which is the one the run had not yet solved. A checkpoint that solved no level is scored
+    at its current level. ``scored`` says which, for the summary; ``checkpoint_level`` keeps
+    the checkpoint's own curriculum state, restored after scoring."""
+
+    def __init__(self) -> None:
+        self.scored: dict[str, Any] | None = None
+        self.checkpoint_level: dict[str, Any] | None = None
+
+    def _choose(self, pl_module: Any) -> None:
+        task = getattr(pl_module, "task", None)
+        if task is None or not hasattr(task, "max_level_solved"):
+            return
+        self.checkpoint_level = task.state_dict()
+        level = solved_level(task)
+        if level is None:
+            why = (f"the checkpoint solved no level yet, so this is its current level "
+                   f"(max_level_solved = {task.max_level_solved})")
+        else:
+            why = (f"the level of the checkpoint's max_level_solved = {task.max_level_solved} "
+                   f"(its curriculum was at length {task.length} x repeats {task.repeats})")
+            task.length, task.repeats = level
+        self.scored = {"length": task.length, "repeats": task.repeats,
+                       "level": task.length * task.repeats, "why": why}
+
+    def _restore(self, pl_module: Any) -> None:
+        if self.checkpoint_level is not None:
+            pl_module.task.load_state_dict(self.checkpoint_level)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.state.fn == "validate":
+            self._choose(pl_module)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._choose(pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.state.fn == "validate":
+            self._restore(pl_module)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._restore(pl_module)

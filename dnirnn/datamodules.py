@@ -33,10 +33,23 @@ class Positions(IterableDataset):
         return self.length()
 
 
-def _loader(dataset: IterableDataset) -> DataLoader:
+class PositionLoader(DataLoader):
+    """The training loader. It resumes exactly, with no state of its own: the positions come
+    from the module (``data_position``, saved in the checkpoint's ``dnirnn`` section). Its
+    ``state_dict`` / ``load_state_dict`` tell Lightning so (Lightning would otherwise warn on
+    every mid-epoch resume that the loader is "not resumable")."""
+
+    def state_dict(self) -> dict[str, str]:
+        return {"positions": "from the module's data_position"}
+
+    def load_state_dict(self, state: dict[str, str]) -> None:
+        pass
+
+
+def _loader(dataset: IterableDataset, cls: type[DataLoader] = DataLoader) -> DataLoader:
     # A private generator: creating an iterator then draws no number from the global RNG
     # (which dropout uses), so a resumed run's RNG stream matches the uninterrupted run's.
-    return DataLoader(dataset, batch_size=None, num_workers=0, generator=torch.Generator())
+    return cls(dataset, batch_size=None, num_workers=0, generator=torch.Generator())
 
 
 class _TaskDataModule(L.LightningDataModule):
@@ -46,7 +59,8 @@ class _TaskDataModule(L.LightningDataModule):
         return self.trainer.lightning_module
 
     def train_dataloader(self) -> DataLoader:
-        return _loader(Positions(lambda: self._module().train_positions(), self._epoch_length))
+        return _loader(Positions(lambda: self._module().train_positions(), self._epoch_length),
+                       PositionLoader)
 
     def _eval_loader(self, split: str) -> DataLoader:
         def positions() -> range:

@@ -1,8 +1,8 @@
 """The ``dnirnn`` command: dispatches without importing Lightning where it is not needed.
 
-``dnirnn recipes``, ``dnirnn plot`` / ``compare`` and ``dnirnn --help`` / ``--version`` answer
-at once; ``fit``, ``validate`` and ``test`` go to ``dnirnn.cli`` (LightningCLI, which takes a
-few seconds to import torch and Lightning).
+``dnirnn recipes``, ``dnirnn plot`` / ``compare``, ``dnirnn --help`` / ``--version`` and
+``dnirnn fit --help`` answer at once; ``fit``, ``validate`` and ``test`` go to ``dnirnn.cli``
+(LightningCLI, which takes a few seconds to import torch and Lightning).
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ commands:
   fit       train:    dnirnn fit --config copy_dni [--model.window=4] [--seeds=0,1,2]
   validate  score a checkpoint on the validation split (needs --ckpt_path)
   test      score a checkpoint on the test split (needs --ckpt_path)
-  recipes   list the shipped recipes (--config takes a name or a path)
+  recipes   list the shipped recipes and overlays (--config takes a name or a path)
   plot      draw run folders' curves side by side into a PNG and print their best values
             (alias: compare); dnirnn plot --help
   sweep     run a grid of fits (recipes x variants x seeds), then tables and plots:
             dnirnn sweep GRID.yaml --jobs N [--dry-run | --report]; dnirnn sweep --help
 
-`dnirnn fit --help` lists every option, the model's included. Errors: docs/errors.md.
+`dnirnn fit --help`: the model's options and the common ones (--help-all: every option).
+Errors: docs/errors.md.
 """
 
 
@@ -51,6 +52,11 @@ def main(args: list[str] | None = None) -> None:
         from dnirnn.sweep import main as sweep_main
 
         sweep_main(args[1:])
+        return
+    from dnirnn.cli_help import print_help, wants_short_help
+
+    if wants_short_help(args):  # before Lightning is imported: instant
+        print_help(args)
         return
     from dnirnn.cli import main as cli_main
 

@@ -7,13 +7,18 @@
   solved (copy, repeat copy), validation bits per character (PTB char), perplexity (PTB
   word), bits per scored step (recall).
 - ``RunRecord``: tracks the best value of that metric and its step (kept in the checkpoint,
-  so a resumed run goes on tracking it), writes ``summary.json`` (``best`` and ``last``) and
-  prints a short summary at the end of fit / validate / test, or when interrupted (Ctrl-C).
+  so a resumed run goes on tracking it), writes ``summary.json`` (``best``, ``last``, the
+  checkpoints and their steps) and prints a short summary at the end of fit / validate /
+  test, or when interrupted (then it names the checkpoint to resume from and its step, or
+  says that nothing can be resumed). The copy tasks' best, the largest level solved, is
+  read from the curriculum at every step, so it is the figure of the curriculum line.
+- ``StepLabels``: the ``step`` of ``metrics.csv`` is the training step, also after a resume.
 - ``ValidateAtEnd``: a run stopped by ``max_steps`` before its epoch ends validates at its
   last step (a 50-step PTB run has a ``val/bpc`` and a ``best.ckpt``).
 - ``ResumableCSVLogger``: a resumed run writes into its own run folder and keeps the rows
   of ``metrics.csv`` logged before its checkpoint (Lightning's CSV logger deletes the file).
-- ``check_writable``: the output folder can be written, checked before anything is.
+- ``check_writable``: the output folder can be written, checked before anything is
+  (``OutputFolderError``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import csv
 import json
 import math
 import os
+import signal
 import tempfile
 import warnings
 from pathlib import Path
@@ -30,6 +36,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 COMPLETED: list[Path] = []  # run folders whose fit ended in this process (``--seeds``)
 
@@ -45,17 +52,28 @@ def monitor_for(datamodule: Any) -> tuple[str, str]:
     return "val/bits_per_step", "min"
 
 
+class OutputFolderError(ValueError):
+    """The output folder cannot be written; found before the run wrote anything."""
+
+
 def check_writable(root: Path) -> None:
-    """Raises ``OSError`` if files cannot be created under ``root``. Creates nothing: the
-    probe file goes into the nearest existing folder and is removed."""
+    """Raises ``OutputFolderError`` if files cannot be created under ``root``. Creates
+    nothing: the probe file goes into the nearest existing folder and is removed."""
     folder = Path(root).absolute()
     while not folder.exists():
         folder = folder.parent
-    if not folder.is_dir():
-        raise NotADirectoryError(20, "Not a directory", str(folder))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".dnirnn-write-test.")
-    os.close(fd)
-    os.unlink(tmp)
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(folder))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".dnirnn-write-test.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise OutputFolderError(
+            f"the output folder {root} (trainer.default_root_dir) cannot be written: "
+            f"{e.filename or folder}: {e.strerror or e}. Nothing was written and nothing "
+            f"needs to be resumed. Choose a folder you can write with "
+            f"--trainer.default_root_dir=PATH (or fix its permissions).") from None
 
 
 def _number(v: Any) -> float | str:
@@ -68,6 +86,39 @@ def wandb_offline() -> bool:
     return os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun")
 
 
+def wandb_has_key() -> bool:
+    """Whether W&B can log online: an API key in the environment or in ~/.netrc."""
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return False
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def make_loggers(root: Path, project: str = "dnirnn", use_wandb: bool = True,
+                 version: int | None = None, resume_step: int | None = None,
+                 wandb_id: str | None = None) -> list:
+    """A local CSV record (first: it names the run folder) and W&B (offline without a key).
+    ``version`` / ``resume_step`` / ``wandb_id`` continue an existing run (see cli docstring)."""
+    csv = ResumableCSVLogger(str(root), version=version, resume_step=resume_step)
+    if not use_wandb:
+        return [csv]
+    online = wandb_has_key()
+    if not online:
+        os.environ.setdefault("WANDB_MODE", "offline")
+    resume = {"id": wandb_id, "resume": "allow"} if wandb_id else {}
+    wandb = WandbLogger(project=project, save_dir=str(root), name=root.name, offline=not online,
+                        **resume)
+    return [csv, wandb]
+
+
+LEVEL = "curriculum/max_level_solved"  # the copy tasks' headline metric
+
+
 class RunRecord(L.Callback):
     """``summary.json`` and the final summary (see the module docstring).
 
@@ -75,14 +126,20 @@ class RunRecord(L.Callback):
         monitor, mode: the headline metric (``monitor_for``).
         best_checkpoint: the ``ModelCheckpoint`` that keeps ``best.ckpt`` (fit only).
         ckpt_path, ckpt_step: the checkpoint a validate / test run scores, and its step.
+        periodic: the ``PeriodicCheckpoint`` that keeps ``last.ckpt`` (fit only).
+        scored_at: for validate / test of a copy task, the callback that chose the level
+            scored (``dnirnn.curriculum.ScoreAtSolvedLevel``).
     """
 
     def __init__(self, monitor: str, mode: str, best_checkpoint: Any = None,
-                 ckpt_path: str | None = None, ckpt_step: int | None = None) -> None:
+                 ckpt_path: str | None = None, ckpt_step: int | None = None,
+                 periodic: Any = None, scored_at: Any = None) -> None:
         self.monitor, self.mode, self.best_checkpoint = monitor, mode, best_checkpoint
         self.ckpt_path, self.ckpt_step = ckpt_path, ckpt_step
+        self.periodic, self.scored_at = periodic, scored_at
         self.best: dict[str, Any] | None = None
         self.wandb_id: str | None = None
+        self.stopped_by = signal.SIGINT  # the signal that interrupted a fit
 
     # ---- tracking ---------------------------------------------------------------------
 
@@ -91,6 +148,21 @@ class RunRecord(L.Callback):
             if isinstance(lg, WandbLogger) and trainer.is_global_zero:
                 self.wandb_id = lg.experiment.id
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._track_level(trainer, pl_module)  # level 0 at step 0, or a resumed run's level
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
+        self._track_level(trainer, pl_module)
+
+    def _track_level(self, trainer: L.Trainer, pl_module: Any) -> None:
+        """The largest level solved, from the curriculum itself (a Python int: no sync), and
+        the step at which it was first reached."""
+        if self.monitor != LEVEL or getattr(pl_module, "task", None) is None:
+            return
+        level = float(pl_module.task.max_level_solved)
+        if self.best is None or level > self.best["value"]:
+            self.best = {"metric": LEVEL, "value": level, "step": trainer.global_step}
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._track(trainer)
@@ -98,6 +170,8 @@ class RunRecord(L.Callback):
             self._write(trainer, pl_module, "validate")
 
     def _track(self, trainer: L.Trainer) -> None:
+        if self.monitor == LEVEL:  # (tracked at every step)
+            return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None or not math.isfinite(float(value)):
             return
@@ -121,8 +195,15 @@ class RunRecord(L.Callback):
         self._write(trainer, pl_module, "test")
 
     def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt) and trainer.state.fn == "fit":
-            self._write(trainer, pl_module, "fit (interrupted)")
+        if trainer.state.fn != "fit":
+            return
+        if isinstance(exception, KeyboardInterrupt):
+            self.stopped_by = getattr(exception, "signum", signal.SIGINT)
+        elif isinstance(exception, SIGTERMException):
+            self.stopped_by = signal.SIGTERM
+        else:
+            return
+        self._write(trainer, pl_module, "fit (interrupted)")
 
     def _write(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
@@ -140,24 +221,35 @@ class RunRecord(L.Callback):
 
     def record(self, trainer: L.Trainer, pl_module: Any, stage: str, log_dir: Path) -> dict:
         metrics = {k: _number(v) for k, v in trainer.callback_metrics.items()}
-        step = trainer.global_step if stage.startswith("fit") else self.ckpt_step or 0
-        per_epoch = trainer.num_training_batches if stage.startswith("fit") else math.inf
+        fit = stage.startswith("fit")
+        step = trainer.global_step if fit else self.ckpt_step or 0
+        per_epoch = trainer.num_training_batches if fit else math.inf
         record: dict[str, Any] = {"stage": stage, "global_step": step,
                                   "run_dir": str(log_dir), "metrics": metrics}
         if isinstance(per_epoch, int | float) and 0 < per_epoch < math.inf:
             record["epoch"] = round(step / per_epoch, 4)  # epochs trained, fractional
         record["last"] = {"step": step, "metrics": metrics}
         task = getattr(pl_module, "task", None)
-        if task is not None and task.episodic:
-            record["curriculum"] = task.state_dict()
-        if stage.startswith("fit"):
-            best = self.best_checkpoint
-            record["best"] = self.best
-            record["checkpoints"] = {
-                "best": getattr(best, "best_model_path", "") or None,
-                "last": getattr(trainer.checkpoint_callback, "last_model_path", "") or None}
-        else:
+        if task is not None and task.episodic and hasattr(task, "max_level_solved"):
+            scored = getattr(self.scored_at, "checkpoint_level", None)
+            record["curriculum"] = scored or task.state_dict()
+        if not fit:
             record["checkpoint"] = self.ckpt_path
+            if getattr(self.scored_at, "scored", None):
+                record["scored_at"] = self.scored_at.scored
+            return record
+        self._track_level(trainer, pl_module)
+        record["best"] = self.best
+        last = self.periodic.last_checkpoint() if self.periodic is not None else None
+        best = self.best_checkpoint
+        record["checkpoints"] = {
+            "best": getattr(best, "best_model_path", "") or None,
+            "best_step": getattr(best, "saved_step", None),
+            "last": last[0] if last else None, "last_step": last[1] if last else None,
+            "cadence": self.periodic.describe() if self.periodic is not None else None}
+        if stage != "fit":
+            record["interrupted_by"] = signal.Signals(self.stopped_by).name
+            record["resume"] = {"checkpoint": last[0], "step": last[1]} if last else None
         return record
 
 
@@ -177,20 +269,39 @@ def format_summary(record: dict, trainer: L.Trainer | None = None) -> str:
     if shown:
         lines.append("  last " + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float)
                                            else f"{k} = {v}" for k, v in sorted(shown.items())))
-    cur = record.get("curriculum")
-    if cur and "max_level_solved" in cur:
+    cur, scored = record.get("curriculum"), record.get("scored_at")
+    if scored:
+        lines.append(f"  scored at length {scored['length']} x repeats {scored['repeats']}: "
+                     f"{scored['why']}")
+    elif cur and "max_level_solved" in cur:
         lines.append(f"  curriculum: max level solved {cur['max_level_solved']}, "
                      f"now at length {cur.get('length')} x repeats {cur.get('repeats')}")
     lines.append(f"  run folder: {record['run_dir']}  (summary.json, metrics.csv)")
     ckpts = record.get("checkpoints") or {}
     for name in ("best", "last"):
         if ckpts.get(name):
-            lines.append(f"  {name} checkpoint: {ckpts[name]}")
+            at = ckpts.get(f"{name}_step")
+            lines.append(f"  {name} checkpoint: {ckpts[name]}"
+                         + (f" (step {at})" if at is not None else ""))
+    if "resume" in record:
+        lines.append(resume_line(record, ckpts))
     for lg in trainer.loggers if trainer is not None else []:
         if isinstance(lg, WandbLogger) and wandb_offline():
             lines.append(f"  W&B ran offline (no API key configured); upload with:\n"
                          f"    wandb sync {lg.save_dir}/wandb/offline-run-*")
     return "\n".join(lines)
+
+
+def resume_line(record: dict, ckpts: dict) -> str:
+    """What an interrupted run leaves to resume from, in one line."""
+    resume, step = record.get("resume"), record["global_step"]
+    if not resume:
+        return (f"  nothing can be resumed: no checkpoint was written before the interruption "
+                f"(checkpoints come {ckpts.get('cadence') or 'at epoch ends'}); start again")
+    lost = step - resume["step"]
+    lost = f"; the {lost} step(s) after it are lost" if lost > 0 else ""
+    return (f"  resume from step {resume['step']}{lost}: the same command with "
+            f"--ckpt_path={resume['checkpoint']}")
 
 
 class ValidateAtEnd(L.Callback):
@@ -200,6 +311,16 @@ class ValidateAtEnd(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
+
+
+class StepLabels(L.Callback):
+    """Keeps Lightning's logging step equal to the training step, so that ``metrics.csv``'s
+    ``step`` (and the log_every_n_steps cadence) of a resumed run is that of an uninterrupted
+    one. Lightning labels rows with its own count of batches, which a resume from a
+    checkpoint written at an epoch end or after a validation restores one too high."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
 
 
 class ResumableCSVLogger(CSVLogger):

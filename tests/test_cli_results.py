@@ -20,9 +20,11 @@ import dnirnn.lit
 import dnirnn.runs
 from dnirnn import compare
 from dnirnn.cli import main, make_loggers, pop_seeds
+from dnirnn.curriculum import solved_level
 from dnirnn.data import ptb
 from dnirnn.main import main as dnirnn_main
-from dnirnn.recipe import list_recipes, resolve_config
+from dnirnn.recipe import list_overlays, list_recipes, resolve_config
+from dnirnn.tasks import CopyTask
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
@@ -54,15 +56,36 @@ def rows(version: Path) -> list[dict]:
 
 # ---- results at the end of a run ----------------------------------------------------------
 
+LEVEL_UP = ["--trainer.callbacks.init_args.threshold=1000",  # a level solved every 3 steps
+            "--trainer.callbacks.init_args.check_every=3"]
+
+
 def test_summary_has_best_and_last_and_best_ckpt(tmp_path, capsys):
     fit(tmp_path / "r", "--trainer.max_steps=8", "--data.init_args.steps_per_epoch=4")
     s = json.loads((tmp_path / "r/version_0/summary.json").read_text())
-    assert s["best"]["metric"] == "curriculum/max_level_solved" and s["best"]["step"] == 4
+    assert s["best"] == {"metric": "curriculum/max_level_solved", "value": 0.0, "step": 0}
     assert s["last"]["step"] == 8 and "val/bits_per_step" in s["last"]["metrics"]
     assert Path(s["checkpoints"]["best"]).name == "best.ckpt"
     assert Path(s["checkpoints"]["best"]).is_file() and Path(s["checkpoints"]["last"]).is_file()
+    assert s["checkpoints"]["last_step"] == 8
     out = capsys.readouterr().out
-    assert "best curriculum/max_level_solved = 0 at step 4" in out and "run folder:" in out
+    assert "best curriculum/max_level_solved = 0 at step 0" in out and "run folder:" in out
+
+
+def test_summary_best_level_is_the_curriculum_level(tmp_path, capsys):
+    """The level solved at the last step (after that step's metrics were logged) counts: the
+    best line, the curriculum line and best.ckpt agree (they said 1 and 2 before)."""
+    fit(tmp_path / "r", "--trainer.max_steps=6", "--data.init_args.steps_per_epoch=4",
+        *LEVEL_UP)
+    s = json.loads((tmp_path / "r/version_0/summary.json").read_text())
+    assert s["curriculum"]["max_level_solved"] == 2
+    assert s["best"] == {"metric": "curriculum/max_level_solved", "value": 2.0, "step": 6}
+    assert s["checkpoints"]["best_step"] == 6
+    best = torch.load(s["checkpoints"]["best"], weights_only=False)
+    assert best["global_step"] == 6 and best["dnirnn"]["task"]["max_level_solved"] == 2
+    out = capsys.readouterr().out
+    assert "best curriculum/max_level_solved = 2 at step 6" in out
+    assert "curriculum: max level solved 2, now at length 3 x repeats 1" in out
 
 
 def test_run_shorter_than_an_epoch_validates_at_its_last_step(tmp_path):
@@ -85,6 +108,47 @@ def test_test_summary_names_the_checkpoint_and_its_step(tmp_path):
     fit(tmp_path / "t", f"--ckpt_path={last}", stage="test")
     s = json.loads((tmp_path / "t/version_0/summary.json").read_text())
     assert s["stage"] == "test" and s["global_step"] == 4 and s["checkpoint"] == str(last)
+
+
+def test_test_scores_a_copy_checkpoint_at_its_solved_level(tmp_path, capsys, monkeypatch):
+    """A copy checkpoint whose curriculum solved length 2 and was learning length 3 is
+    scored at length 2, and the summary says so; one that solved nothing at its level."""
+    fit(tmp_path / "r", "--trainer.max_steps=6", "--data.init_args.steps_per_epoch=4",
+        *LEVEL_UP)
+    last = tmp_path / "r/version_0/checkpoints/last.ckpt"
+    real, used = CopyTask.batch, []
+
+    def batch(self, split, *a, **k):
+        used.append((split, self.length, self.repeats))
+        return real(self, split, *a, **k)
+
+    monkeypatch.setattr(CopyTask, "batch", batch)
+    fit(tmp_path / "t", f"--ckpt_path={last}", stage="test")
+    assert used and set(used) == {("test", 2, 1)}
+    s = json.loads((tmp_path / "t/version_0/summary.json").read_text())
+    assert s["scored_at"]["length"] == 2 and s["scored_at"]["repeats"] == 1
+    assert s["curriculum"] == {"length": 3, "repeats": 1, "max_level_solved": 2}
+    assert "scored at length 2 x repeats 1: the level of the checkpoint's max_level_solved = 2" \
+        in capsys.readouterr().out
+    fit(tmp_path / "u", "--trainer.max_steps=2", "--data.init_args.steps_per_epoch=4")
+    used.clear()
+    fit(tmp_path / "v", f"--ckpt_path={tmp_path / 'u/version_0/checkpoints/last.ckpt'}",
+        stage="validate")
+    assert set(used) == {("valid", 1, 1)}
+    assert "the checkpoint solved no level yet" in capsys.readouterr().out
+
+
+def test_solved_level_walks_back_the_curriculum():
+    task = CopyTask(repeat=True)
+    task.length, task.repeats, task.max_level_solved = 4, 2, 9  # (3, 3) solved 9, then (4, 1)
+    assert solved_level(task) == (3, 3)
+    task.max_level_solved = 4  # e.g. a run that started at length 4: only (4, 1) solved
+    assert solved_level(task) == (4, 1)
+    task.length, task.repeats, task.max_level_solved = 1, 1, 0
+    assert solved_level(task) is None
+    copy = CopyTask(repeat=False)
+    copy.length, copy.max_level_solved = 7, 6
+    assert solved_level(copy) == (6, 1)
 
 
 def test_resume_continues_the_same_run_folder_and_wandb_id(tmp_path):
@@ -127,10 +191,28 @@ def test_config_typo_gets_one_line_and_a_suggestion(tmp_path, capsys):
     assert err.startswith("dnirnn: error: model.window: Expected a <class 'int'>")
 
 
-def test_fit_help_lists_the_model_options(capsys):
-    exits(0, "fit", "--help")
+def test_fit_help_is_short_model_first_with_seeds(capsys):
+    main(["fit", "--help"])
     out = capsys.readouterr().out
+    assert len(out.splitlines()) < 100  # (jsonargparse's: 593)
     assert "--model.window=8" in out and "--model.boundary=dni" in out
+    assert "--seeds=0,1,2" in out and "--checkpoint_every=5min" in out
+    assert out.index("--model.") < out.index("--data.") < out.index("--trainer.")
+    main(["fit", "--config", "copy_dni", "--config", "dni_paper", "--help"])
+    out = capsys.readouterr().out
+    assert "--model.window=2 " in out and "--model.synthesizer_fit=adam " in out  # recipes'
+    assert "Data: CopyDataModule" in out and "--trainer.max_steps=3000 " in out
+    exits(0, "fit", "--help-all")  # the parser's full listing, the model's options included
+    out = capsys.readouterr().out
+    assert "--trainer.max_steps" in out and "--model.window=8" in out and "--seeds" in out
+
+
+def test_fit_help_imports_neither_torch_nor_lightning():
+    code = ("import sys; from dnirnn.main import main; main(['fit', '--help']); "
+            "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
 
 
 def test_predict_is_not_a_command(capsys):
@@ -142,17 +224,6 @@ def test_mixed_precision_on_cpu_is_refused(tmp_path, capsys):
     exits(2, "fit", "--config", "copy_dni", f"--trainer.default_root_dir={tmp_path / 'r'}",
           "--trainer.accelerator=cpu", "--trainer.precision=bf16-mixed")
     assert "trainer.precision=bf16-mixed" in capsys.readouterr().err
-    assert not (tmp_path / "r").exists()
-
-
-def test_unwritable_output_folder(tmp_path, capsys, monkeypatch):
-    def denied(*a, **k):
-        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
-
-    monkeypatch.setattr(dnirnn.runs.tempfile, "mkstemp", denied)
-    exits(2, "fit", "--config", "copy_dni", f"--trainer.default_root_dir={tmp_path / 'r'}", *TINY)
-    err = capsys.readouterr().err
-    assert "could not write" in err and "Permission denied" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
 
 
@@ -235,12 +306,20 @@ def test_seeds_option():
 
 # ---- outside the repository ---------------------------------------------------------------
 
-def test_recipes_by_name_from_anywhere(tmp_path, capsys):
-    assert resolve_config("copy_dni") == str(ROOT / "recipes/copy_dni.yaml")
-    assert resolve_config("recipes/copy_dni.yaml") == str(ROOT / "recipes/copy_dni.yaml")
+def test_recipes_and_overlays_by_name_from_anywhere(tmp_path, capsys):
+    """(The cwd is tmp: names, not paths relative to the checkout. From a wheel:
+    tests/test_wheel.py.)"""
+    recipe, overlay = ROOT / "recipes/copy_dni.yaml", ROOT / "recipes/overlays/dni_paper.yaml"
+    for name in ("copy_dni", "copy_dni.yaml", "recipes/copy_dni.yaml"):
+        assert resolve_config(name) == str(recipe)
+    for name in ("dni_paper", "dni_paper.yaml", "overlays/dni_paper",
+                 "recipes/overlays/dni_paper.yaml"):
+        assert resolve_config(name) == str(overlay)
     assert len(list_recipes()) == len(list((ROOT / "recipes").glob("*.yaml")))
+    assert set(list_overlays()) == {p.stem for p in (ROOT / "recipes/overlays").glob("*.yaml")}
     dnirnn_main(["recipes"])
-    assert "copy_dni " in capsys.readouterr().out
+    out = "\n" + capsys.readouterr().out
+    assert 0 <= out.index("\ncopy_dni ") < out.index("Overlays") < out.index("\ndni_paper ")
 
 
 def test_python_dash_m_and_version():
@@ -248,26 +327,6 @@ def test_python_dash_m_and_version():
                          text=True, check=True).stdout
     assert out.strip() == f"dnirnn {dnirnn.__version__}" and dnirnn.__version__[0].isdigit()
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
-
-
-def test_wheel_ships_the_recipes(tmp_path):
-    """A real (offline) wheel build: the recipes are package data of dnirnn.recipes."""
-    import shutil
-    import zipfile
-
-    src = tmp_path / "src"  # setuptools writes build/ into the source tree: build a copy
-    for name in ("pyproject.toml", "README.md", "LICENSE", "dnirnn", "recipes"):
-        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
-        src.mkdir(exist_ok=True)
-        copy(ROOT / name, src / name, **({} if copy is shutil.copy else
-                                         {"ignore": shutil.ignore_patterns("__pycache__")}))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(tmp_path), str(src)], check=True,
-                   capture_output=True, env={**os.environ, "PIP_NO_INDEX": "1"})
-    (wheel,) = tmp_path.glob("dnirnn-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "dnirnn/recipes/copy_dni.yaml" in names and "dnirnn/main.py" in names
-    assert any(n.endswith("licenses/LICENSE") for n in names)
 
 
 def test_ptb_default_root_is_the_user_cache(monkeypatch, tmp_path):
