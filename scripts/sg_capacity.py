@@ -16,7 +16,7 @@ a frozen core stays low, linear capacity (not lag) limits the cosine; if random 
 raise it, a nonlinear map would.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/sg_capacity.py \\
-        runs/synthetic_gradients/repeat_copy_T2_s0_best [--train 96 --test 32 --features 1024]
+        runs/synthetic_gradients/repeat_copy_T2_best_s0 [--train 96 --test 32 --features 1024]
 """
 
 from __future__ import annotations

@@ -197,11 +197,8 @@ def table(grid: Grid, spec: dict, data: list[CellData]) -> list[str]:
     def key(d: CellData, axes: list[str]) -> tuple[str, ...]:
         return tuple(d.cell.labels.get(a, "–") for a in axes)
 
-    def order(keys, axes: list[str]) -> list[tuple[str, ...]]:  # the grid's label order
-        def rank(k):
-            return tuple(grid.labels.get(a, []).index(x) if x in grid.labels.get(a, []) else -1
-                         for a, x in zip(axes, k))
-        return sorted(dict.fromkeys(keys), key=rank)
+    def order(keys, axes: list[str]) -> list[tuple[str, ...]]:
+        return sorted(dict.fromkeys(keys), key=lambda k: _rank(grid, axes, k))
 
     row_keys = order((key(d, rows) for d in mine), rows)
     groups: dict[tuple, list[CellData]] = defaultdict(list)
@@ -235,6 +232,12 @@ def table(grid: Grid, spec: dict, data: list[CellData]) -> list[str]:
     for a, b in spec.get("wins") or []:
         out += _wins(str(a), str(b), rows, row_keys, groups, metrics)
     return out + ([""] if spec.get("wins") else [])
+
+
+def _rank(grid: Grid, axes: list[str], labels: tuple[str, ...]) -> tuple[int, ...]:
+    """Sorts label tuples in the grid's order of labels (as defined, then as met)."""
+    order = [grid.labels.get(a, []) for a in axes]
+    return tuple(o.index(x) if x in o else -1 for o, x in zip(order, labels))
 
 
 def _values(g: list[CellData], metrics: list[Metric]) -> list[float]:
@@ -295,7 +298,7 @@ def plots(grid: Grid, data: list[CellData], folder: Path) -> list[Path]:
         for d in data:
             if d.done is not None and d.run is not None and selected(d.cell, spec):
                 groups[tuple(d.cell.labels.get(a, "–") for a in by)].append(d)
-        for labels, members in groups.items():
+        for labels, members in sorted(groups.items(), key=lambda kv: _rank(grid, by, kv[0])):
             stem = "_".join(_part(a, x) for a, x in zip(by, labels)) or grid.name
             if kind == "boundary":
                 path = _boundary_plot(members, folder / f"boundary_cos_{stem}.png",
