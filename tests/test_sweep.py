@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -371,3 +372,14 @@ def test_bad_grid_exits_2_with_one_paragraph(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("dnirnn sweep: error:") and "no recipe 'copy_dnii'" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_readme_grid_example_loads(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = re.search(r"## Sweeps.*?```yaml\n(.*?)```", readme, re.S).group(1)
+    g = load_grid(grid_file(tmp_path, text))
+    assert len(g.cells) == 2 * 2 * 3 * 3
+    assert {c.recipe for c in g.cells} == {"copy_dni", "repeat_copy_dni", "copy_tbptt",
+                                           "repeat_copy_tbptt"}
+    assert list(g.metrics) == ["curriculum/max_level_solved", "diag/sg_true_cos"]
+    assert g.metrics["diag/sg_true_cos"].start == 0.5

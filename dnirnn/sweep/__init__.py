@@ -44,7 +44,7 @@ The grid format (every key optional unless said)::
       - axes: {task: [ptb_char], T: {8: {model.windows_per_step: 5}}, mode: [dni]}
         args: {trainer.max_steps: 800}      # mapping defines labels for this block only;
                                             # recipe/overlays/args/callbacks/threads/test/seeds
-    metrics:                                # what the tables show, per cell (name: spec)
+    metrics:                                # per cell: name -> spec (or a list of specs)
       level: curriculum/max_level_solved    # a metrics.csv column; its best value (max)
       bpc: {key: val/bpc, reduce: last}     # last | first | min | max | mean | best
       cos: {key: diag/sg_true_cos, reduce: mean, from: 0.5, format: .3f}  # 2nd half only

@@ -460,8 +460,9 @@ def load_grid(path: str | Path, runs: str | None = None, out: str | None = None)
     axes_order = [a for a in axes_order if a != "seed"] + (["seed"] if "seed" in axes_order
                                                            else [])
     metrics_raw = raw.get("metrics") or []
-    if isinstance(metrics_raw, list):
-        metrics_raw = {str(m): m for m in metrics_raw}
+    if isinstance(metrics_raw, list):  # keys, or mappings with key: (and name:)
+        metrics_raw = {str(m.get("name", m.get("key")) if isinstance(m, dict) else m): m
+                       for m in metrics_raw}
     metrics = {str(k): _metric(str(k), v) for k, v in metrics_raw.items()}
     tables = [_table(t, i, metrics, axes_order) for i, t in enumerate(
         _as_list(raw.get("tables")) or [{}])]
