@@ -175,6 +175,14 @@ def test_a_failed_cell_is_recorded_the_others_finish_and_it_is_retried(tmp_path)
     Runner(launch=fake, say=lambda m: None).run(cells)  # the next sweep tries it again
     assert [c[0] for c in fake.calls].count("fit") == 3 and state(cells[0]) == "done"
     assert not (cells[0].root / "failed.json").exists()
+    assert "--ckpt_path" not in fake.calls[-1][-1]  # it had no checkpoint: a clean start
+    # a cell that failed after a checkpoint (a full disk, a killed process) resumes from it
+    (cells[1].root / "done.json").unlink()
+    write_json(cells[1].root / "failed.json", {"stage": "fit"})
+    assert state(cells[1]) == "failed"
+    Runner(launch=fake, say=lambda m: None).run(cells[1:])
+    ckpt = cells[1].root / "version_0" / "checkpoints" / "last.ckpt"
+    assert fake.calls[-1][-1] == f"--ckpt_path={ckpt}"
 
 
 def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path):

@@ -232,7 +232,10 @@ class _Resolver:
         return _short(p)
 
     def named(self, v: str, where: str) -> Settings:
-        """A bare string as an axis label's value: an overlay's name, else a recipe's."""
+        """A bare string as an axis label's value: an overlay's name, else a recipe's (a
+        ``{axis}`` template is a recipe's)."""
+        if "{" in v:
+            return Settings(recipe=v)
         if v in self.overlays or (_looks_like_path(v) and "overlays" in v):
             return Settings(overlays=[v])
         if v in self.recipes or _looks_like_path(v):
@@ -372,6 +375,11 @@ def _metric(name: str, d: Any) -> Metric:
                reduce=d.get("reduce"), start=d.get("from"), at=d.get("at"),
                where=dict(d.get("where") or {}), better=d.get("better"),
                format=d.get("format"))
+    if m.start is not None and not (isinstance(m.start, int | float) and 0 <= m.start < 1):
+        raise GridError(f"{where}: from is a fraction of the run's steps in [0, 1), got "
+                        f"{m.start!r}.")
+    if m.at is not None and not isinstance(m.at, int):
+        raise GridError(f"{where}: at is a training step, got {m.at!r}.")
     if m.reduce is not None and m.reduce not in REDUCE:
         raise GridError(f"{where}: reduce is one of {', '.join(REDUCE)}, got {m.reduce!r}.")
     if m.stage not in ("fit", "test"):

@@ -111,7 +111,8 @@ class CellData:
         else:
             points = self.series().get(m.key, [])
             reduce = m.reduce or ("best" if m.key in BETTER else "last")
-        points = [(s, float(v)) for s, v in points if _finite(v) is not None]
+        points = sorted(((s, float(v)) for s, v in points if _finite(v) is not None),
+                        key=lambda p: p[0])  # (stable: rows of one step keep their order)
         if m.start is not None:
             first = m.start * self.last_step()
             points = [(s, v) for s, v in points if s >= first]

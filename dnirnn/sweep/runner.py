@@ -9,12 +9,13 @@ and, at the end, ``done.json`` or ``failed.json``. The state of a cell is read f
   the tables; delete the folder to rerun it.
 - ``partial``: started, not finished, same spec, a ``last.ckpt``: resumed from it
   (``--fresh``: restarted instead).
-- ``failed`` / ``new`` / a partial run with no checkpoint or another spec: (re)started clean
-  (the folder is emptied first, so the run lands in ``version_0``).
+- ``new``, or started with no checkpoint or with another spec: (re)started clean (the folder
+  is emptied first, so the run lands in ``version_0``).
 
 A failed cell writes ``failed.json`` (exit code, last lines of its log) and the others go
-on; the next sweep tries it again. Ctrl-C stops starting cells, passes the interrupt on to
-the running ones (which save their summary) and exits 130; they resume next time.
+on; the next sweep tries it again, from its ``last.ckpt`` if it has one of the same spec.
+Ctrl-C (or SIGTERM) stops starting cells, passes the interrupt on to the running ones (which
+save a checkpoint and their summary) and exits 130; they resume next time.
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ class Runner:
         if cell.root.is_dir() and any(cell.root.iterdir()) and info is None:
             raise RuntimeError(f"{cell.root} exists and is not a sweep cell (no cell.json); "
                                f"move it away or choose another runs folder")
-        ckpt = None if self.fresh or now != "partial" else last_checkpoint(cell.root)
+        same = info is not None and info.get("spec") == cell.spec()
+        ckpt = last_checkpoint(cell.root) if same and not self.fresh else None
         if ckpt is None and cell.root.exists():
             shutil.rmtree(cell.root)  # a clean start: the run lands in version_0
         cell.root.mkdir(parents=True, exist_ok=True)
