@@ -297,6 +297,7 @@ tables:
     rows: [mode]
     metrics: [loss_late, loss_at, cos_in, final, test_bpc, wall_s]
     entry: spread
+  - {title: Overall, rows: [], columns: mode, metrics: [level], entry: mean, wins: [[dni, tbptt]]}
 plots:
   - by: [T]
 """
@@ -330,6 +331,8 @@ def test_metrics_tables_wins_reference_and_plots_from_fake_runs(tmp_path):
     assert "- **copy**: dni beats tbptt at T2 (1 of 2; ties at T3)." in text
     assert "| tbptt | 7.00 ± 0.00 | 5 ± 0 | 0.2 ± 0 | " in text  # loss_late, loss_at, cos
     assert "| dni | " in text and "1.25 ± 0 | 10 ± 0 | 4 |" in text  # test BPC, wall s, n
+    assert "| all | 2.25 | 4 |" in text  # every T and seed of a mode in one entry
+    assert "- dni beats tbptt at all (1 of 1; ties at none)." in text
     assert [p.name for p in pngs] == ["T2.png", "T3.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert "![T2](r/T2.png)" in text

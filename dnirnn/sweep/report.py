@@ -169,7 +169,7 @@ def entry(values: list[float], spec: str | None, mode: str = "full") -> str:
 
 
 def _label(axes: list[str], labels: tuple[str, ...]) -> str:
-    return " ".join(_part(a, x) if x != "–" else x for a, x in zip(axes, labels))
+    return " ".join(_part(a, x) if x != "–" else x for a, x in zip(axes, labels)) or "all"
 
 
 def _wall(d: CellData) -> float | None:
@@ -277,7 +277,7 @@ def _wins(a: str, b: str, rows: list[str], row_keys: list[tuple], groups: dict,
         va, vb = statistics.fmean(_values(ga, [m])), statistics.fmean(_values(gb, [m]))
         res = "tie" if va == vb else "win" if (va > vb) == (better(m) == "max") else "loss"
         first, rest = (r[0], r[1:]) if len(r) > 1 else ("", r)
-        by[first].append((_label(rows[len(r) - len(rest):], rest) or r[0], res))
+        by[first].append((_label(rows[len(r) - len(rest):], rest), res))
     lines = []
     for first, res in by.items():
         wins = [x for x, w in res if w == "win"]
