@@ -9,10 +9,10 @@
   Ctrl-C stops at once: the last checkpoint on disk stays whole (writes are atomic), and the
   summary names it and its step, or says that nothing can be resumed.
 
-The interrupt checkpoint is written where the periodic ones are (``on_train_batch_end``, or
-at the end of a validation under way), so resuming from it is the same exact resume as from
-any periodic checkpoint. Under data parallel the decision to save and to stop is rank 0's,
-broadcast every step, so all processes stop after the same step.
+The interrupt checkpoint is written where the periodic ones are (``on_train_batch_end``; at a
+step that ends an epoch, the epoch-end checkpoint after its validation), so resuming from it
+is the same exact resume as from any periodic checkpoint. Under data parallel the decision to
+save and to stop is rank 0's, broadcast every step, so all processes stop after the same step.
 """
 
 from __future__ import annotations
@@ -152,20 +152,32 @@ class PeriodicCheckpoint(ModelCheckpoint):
         stop = self.requested is not None
         if trainer.world_size > 1:  # one decision for all processes: rank 0's
             due, stop = trainer.strategy.broadcast((due, stop), src=0)
-        if due or stop:
-            self._save_now(trainer)
-            self._clock = now
         self._stop = stop
+        if (due or stop) and not self._epoch_end_follows(trainer):
+            self._save_now(trainer)
+        if due:
+            self._clock = now
+
+    @staticmethod
+    def _epoch_end_follows(trainer: L.Trainer) -> bool:
+        """Whether this step ends the epoch (its last batch, or a stop: max_steps, the
+        curriculum's max_level). Then the epoch-end checkpoint comes after the step's
+        validation; one written now would come before it, and a resume from it would skip
+        that validation (Lightning takes it as done), losing its row if the run dies during
+        the validation."""
+        return trainer.should_stop or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         super().on_validation_end(trainer, pl_module)
-        # A signal that arrived during a validation: this step is saved at its end.
-        stop = self.requested is not None
-        if trainer.world_size > 1 and trainer.state.fn == "fit":
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        stop = self.requested is not None  # a signal during the validation
+        if trainer.world_size > 1:
             stop = trainer.strategy.broadcast(stop, src=0)
-        if stop and trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self._save_now(trainer)
+        if stop:
             self._stop = True
+            if not self._epoch_end_follows(trainer):  # (a validation within an epoch)
+                self._save_now(trainer)
 
     def _save_now(self, trainer: L.Trainer) -> None:
         if self._should_skip_saving_checkpoint(trainer):  # (already saved at this step)

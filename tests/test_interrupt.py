@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import dnirnn.checkpointing
 import dnirnn.interrupt
 from dnirnn.cli import main
 from dnirnn.interrupt import parse_every
@@ -106,6 +107,29 @@ def test_time_cadence_checkpoints_once_the_period_has_passed(tmp_path, monkeypat
     steps = sorted(step_of(p) for p in (version / "checkpoints").glob("epoch=*.ckpt"))
     # the clock reads 20 s per step after on_train_start: due at steps 2 and 4 (40, 80 s)
     assert steps == [2, 4]
+
+
+def test_a_checkpoint_at_an_epoch_end_comes_after_its_validation(tmp_path, monkeypatch):
+    """Due at the last step of an epoch, the checkpoint is the epoch-end one, written after
+    that step's validation: a run killed during the validation resumes from the previous
+    checkpoint and validates again, instead of resuming past a validation that never ended."""
+    events = []
+    real_val, real_save = RecurrentModule.validation_step, dnirnn.checkpointing.atomic_torch_save
+
+    def validation_step(self, *a, **k):
+        events.append(("val", self.trainer.global_step))
+        return real_val(self, *a, **k)
+
+    def save(obj, path):
+        events.append(("save", obj["global_step"]))
+        return real_save(obj, path)
+
+    monkeypatch.setattr(RecurrentModule, "validation_step", validation_step)
+    monkeypatch.setattr(dnirnn.checkpointing, "atomic_torch_save", save)
+    fit(tmp_path / "r", "--trainer.max_steps=7", f"--checkpoint_every={PER_EPOCH}")
+    at_5 = [e for e in events if e[1] == PER_EPOCH]
+    assert at_5[0][0] == "val" and ("save", PER_EPOCH) in at_5
+    assert at_5.index(("save", PER_EPOCH)) > max(i for i, e in enumerate(at_5) if e[0] == "val")
 
 
 # ---- Ctrl-C and SIGTERM ----------------------------------------------------------------------

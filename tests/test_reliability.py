@@ -61,6 +61,11 @@ def fails(capsys, recipe: str, root: Path, *extra: str) -> str:
     return err
 
 
+def csv_rows(version: Path) -> list[dict[str, str]]:
+    with open(version / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+
+
 def losses(version: Path) -> dict[int, float]:
     with open(version / "metrics.csv") as f:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f)
@@ -243,6 +248,11 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert sorted(b) == list(range(at, total))
     for step in range(at, total):
         assert a[step] == b[step], f"step {step}: {a[step]} != {b[step]}"
+    # resumed into the killed run's own folder: its metrics.csv becomes the uninterrupted one
+    again = fit("copy_dni", killed, f"--ckpt_path={last}", f"--trainer.max_steps={total}",
+                *common)
+    assert again == last.parent.parent
+    assert csv_rows(again) == csv_rows(full)
 
 
 # ---- 3. non-finite loss --------------------------------------------------------------------
