@@ -394,3 +394,14 @@ def test_readme_grid_example_loads(tmp_path):
                                            "repeat_copy_tbptt"}
     assert list(g.metrics) == ["curriculum/max_level_solved", "diag/sg_true_cos"]
     assert g.metrics["diag/sg_true_cos"].start == 0.5
+
+
+def test_the_documented_grid_example_loads(tmp_path):
+    import dnirnn.sweep
+
+    doc = dnirnn.sweep.__doc__
+    text = doc.split("::\n\n", 1)[1].split("\n\nCell names", 1)[0]
+    g = load_grid(grid_file(tmp_path, "\n".join(line[4:] for line in text.splitlines())))
+    assert len(g.cells) == 2 * 2 * 3 + 1 * 1 * 3  # the grid's seeds in both blocks
+    assert [t["metrics"] for t in g.tables] == [["level", "test_bpc"]]
+    assert {c.recipe for c in g.cells} == {"copy_tbptt", "copy_dni", "ptb_char_dni"}

@@ -59,7 +59,7 @@ The grid format (every key optional unless said)::
         columns: mode                       # an axis (its labels as columns), or omitted:
         metrics: [level, test_bpc]          #   one column per metric; with an axis, the
         entry: full                         #   first metric a cell has. full: mean ± sd
-        where: {task: [copy]}               #   (each seed) | spread | mean; filters
+        where: {task: [copy]}               #   (each seed) | spread | mean | median; filters
         exclude: {mode: [aux]}
         reference: {name: paper, values: {copy: {2: [7, 16, 17]}}}   # by row labels; a
         wins: [[dni, tbptt]]                #   list in column order. "dni beats tbptt at"
