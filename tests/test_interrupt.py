@@ -10,6 +10,9 @@ import csv
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -150,6 +153,34 @@ def test_signal_checkpoints_the_step_it_interrupts(tmp_path, capsys, monkeypatch
     assert f"resume from step 7: the same command with --ckpt_path={last}" in out
     assert f"stopped by {signal.Signals(signum).name}" in err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_ctrl_c_to_a_real_process(tmp_path):
+    """As from a terminal: SIGINT to a `python -m dnirnn fit` process in the middle of an
+    epoch. It exits 130, and its summary names last.ckpt at the step it stopped at."""
+    root = tmp_path / "r"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dnirnn", "fit", "--config", "copy_dni",
+         f"--trainer.default_root_dir={root}", "--trainer.max_steps=100000",
+         "--checkpoint_every=100000", "--data.init_args.steps_per_epoch=100000", *TINY],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (root / "version_0" / "metrics.csv").is_file():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no metrics.csv within 120 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    last = root / "version_0" / "checkpoints" / "last.ckpt"
+    step = step_of(last)
+    assert step >= 1 and f"dnirnn fit (interrupted): step {step} " in out
+    assert f"resume from step {step}: the same command with --ckpt_path={last}" in out
+    assert "SIGINT: finishing the current step" in err
 
 
 def test_second_ctrl_c_stops_at_once_and_names_the_older_checkpoint(tmp_path, capsys,
