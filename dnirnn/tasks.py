@@ -180,7 +180,7 @@ class EpisodicTask:
 
 
 class CopyTask(EpisodicTask):
-    """Copy / Repeat Copy with a curriculum (DESIGN.md §3).
+    """Copy / Repeat Copy with a curriculum (docs/design.md §3).
 
     The level is ``(length L, repeats R)``; it starts at ``(start_length, 1)`` and ``advance``
     raises it (copy: L+1; repeat copy: R up to L, then L+1). ``max_level_solved`` is the

@@ -1,4 +1,4 @@
-"""Property tests of the two-timescale hierarchy (DESIGN.md §1, last paragraph), float64, tiny.
+"""Property tests of the two-timescale hierarchy (docs/design.md §1), float64, tiny.
 
 The reference throughout is ``reference_forward``: the whole two-level system as ONE graph,
 stepped one fast step at a time with the documented schedule written out independently

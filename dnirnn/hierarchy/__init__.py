@@ -1,7 +1,7 @@
 r"""Two-timescale hierarchy: a fast core and a slow core decoupled by synthetic gradients.
 
-DESIGN.md §1, last paragraph. A FAST core (multi-layer LSTM) ticks every step; a SLOW core
-(multi-layer LSTM) ticks every ``k`` steps. At a tick the slow core reads the fast core's
+docs/design.md §1, "Two timescales". A FAST core (multi-layer LSTM) ticks every step; a
+SLOW core (multi-layer LSTM) ticks every ``k`` steps. At a tick the slow core reads the fast core's
 top-layer hidden state (bottom-up message ``u``); its new top-layer hidden state ``m`` is
 fed back to the fast core, concatenated to its input, at every step until the next tick
 (top-down). The bottom-up message is the fast top hidden state itself, ``u_i = h_f``: the
