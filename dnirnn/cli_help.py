@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 # name: (type, default, help). The CLI's parser adds these; the short help lists them.
-RUN_OPTIONS: dict[str, tuple[type, Any, str]] = {
+RUN_OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "seeds": (str, None, "fit: one run per seed (seed_everything), then a table of their "
                          "best values, e.g. --seeds=0,1,2"),
-    "checkpoint_every": (str, "5min", "a checkpoint every N training steps (500) or every "
+    "checkpoint_every": (int | str, "5min", "a checkpoint every N training steps (500) or every "
                                       "period of training (30s, 10min, 2h), besides epoch "
                                       "ends; 0: epoch ends only. Ctrl-C / SIGTERM also "
                                       "checkpoint the step they interrupt"),

@@ -84,6 +84,9 @@ def concise(message: str, parser: argparse.ArgumentParser) -> str:
     if inner and group:
         return f"{group}.{inner.group(1)}: {inner.group(2).strip()}"
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    first = re.match(r'Parser key "([\w.]+)":$', lines[0]) if lines else None
+    if first and len(lines) > 1:  # a top-level option: the reason is on the next line
+        return f"{first.group(1)}: {lines[1]}"
     return lines[0] if lines else message
 
 

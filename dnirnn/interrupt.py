@@ -10,8 +10,8 @@
   summary names it and its step, or says that nothing can be resumed.
 
 The interrupt checkpoint is written where the periodic ones are (``on_train_batch_end``; at a
-step that ends an epoch, the epoch-end checkpoint after its validation), so resuming from it
-is the same exact resume as from any periodic checkpoint. Under data parallel the decision to
+step followed by a validation, after the validation), so resuming from it is the same exact
+resume as from any periodic checkpoint. Under data parallel the decision to
 save and to stop is rank 0's, broadcast every step, so all processes stop after the same step.
 """
 
@@ -65,6 +65,20 @@ def describe_every(steps: int, seconds: float) -> str:
     if seconds:
         return f"every {seconds / 60:g} min" if seconds >= 60 else f"every {seconds:g} s"
     return "at epoch ends"
+
+
+def validation_follows(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates right after this training step (asked in
+    ``on_train_batch_end``; Lightning decides in ``on_advance_end`` from the same counters).
+
+    A checkpoint of such a step is written after the validation, as Lightning's epoch
+    checkpoints are: one written before it would make a resumed run skip that validation
+    (Lightning takes it as done), losing its row if the run died during the validation."""
+    loop = trainer.fit_loop.epoch_loop
+    try:
+        return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+    except (AttributeError, TypeError):  # (Lightning's private API moved: the common case)
+        return trainer.should_stop or loop.batch_progress.is_last_batch
 
 
 class PeriodicCheckpoint(ModelCheckpoint):
@@ -153,19 +167,12 @@ class PeriodicCheckpoint(ModelCheckpoint):
         if trainer.world_size > 1:  # one decision for all processes: rank 0's
             due, stop = trainer.strategy.broadcast((due, stop), src=0)
         self._stop = stop
-        if (due or stop) and not self._epoch_end_follows(trainer):
-            self._save_now(trainer)
         if due:
             self._clock = now
-
-    @staticmethod
-    def _epoch_end_follows(trainer: L.Trainer) -> bool:
-        """Whether this step ends the epoch (its last batch, or a stop: max_steps, the
-        curriculum's max_level). Then the epoch-end checkpoint comes after the step's
-        validation; one written now would come before it, and a resume from it would skip
-        that validation (Lightning takes it as done), losing its row if the run dies during
-        the validation."""
-        return trainer.should_stop or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if (due or stop) and not validation_follows(trainer):
+            self._save_now(trainer)
+        # else: the checkpoint of this step is written after its validation, at the
+        # validation's end or the epoch's end (ModelCheckpoint's every_n_epochs=1 saves)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -174,10 +181,8 @@ class PeriodicCheckpoint(ModelCheckpoint):
         stop = self.requested is not None  # a signal during the validation
         if trainer.world_size > 1:
             stop = trainer.strategy.broadcast(stop, src=0)
-        if stop:
+        if stop:  # (this step's checkpoint: just written, or at the epoch's end, next)
             self._stop = True
-            if not self._epoch_end_follows(trainer):  # (a validation within an epoch)
-                self._save_now(trainer)
 
     def _save_now(self, trainer: L.Trainer) -> None:
         if self._should_skip_saving_checkpoint(trainer):  # (already saved at this step)

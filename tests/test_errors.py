@@ -44,6 +44,8 @@ def error(capsys, *args: str) -> str:
     ("--checkpoint_every=soon", "checkpoint_every: 'soon' is neither a number of training "
                                 "steps nor a duration; use e.g. --checkpoint_every=500"),
     ("--keep_checkpoints=-1", "keep_checkpoints: must be >= 0"),
+    ("--keep_checkpoints=abc", "keep_checkpoints: Expected a <class 'int'>. Got value: abc"),
+    ("--wandb=maybe", "wandb: Expected a <class 'bool'>"),
 ])
 def test_a_bad_value_is_one_line_naming_the_field(tmp_path, capsys, option, message):
     root = tmp_path / "r"

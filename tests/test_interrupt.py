@@ -94,8 +94,9 @@ def test_checkpoint_every_takes_steps_or_a_duration():
 def test_default_cadence_is_time_and_steps_cadence_writes_those_steps(tmp_path, capsys):
     version = fit(tmp_path / "d", "--trainer.max_steps=2")
     assert summary(version)["checkpoints"]["cadence"] == "every 5 min"
-    version = fit(tmp_path / "s", "--trainer.max_steps=9", "--checkpoint_every=4",
-                  "--keep_checkpoints=0")
+    overlay = tmp_path / "every4.yaml"  # in a config file, as a YAML int
+    overlay.write_text("checkpoint_every: 4\nkeep_checkpoints: 0\n")
+    version = fit(tmp_path / "s", "--trainer.max_steps=9", "--config", str(overlay))
     names = sorted(p.name for p in (version / "checkpoints").glob("epoch=*.ckpt"))
     # steps 4 and 8, the epoch end at 5 and the last step, 9 (validated: max_steps)
     assert names == ["epoch=0-step=4.ckpt", "epoch=0-step=5.ckpt", "epoch=1-step=8.ckpt",
@@ -112,10 +113,15 @@ def test_time_cadence_checkpoints_once_the_period_has_passed(tmp_path, monkeypat
     assert steps == [2, 4]
 
 
-def test_a_checkpoint_at_an_epoch_end_comes_after_its_validation(tmp_path, monkeypatch):
-    """Due at the last step of an epoch, the checkpoint is the epoch-end one, written after
-    that step's validation: a run killed during the validation resumes from the previous
-    checkpoint and validates again, instead of resuming past a validation that never ended."""
+@pytest.mark.parametrize("extra", [
+    [],  # validation at the epoch ends (steps 5, 7: the last one)
+    ["--trainer.val_check_interval=5", f"--data.init_args.steps_per_epoch={100}"],  # mid-epoch
+])
+def test_a_checkpoint_due_at_a_validation_comes_after_it(tmp_path, monkeypatch, extra):
+    """Due at a step that is validated (an epoch end, or every val_check_interval steps),
+    the checkpoint is written after that validation: a run killed during the validation
+    resumes from the previous checkpoint and validates again, instead of resuming past a
+    validation that never ended."""
     events = []
     real_val, real_save = RecurrentModule.validation_step, dnirnn.checkpointing.atomic_torch_save
 
@@ -129,7 +135,7 @@ def test_a_checkpoint_at_an_epoch_end_comes_after_its_validation(tmp_path, monke
 
     monkeypatch.setattr(RecurrentModule, "validation_step", validation_step)
     monkeypatch.setattr(dnirnn.checkpointing, "atomic_torch_save", save)
-    fit(tmp_path / "r", "--trainer.max_steps=7", f"--checkpoint_every={PER_EPOCH}")
+    fit(tmp_path / "r", "--trainer.max_steps=7", f"--checkpoint_every={PER_EPOCH}", *extra)
     at_5 = [e for e in events if e[1] == PER_EPOCH]
     assert at_5[0][0] == "val" and ("save", PER_EPOCH) in at_5
     assert at_5.index(("save", PER_EPOCH)) > max(i for i, e in enumerate(at_5) if e[0] == "val")
