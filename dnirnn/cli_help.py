@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import re
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +51,10 @@ TRAINER = (
 
 USAGE = """usage: dnirnn {cmd} --config RECIPE [--config OVERLAY] [--model.NAME=VALUE ...]
                   [--data.init_args.NAME=VALUE ...] [--trainer.NAME=VALUE ...]{extra}
-
-{what} `dnirnn recipes` lists the recipes and overlays. --config takes a name
-or a YAML path; config files are applied first, in their order, then the other options,
-wherever they stand. Values below: {source}.
 """
+ABOUT = ("{what} `dnirnn recipes` lists the recipes and overlays. --config takes a name or a "
+         "YAML path; config files are applied first, in their order, then the other options, "
+         "wherever they stand. Values below: {source}.")
 
 WHAT = {"fit": "Trains a recipe.",
         "validate": "Scores a checkpoint on the validation split (needs --ckpt_path).",
@@ -161,7 +163,8 @@ def print_help(args: list[str]) -> None:
              else "\n                  --ckpt_path=CKPT")
     source = (f"the values of {' + '.join(names)}, else the defaults" if names
               else "the defaults (--config RECIPE --help shows a recipe's values)")
-    lines = [USAGE.format(cmd=cmd, extra=extra, what=WHAT[cmd], source=source)]
+    about = textwrap.fill(ABOUT.format(what=WHAT[cmd], source=source), width - 6)
+    lines = [USAGE.format(cmd=cmd, extra=extra), about + "\n"]
     model_path = cfg["model"].get("class_path") or "dnirnn.lit.DNIModule"
     name, options = class_options(model_path)
     lines.append(f"Model: {name} (--model.NAME=VALUE; a recipe's model: section)")
@@ -195,7 +198,10 @@ def print_help(args: list[str]) -> None:
     lines.append(f"\nEvery option (Lightning's full listing): dnirnn {cmd} --help-all. Another "
                  f"model's options:\n  dnirnn {cmd} --model.help "
                  f"dnirnn.lit_hierarchy.HierarchyModule. Errors: docs/errors.md.")
-    print("\n".join(lines))
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # (dnirnn fit --help | head)
+        sys.stdout = open(os.devnull, "w")  # so that the exit does not flush into the pipe
 
 
 def _rows(prefix: str, options: list[tuple[str, Any, str]], values: dict,
