@@ -169,6 +169,8 @@ class DNIModule(RecurrentModule):
         self.engine.loss_norm = self.task.loss_norm(self.hparams.window)  # global batch
         if self.engine.targets is not None:  # chains cross training steps on streams only
             self.engine.targets.resumable = not self.task.episodic
+        if world > 1 and hasattr(self.engine.synthesizer, "rank"):  # least squares under DDP
+            self.engine.synthesizer.rank = self.trainer.global_rank
 
     def configure_optimizers(self):
         core = adam(self.engine.core_parameters(), self.hparams.lr)

@@ -83,7 +83,7 @@ RLS_HIER = ("--model.synthesizer_fit=rls", "--model.synthesizer=linear",
 
 
 def test_resume_hierarchy_with_least_squares_synthesizers_continues_exactly(tmp_path):
-    """The three synthesizers' least-squares statistics (A, b, W) travel in the checkpoint:
+    """The three synthesizers' least-squares statistics (A, b) travel in the checkpoint:
     the steps after the resume solve from the same statistics as the uninterrupted run."""
     _resume_matches("recall_hier_dni", tmp_path, 6, 3, "--data.init_args.steps_per_epoch=4",
                     "--model.slow_hidden=8", *RLS_HIER)
@@ -95,14 +95,17 @@ def test_least_squares_hierarchy_checkpoint(tmp_path):
                   *RLS_HIER)
     ckpt = torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)
     assert len(ckpt["optimizer_states"]) == 2  # the two cores; least squares needs none
-    weights = {name: ckpt["state_dict"][f"engine.{name}_synthesizer.W"]
-               for name in ("fast", "slow", "interface")}
-    for name in weights:
-        assert ckpt["state_dict"][f"engine.{name}_synthesizer.A"].dtype == torch.float64
-    assert weights["fast"].abs().sum() > 0 and weights["interface"].abs().sum() > 0  # solved
+    # the statistics travel (A's upper triangle, b: float64); W is re-solved from them
+    stats = {name: ckpt["state_dict"][f"engine.{name}_synthesizer.b"]
+             for name in ("fast", "slow", "interface")}
+    for name in stats:
+        assert ckpt["state_dict"][f"engine.{name}_synthesizer.A_upper"].dtype == torch.float64
+        assert stats[name].dtype == torch.float64
+        assert f"engine.{name}_synthesizer.W" not in ckpt["state_dict"]
+    assert stats["fast"].abs().sum() > 0 and stats["interface"].abs().sum() > 0  # fitted
     # an episode here is ONE span: M_s would predict at the episode's end (no future) and
     # be fitted at its start (a fresh state), so it is never fitted and stays the zero map
-    assert weights["slow"].abs().sum() == 0
+    assert stats["slow"].abs().sum() == 0
 
 
 @needs_ptb

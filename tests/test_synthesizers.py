@@ -87,29 +87,70 @@ def test_rls_statistics_stay_float64_and_live_in_the_state_dict():
     rls.observe(torch.randn(3, 4), torch.randn(3, 4))
     rls.end_step()
     state = rls.state_dict()
-    assert set(state) == {"A", "b", "W"}
+    assert set(state) == {"A_upper", "b", "age"}  # W is re-solved from A, b on load
+    assert state["A_upper"].shape == (2, 5 * 6 // 2)  # the upper triangle of A (n = 5)
     other = LeastSquaresSynthesizer(4, positions=2)
     other.load_state_dict(state)
     assert torch.equal(other.W, rls.W) and torch.equal(other.A, rls.A)
+    assert torch.equal(other.b, rls.b)
+
+
+def test_rls_state_dict_resumes_exactly_with_positions_of_every_age():
+    """Positions solved in different steps (one skipped, one never seen): the re-solved W,
+    and every later step, are bit-identical to the uninterrupted object's."""
+    g = torch.Generator().manual_seed(3)
+    a, b = (LeastSquaresSynthesizer(6, positions=4, forget=0.7) for _ in range(2))
+
+    def step(ls, t, positions):
+        for p in positions:
+            s, d = torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g)
+            ls.observe(s, d, position=p)
+        ls.end_step()
+
+    for t, positions in enumerate([(0, 1), (0,), (0, 2)]):
+        step(a, t, positions)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.W, b.W) and torch.equal(a.A, b.A)
+    g_a, g_b = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    for ls, gen in ((a, g_a), (b, g_b)):
+        for p in (1, 2, 3):
+            ls.observe(torch.randn(5, 6, generator=gen), torch.randn(5, 6, generator=gen),
+                       position=p)
+        ls.end_step()
+    assert torch.equal(a.W, b.W)
+
+
+def test_rls_loads_a_checkpoint_of_the_earlier_layout():
+    rls = LeastSquaresSynthesizer(3, positions=2)
+    old = {"A": torch.eye(4, dtype=torch.float64).expand(2, 4, 4).clone(),
+           "b": torch.ones(2, 4, 3, dtype=torch.float64), "W": torch.full((2, 4, 3), 0.5)}
+    rls.load_state_dict(old)
+    assert torch.equal(rls.W, old["W"]) and torch.equal(rls.A, old["A"])
 
 
 def test_rls_end_step_sums_the_pairs_of_every_rank_before_solving():
-    one = LeastSquaresSynthesizer(3)
-    two = LeastSquaresSynthesizer(3)
-    s, d = torch.randn(4, 3), torch.randn(4, 3)
-    one.observe(s, d)
-    two.observe(s[:2], d[:2])  # this "rank" holds half the batch; all_reduce adds the rest
-    rest = LeastSquaresSynthesizer(3)
-    rest.observe(s[2:], d[2:])
+    """Rank 0 keeps the forgotten old statistics, rank 1 starts the step from zero: the
+    all-reduced sum is what one process holding the whole batch has."""
+    g = torch.Generator().manual_seed(0)
+    one, two, rest = (LeastSquaresSynthesizer(3, forget=0.6) for _ in range(3))
+    rest.rank = 1
+    for t in range(2):
+        s, d = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+        one.observe(s, d)
+        two.observe(s[:2], d[:2])  # rank 0 holds half the batch; all_reduce adds the rest
+        rest.observe(s[2:], d[2:])
+        other_rank = iter([rest.A[0].clone(), rest.b[0].clone()])  # end_step sums A, then b
 
-    other_rank = iter([rest.pending_A[:1], rest.pending_b[:1]])  # end_step sums A, then b
+        def all_reduce(t, other_rank=other_rank):
+            t += next(other_rank)
 
-    def all_reduce(t):
-        t += next(other_rank)
-
-    one.end_step()
-    two.end_step(all_reduce)
-    torch.testing.assert_close(one.W, two.W)
+        one.end_step()
+        two.end_step(all_reduce)
+        rest.end_step(lambda t: None)  # (its own sum is rank 0's: mirror it for the next step)
+        rest.A.copy_(two.A)
+        rest.b.copy_(two.b)
+        torch.testing.assert_close(one.W, two.W, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(one.A, two.A, rtol=1e-12, atol=1e-12)
 
 
 def test_rls_needs_a_linear_kind_and_valid_settings():

@@ -14,19 +14,33 @@ far (each boundary sample of each window), with the old ones forgotten geometric
 
 where ``a_i`` counts the training steps since pair ``i`` was seen (``forget = f`` per step).
 Why: the map s -> future gradient drifts with a half-life of about 5 training steps, while an
-Adam-fitted synthesizer needs 100+ updates to follow it (DESIGN.md §1, "Keeping up"); the
+Adam-fitted synthesizer needs 100+ updates to follow it (docs/design.md, "Keeping up"); the
 exact fit follows the core at once and forgets at a chosen rate. The ridge is relative to the
 data's scale, so ``W`` does not change when ``A`` and ``b`` are scaled together (which is why
 forgetting every position every step, seen or not, leaves the unseen maps as they were).
 
-``observe`` accumulates a step's pairs into pending sums; ``end_step`` folds them in
-(``A <- f A + pending``), sums them across data-parallel ranks first (so every rank holds the
-same ``A, b, W``), and solves by Cholesky. ``A`` and ``b`` are float64 buffers (kept float64
-whatever the module's dtype) and, with ``W``, live in the state dict: resume is exact.
+``observe`` adds a step's pairs straight into ``A_p, b_p``; ``end_step`` sums them across
+data-parallel ranks (so every rank holds the same ``A, b, W``) and re-solves by Cholesky the
+maps seen in the step, one position at a time. ``A`` and ``b`` are float64 (kept float64
+whatever the module's dtype).
+
+Memory, ``P (n^2 + n S)`` float64 + ``P n S`` for ``W``, and nothing else that grows with P
+(no pending copies, no batched temporaries):
+
+- forgetting is lazy: position p's statistics are scaled by ``f^(age_p + 1)`` when it is first
+  observed in a step (``age_p`` counts the steps since it was last folded in), so an unseen
+  position costs nothing and its ``A_p, b_p`` stay exactly those its ``W_p`` was solved from;
+- the solve runs position by position (temporaries of one ``n x n`` matrix);
+- under data parallel, rank 0 keeps the scaled old statistics and the other ranks start the
+  step from zero: the all-reduced sum is the old statistics plus every rank's pairs.
+
+Checkpoint (``state_dict``): the upper triangle of ``A`` (``A`` is kept exactly symmetric: its
+upper triangle is mirrored at every solve), ``b`` and ``age``; ``W`` is not stored twice: it
+is re-solved on load from the same ``A, b`` by the same code, bit for bit, so resume is exact.
 
 Cost: ``observe`` two GEMMs, ``O(B n (n + S))`` per window; ``end_step`` per position seen in
 the step, a Cholesky factorisation ``n^3 / 3`` and two triangular solves ``2 n^2 S``
-(n = 257 for 128 LSTM units: ~9 MFLOP per position per step). Memory ``P n (n + S)`` float64.
+(n = 257 for 128 LSTM units: ~40 MFLOP per position per step).
 """
 
 from __future__ import annotations
@@ -72,17 +86,18 @@ class LeastSquaresSynthesizer(nn.Module):
         self.forget, self.ridge = float(forget), float(ridge)
         n = state_size + context_size + 1
         f64 = torch.float64
-        self.register_buffer("A", torch.zeros(positions, n, n, dtype=f64))
-        self.register_buffer("b", torch.zeros(positions, n, state_size, dtype=f64))
-        self.register_buffer("W", torch.zeros(positions, n, state_size))
-        self.register_buffer("pending_A", torch.zeros(positions, n, n, dtype=f64), persistent=False)
-        self.register_buffer("pending_b", torch.zeros(positions, n, state_size, dtype=f64),
+        # (the state dict holds A's upper triangle, b and age: see _save_to_state_dict)
+        self.register_buffer("A", torch.zeros(positions, n, n, dtype=f64), persistent=False)
+        self.register_buffer("b", torch.zeros(positions, n, state_size, dtype=f64),
                              persistent=False)
+        self.register_buffer("W", torch.zeros(positions, n, state_size), persistent=False)
         self._seen: set[int] = set()  # positions observed since the last end_step (host ints)
+        self._age: list[int] = [0] * positions  # host copy of ``age`` (no sync per observe)
+        self.rank = 0  # data-parallel rank (set by the training module; see the docstring)
 
     def _apply(self, fn, recurse=True):  # keep the statistics float64 through .to(dtype)
         super()._apply(fn, recurse)
-        for name in ("A", "b", "pending_A", "pending_b"):
+        for name in ("A", "b"):
             self._buffers[name] = self._buffers[name].to(torch.float64)
         return self
 
@@ -103,38 +118,94 @@ class LeastSquaresSynthesizer(nn.Module):
     @torch.no_grad()
     def observe(self, state_flat: Tensor, target: Tensor, context: Tensor | None = None,
                 position: int = 0) -> None:
-        """Adds the pairs ``(x_b, delta_b)`` of one boundary to the pending sums."""
+        """Adds the pairs ``(x_b, delta_b)`` of one boundary to ``A_p, b_p`` (forgetting the
+        old ones first if ``p`` is new in this step)."""
         p = self._slot(position)
+        if p not in self._seen:
+            self._seen.add(p)
+            if self.rank == 0:
+                scale = self.forget ** (self._age[p] + 1)
+                self.A[p].mul_(scale)
+                self.b[p].mul_(scale)
+            else:  # the old statistics come back from rank 0 in end_step's sum
+                self.A[p].zero_()
+                self.b[p].zero_()
         x = self._x(state_flat.detach(), context).to(torch.float64)  # (B, n)
-        self.pending_A[p].addmm_(x.T, x)
-        self.pending_b[p].addmm_(x.T, target.detach().to(torch.float64))
-        self._seen.add(p)
+        self.A[p].addmm_(x.T, x)
+        self.b[p].addmm_(x.T, target.detach().to(torch.float64))
 
     @torch.no_grad()
     def end_step(self, all_reduce: AllReduce | None = None) -> Tensor:
-        """Forgets, folds in the step's pairs and re-solves the maps seen in this step.
+        """Sums the step's statistics over ranks and re-solves the maps seen in this step.
 
-        Returns a 0-dim bool tensor: the new maps are finite and the factorisation succeeded.
+        Returns a 0-dim bool tensor: the new maps are finite and the factorisations succeeded.
         """
         ok = torch.ones((), dtype=torch.bool, device=self.W.device)
-        if not self._seen:
-            return ok
-        lo, hi = min(self._seen), max(self._seen) + 1  # contiguous in practice: one slice
-        self._seen.clear()
-        new_A, new_b = self.pending_A[lo:hi], self.pending_b[lo:hi]
-        if all_reduce is not None:  # every rank's pairs, so the ranks stay identical
-            all_reduce(new_A)
-            all_reduce(new_b)
-        self.A.mul_(self.forget)
-        self.b.mul_(self.forget)
-        self.A[lo:hi] += new_A
-        self.b[lo:hi] += new_b
-        self.pending_A[lo:hi].zero_()
-        self.pending_b[lo:hi].zero_()
-        A = self.A[lo:hi]  # (p, n, n)
-        r = self.ridge * A.diagonal(dim1=-2, dim2=-1).mean(-1) + 1e-300  # (p,)
-        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-        chol, info = torch.linalg.cholesky_ex(A + r[:, None, None] * eye)
-        W = torch.cholesky_solve(self.b[lo:hi], chol)
-        self.W[lo:hi] = W.to(self.W.dtype)
-        return ok & (info == 0).all() & torch.isfinite(W).all()
+        seen, self._seen = sorted(self._seen), set()
+        self._age = [0 if p in seen else a + 1 for p, a in enumerate(self._age)]
+        for p in seen:
+            if all_reduce is not None:  # every rank's pairs, so the ranks stay identical
+                all_reduce(self.A[p])
+                all_reduce(self.b[p])
+            ok = ok & self._solve(p)
+        return ok
+
+    def _solve(self, p: int) -> Tensor:
+        """``W_p = (A_p + r_p I)^{-1} b_p`` after mirroring A_p's upper triangle (so A_p is
+        exactly the symmetric matrix its stored triangle gives)."""
+        A = self.A[p]
+        upper = A.triu()
+        A.copy_(upper + upper.triu(1).T)
+        r = self.ridge * A.diagonal().mean() + 1e-300
+        chol, info = torch.linalg.cholesky_ex(A + r * torch.eye(A.shape[-1], dtype=A.dtype,
+                                                                device=A.device))
+        W = torch.cholesky_solve(self.b[p], chol)
+        self.W[p] = W.to(self.W.dtype)
+        return (info == 0) & torch.isfinite(W).all()
+
+    # ---- checkpoint: A's triangle, b and age; W re-solved on load ------------------------
+
+    def _triu(self) -> tuple[Tensor, Tensor]:
+        n = self.A.shape[-1]
+        return tuple(torch.triu_indices(n, n, device=self.A.device))  # type: ignore[return-value]
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        i, j = self._triu()
+        destination[prefix + "A_upper"] = self.A[:, i, j]  # (P, n (n + 1) / 2)
+        destination[prefix + "b"] = self.b if keep_vars else self.b.detach()
+        destination[prefix + "age"] = torch.tensor(self._age)  # steps since last folded in
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        keys = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix)
+                and "." not in k[len(prefix):]}
+        mine = {prefix + k for k in ("A_upper", "b", "age", "A", "W")}
+        unexpected_keys[:] = [k for k in unexpected_keys if k not in mine]
+        if "A" in keys and "W" in keys:  # a checkpoint of the earlier layout: A, b, W in full
+            with torch.no_grad():
+                self.A.copy_(state_dict[keys["A"]])
+                self.b.copy_(state_dict[keys["b"]])
+                self.W.copy_(state_dict[keys["W"]])
+            self._age = [0] * self.positions
+            return
+        missing = [k for k in ("A_upper", "b", "age") if k not in keys]
+        if missing:
+            missing_keys.extend(prefix + k for k in missing)
+            return
+        upper = state_dict[keys["A_upper"]]
+        if upper.shape != (self.positions, len(self._triu()[0])):
+            error_msgs.append(f"size mismatch for {prefix}A_upper: {tuple(upper.shape)} in the "
+                              f"checkpoint, {(self.positions, len(self._triu()[0]))} here")
+            return
+        i, j = self._triu()
+        with torch.no_grad():
+            self.A[:, i, j] = upper.to(self.A)
+            self.A[:, j, i] = upper.to(self.A)
+            self.b.copy_(state_dict[keys["b"]])
+        self._age = [int(a) for a in state_dict[keys["age"]].tolist()]
+        self._seen = set()
+        for p in range(self.positions):
+            self._solve(p)
