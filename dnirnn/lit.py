@@ -79,6 +79,10 @@ class DNIModule(RecurrentModule):
             "phase" (copy tasks: [input phase, answer phase, k / K] of the boundary).
         rls_forget: ``rls``: weight of a regression pair one training step older, in (0, 1].
         rls_ridge: ``rls``: ridge, relative to the mean diagonal of the normal matrix.
+        rls_input: ``rls``: what the maps regress on: "state" (h and c) or "h" (the hidden
+            half only: a quarter of the normal matrix, for fewer samples per unknown).
+        rls_share: ``rls``: weight in [0, 1] with which a boundary's pairs also join the
+            statistics of the neighbouring positions (0: none).
         sg_lambda: null: the synthesizer regresses the one-window bootstrapped target
             delta_k, per window (the paper); λ in [0, 1]: it regresses λ-return targets
             over ``sg_horizon`` windows (λ = 1: the true gradient of those windows' loss,
@@ -126,6 +130,8 @@ class DNIModule(RecurrentModule):
         synthesizer_context: str = "none",
         rls_forget: float = 0.8,
         rls_ridge: float = 0.1,
+        rls_input: str = "state",
+        rls_share: float = 0.0,
         sg_lambda: float | None = None,
         sg_horizon: int | None = None,
         sg_guard: float | None = None,
@@ -152,7 +158,8 @@ class DNIModule(RecurrentModule):
             synth = build_synthesizer(
                 core.state_size, fit=synthesizer_fit, kind=synthesizer, hidden_size=width,
                 hidden_layers=synthesizer_layers, context_size=context,
-                positions=synthesizer_positions, forget=rls_forget, ridge=rls_ridge)
+                positions=synthesizer_positions, forget=rls_forget, ridge=rls_ridge,
+                inputs=rls_input, share=rls_share)
             if sg_guard is not None:
                 guard = NormGuard(synthesizer_positions, sg_guard)
         self.engine = DNIRNN(core, TASKS[task], 1.0, boundary, synth, sg_scale, aux_weight,
@@ -303,6 +310,8 @@ def _validate(args: dict[str, Any]) -> None:
          "synthesizer_positions", "must be an integer >= 1 (1: one shared map)")
     need(0 < args["rls_forget"] <= 1, "rls_forget", "must be in (0, 1]")
     need(args["rls_ridge"] > 0, "rls_ridge", "must be > 0")
+    need(args["rls_input"] in ("state", "h"), "rls_input", "must be 'state' or 'h'")
+    need(0 <= args["rls_share"] <= 1, "rls_share", "must be in [0, 1] (0: no sharing)")
     need(args["sg_lambda"] is None or 0 <= args["sg_lambda"] <= 1, "sg_lambda",
          "must be in [0, 1], or null for the per-window bootstrapped target")
     need(args["sg_horizon"] is None

@@ -81,6 +81,35 @@ def test_rls_equals_the_closed_form_ridge_solution():
     assert rls.W[2].abs().sum() == 0  # never observed: still the zero map (DNI == TBPTT)
 
 
+@pytest.mark.usefixtures("float64")
+def test_rls_hidden_inputs_and_shared_neighbours_equal_their_ridge_solutions():
+    """``inputs="h"`` regresses on [h; 1] (the first half of the flat state); ``share = w``
+    adds each boundary's pairs to positions p - 1 and p + 1 with weight w."""
+    S, w, ridge = 6, 0.5, 0.05
+    rls = LeastSquaresSynthesizer(S, positions=3, forget=1.0, ridge=ridge, inputs="h", share=w)
+    g = torch.Generator().manual_seed(4)
+    pairs = {p: [] for p in range(3)}
+    for p in (0, 1):
+        s, d = torch.randn(5, S, generator=g), torch.randn(5, S, generator=g)
+        rls.observe(s, d, position=p)
+        x = torch.cat([s[:, : S // 2], torch.ones(5, 1)], -1)
+        for q in range(3):
+            weight = 1.0 if q == p else (w if abs(q - p) == 1 else 0.0)
+            pairs[q].append((x * weight**0.5, d * weight**0.5))
+    assert bool(rls.end_step())
+    for q, xs in pairs.items():
+        X, Y = torch.cat([x for x, _ in xs]), torch.cat([y for _, y in xs])
+        A = X.T @ X
+        expected = torch.linalg.solve(A + ridge * A.diagonal().mean() * torch.eye(len(A)),
+                                      X.T @ Y)
+        torch.testing.assert_close(rls.W[q], expected, rtol=1e-10, atol=1e-12)
+    assert rls.W.shape == (3, S // 2 + 1, S)
+    with pytest.raises(ValueError, match="inputs"):
+        LeastSquaresSynthesizer(S, inputs="c")
+    with pytest.raises(ValueError, match="share"):
+        LeastSquaresSynthesizer(S, share=1.5)
+
+
 def test_rls_statistics_stay_float64_and_live_in_the_state_dict():
     rls = LeastSquaresSynthesizer(4, positions=2).to(torch.float32)
     assert rls.A.dtype == rls.b.dtype == torch.float64 and rls.W.dtype == torch.float32

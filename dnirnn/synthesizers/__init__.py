@@ -44,6 +44,8 @@ def build_synthesizer(
     positions: int = 1,
     forget: float = 0.8,
     ridge: float = 0.1,
+    inputs: str = "state",
+    share: float = 0.0,
 ) -> nn.Module:
     """A synthesizer fitted by ``fit``: "adam" (a network, ``kind`` linear or mlp) or "rls"
     (linear maps by least squares; ``kind`` must be "linear")."""
@@ -52,7 +54,8 @@ def build_synthesizer(
     if fit == "rls":
         if kind != "linear":
             raise ValueError("synthesizer_fit 'rls' fits linear maps: set synthesizer: linear")
-        return LeastSquaresSynthesizer(state_size, context_size, positions, forget, ridge)
+        return LeastSquaresSynthesizer(state_size, context_size, positions, forget, ridge,
+                                       inputs, share)
     return Synthesizer(state_size, kind, hidden_size, hidden_layers, context_size, positions)
 
 

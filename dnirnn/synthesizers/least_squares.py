@@ -34,6 +34,14 @@ Memory, ``P (n^2 + n S)`` float64 + ``P n S`` for ``W``, and nothing else that g
 - under data parallel, rank 0 keeps the scaled old statistics and the other ranks start the
   step from zero: the all-reduced sum is the old statistics plus every rank's pairs.
 
+Options to make the fit's samples go further (``synthesizer_input``, ``rls_share``):
+
+- ``inputs = "h"``: regress on the hidden half of the state only, ``x = [h; c; 1]`` with
+  ``n = S / 2 + C + 1`` (a quarter of the normal matrix, half the unknowns per output);
+- ``share = w``: each boundary's pairs also join its neighbours' statistics (positions
+  ``p - 1`` and ``p + 1``) with weight ``w``: a map sees about ``1 + 2w`` times the samples,
+  from boundaries two steps of the core apart.
+
 Checkpoint (``state_dict``): the upper triangle of ``A`` (``A`` is kept exactly symmetric: its
 upper triangle is mirrored at every solve), ``b`` and ``age``; ``W`` is not stored twice: it
 is re-solved on load from the same ``A, b`` by the same code, bit for bit, so resume is exact.
@@ -53,6 +61,7 @@ from torch import Tensor, nn
 from dnirnn.synthesizers.network import features
 
 AllReduce = Callable[[Tensor], None]  # in-place sum over data-parallel ranks
+INPUTS = ("state", "h")
 
 
 class LeastSquaresSynthesizer(nn.Module):
@@ -62,6 +71,8 @@ class LeastSquaresSynthesizer(nn.Module):
         positions: P, one map per boundary index within an episode (1: one shared map).
         forget: f in (0, 1], the weight of a pair one training step older.
         ridge: r / mean(diag A) > 0, the relative ridge.
+        inputs: "state" (regress on the whole flat state) or "h" (its hidden half).
+        share: w in [0, 1], the weight of a pair in its neighbouring positions' statistics.
     """
 
     fit = "rls"
@@ -74,8 +85,14 @@ class LeastSquaresSynthesizer(nn.Module):
         positions: int = 1,
         forget: float = 0.8,
         ridge: float = 0.1,
+        inputs: str = "state",
+        share: float = 0.0,
     ) -> None:
         super().__init__()
+        if inputs not in INPUTS:
+            raise ValueError(f"least-squares inputs must be one of {INPUTS}, got {inputs!r}")
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"rls share must be in [0, 1], got {share}")
         if not 0 < forget <= 1:
             raise ValueError(f"rls forget must be in (0, 1], got {forget}")
         if not ridge > 0:
@@ -84,7 +101,8 @@ class LeastSquaresSynthesizer(nn.Module):
             raise ValueError(f"synthesizer positions must be >= 1, got {positions}")
         self.state_size, self.context_size, self.positions = state_size, context_size, positions
         self.forget, self.ridge = float(forget), float(ridge)
-        n = state_size + context_size + 1
+        self.inputs, self.share = inputs, float(share)
+        n = (state_size if inputs == "state" else state_size // 2) + context_size + 1
         f64 = torch.float64
         # (the state dict holds A's upper triangle, b and age: see _save_to_state_dict)
         self.register_buffer("A", torch.zeros(positions, n, n, dtype=f64), persistent=False)
@@ -105,22 +123,34 @@ class LeastSquaresSynthesizer(nn.Module):
         return min(position, self.positions - 1)
 
     def _x(self, state_flat: Tensor, context: Tensor | None) -> Tensor:
+        if self.inputs == "h":  # [h_1..h_L, c_1..c_L]: the first half
+            state_flat = state_flat[:, : self.state_size // 2]
         x = features(self, state_flat, context)
         return torch.cat([x, torch.ones_like(x[:, :1])], dim=-1)  # (B, n)
 
     def forward(
         self, state_flat: Tensor, context: Tensor | None = None, position: int = 0
     ) -> Tensor:
-        """``M_p(s) = [s; c; 1] W_p``: ``(B, S)``."""
+        """``M_p(s) = [s; c; 1] W_p`` (or ``[h; c; 1] W_p``): ``(B, S)``."""
         x = self._x(state_flat, context)
         return x @ self.W[self._slot(position)].to(x.dtype)
 
     @torch.no_grad()
     def observe(self, state_flat: Tensor, target: Tensor, context: Tensor | None = None,
                 position: int = 0) -> None:
-        """Adds the pairs ``(x_b, delta_b)`` of one boundary to ``A_p, b_p`` (forgetting the
-        old ones first if ``p`` is new in this step)."""
+        """Adds the pairs ``(x_b, delta_b)`` of one boundary to ``A_p, b_p`` (and, with
+        ``share``, to the neighbours'), forgetting the old ones first where a position is new
+        in this step."""
         p = self._slot(position)
+        x = self._x(state_flat.detach(), context).to(torch.float64)  # (B, n)
+        xx, xd = x.T @ x, x.T @ target.detach().to(torch.float64)  # (n, n), (n, S)
+        self._fold(p, xx, xd, 1.0)
+        if self.share:
+            for q in (p - 1, p + 1):
+                if 0 <= q < self.positions and q != p:
+                    self._fold(q, xx, xd, self.share)
+
+    def _fold(self, p: int, xx: Tensor, xd: Tensor, weight: float) -> None:
         if p not in self._seen:
             self._seen.add(p)
             if self.rank == 0:
@@ -130,9 +160,8 @@ class LeastSquaresSynthesizer(nn.Module):
             else:  # the old statistics come back from rank 0 in end_step's sum
                 self.A[p].zero_()
                 self.b[p].zero_()
-        x = self._x(state_flat.detach(), context).to(torch.float64)  # (B, n)
-        self.A[p].addmm_(x.T, x)
-        self.b[p].addmm_(x.T, target.detach().to(torch.float64))
+        self.A[p].add_(xx, alpha=weight)
+        self.b[p].add_(xd, alpha=weight)
 
     @torch.no_grad()
     def end_step(self, all_reduce: AllReduce | None = None) -> Tensor:

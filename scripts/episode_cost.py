@@ -1,0 +1,186 @@
+"""Peak memory and time per training step of each way of training on long episodes (issue 17).
+
+Every variant is a shipped recipe plus dotted overrides (as on the command line), measured on
+Copy episodes of a FIXED length L (no curriculum), batch B, for ``--steps`` training steps,
+each in a FRESH process (so one variant's allocations cannot hide another's peak):
+
+- ``peak_rss_mb``: the process's peak resident set size (``ru_maxrss``), as ``/usr/bin/time``
+  reports it: everything, Python and the libraries included;
+- ``train_mb``: the peak RSS above the RSS just before the first training step (model, data
+  and optimizers built): what training itself holds;
+- ``ms_per_step``: the median wall time of a training step after ``--warmup`` steps.
+
+The training loop is the engine's own (``window_update`` over the episode's windows, then
+``DNIRNN.end_step``), with the model built by ``DNIModule`` from the recipe's ``model:``
+section, exactly as ``dnirnn fit`` builds it; Lightning's per-step overhead, the same for
+every variant, is left out. Run it on a quiet machine, one variant at a time (it does that).
+
+    OMP_NUM_THREADS=1 python scripts/episode_cost.py --lengths 40 80 --batch 256 --steps 30 \\
+        [--variants tbptt dni_h2 ...] [--json results/episode_cost.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LS = {"synthesizer": "linear", "synthesizer_fit": "rls", "synthesizer_positions": 32,
+      "rls_forget": 0.8, "rls_ridge": 0.1, "sg_guard": 2.0}
+PAPER = {"synthesizer": "mlp", "synthesizer_fit": "adam", "synthesizer_positions": 1,
+         "synthesizer_context": "none", "sg_lambda": None, "sg_guard": None}
+# name: (recipe, model overrides; "{T}" is the window)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "tbptt": ("copy_tbptt", {}),
+    "tbptt_2T": ("copy_tbptt", {"window": "2T"}),
+    "tbptt_4T": ("copy_tbptt", {"window": "4T"}),
+    "full_bptt": ("copy_tbptt", {"window": 1000}),
+    "dni_paper": ("copy_dni", PAPER),
+    "dni_ls_1map": ("copy_dni", {**LS, "synthesizer_positions": 1, "sg_lambda": None}),
+    "dni_h1": ("copy_dni", {**LS, "sg_lambda": None}),
+    "dni_h2": ("copy_dni", {**LS, "sg_lambda": 1.0, "sg_horizon": 2}),
+    "dni_h4": ("copy_dni", {**LS, "sg_lambda": 1.0, "sg_horizon": 4}),
+    "dni_span": ("copy_dni", {**LS, "sg_lambda": 1.0, "sg_horizon": None}),
+    "recipe": ("copy_dni", {}),  # the shipped copy_dni recipe as it stands
+}
+
+
+def model_args(recipe: str, overrides: dict, window: int) -> dict:
+    cfg = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
+    args = dict(cfg["model"])
+    args["window"] = window
+    for k, v in overrides.items():
+        if k == "window" and isinstance(v, str) and v.endswith("T"):
+            v = int(v[:-1]) * window
+        args[k] = v
+    return args
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure_one(variant: str, length: int, batch: int, window: int, steps: int,
+                warmup: int) -> dict:
+    """In this process: builds the variant and trains it; returns its figures."""
+    import torch
+
+    from dnirnn.dni import window_update
+    from dnirnn.lit import DNIModule
+    from dnirnn.optim import Optimizers
+    from dnirnn.tasks import CopyTask
+
+    torch.manual_seed(0)
+    recipe, overrides = VARIANTS[variant]
+    args = model_args(recipe, overrides, window)
+    task = CopyTask(repeat=False, batch_size=batch, seed=0, start_length=length)
+    module = DNIModule(task="copy", input_size=task.input_size, output_size=task.output_size,
+                       **args)
+    module.task = task
+    module.configure_task(1)
+    engine = module.engine
+    opts = module.configure_optimizers()
+    opts = opts if isinstance(opts, list) else [opts]
+    opts = Optimizers(opts[0], opts[1] if len(opts) > 1 else None, args.get("clip"),
+                      args.get("synthesizer_clip"))
+    base = rss_mb()
+    times = []
+    for step in range(steps):
+        batch_ = task.batch("train", step)
+        windows = module.windows(batch_)
+        t0 = time.perf_counter()
+        state, n = engine.core.zero_state(batch), len(windows)
+        for k, w in enumerate(windows):
+            future = windows[k + 1 :] if engine.boundary == "oracle" else ()
+            state = window_update(engine, opts, w, state, episode_start=k == 0,
+                                  episode_end=k == n - 1, future=future,
+                                  next_context=windows[k + 1].context if k + 1 < n else None
+                                  ).state
+        engine.end_step(opts)
+        times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"variant": variant, "length": length, "batch": batch, "window": window,
+            "windows_per_episode": n, "steps": steps, "peak_rss_mb": round(peak, 1),
+            "base_rss_mb": round(base, 1), "train_mb": round(peak - base, 1),
+            "ms_per_step": round(1e3 * statistics.median(times[warmup:]), 2),
+            "model": {k: args[k] for k in sorted(args) if k.startswith(("sg_", "synth", "window",
+                                                                         "boundary", "rls"))}}
+
+
+def run(variants, lengths, batch, window, steps, warmup) -> list[dict]:
+    rows = []
+    for length in lengths:
+        for v in variants:
+            cmd = [sys.executable, __file__, "--worker", v, "--lengths", str(length),
+                   "--batch", str(batch), "--window", str(window), "--steps", str(steps),
+                   "--warmup", str(warmup)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env={
+                **os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+            if out.returncode != 0:
+                raise SystemExit(f"{v} at L={length} failed:\n{out.stderr[-3000:]}")
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"  L={length:3d} {v:12s} peak {row['peak_rss_mb']:7.1f} MB  training "
+                  f"{row['train_mb']:7.1f} MB  {row['ms_per_step']:8.1f} ms/step", flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per variant, peak RSS and time per step at each L, and the ratios to TBPTT."""
+    lengths = sorted({r["length"] for r in rows})
+    by = {(r["variant"], r["length"]): r for r in rows}
+    head = ["variant"] + [f"L={n}: peak RSS MB (x TBPTT) / training MB / ms per step (x TBPTT)"
+                          for n in lengths]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in dict.fromkeys(r["variant"] for r in rows):
+        cells = [v]
+        for n in lengths:
+            r, t = by.get((v, n)), by.get(("tbptt", n))
+            if r is None:
+                cells.append("–")
+                continue
+            rel = "" if t is None else (f" ({r['peak_rss_mb'] / t['peak_rss_mb']:.2f}x)",
+                                        f" ({r['ms_per_step'] / t['ms_per_step']:.2f}x)")
+            rel = rel or ("", "")
+            cells.append(f"{r['peak_rss_mb']:.0f}{rel[0]} / {r['train_mb']:.0f} / "
+                         f"{r['ms_per_step']:.0f}{rel[1]}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--lengths", nargs="+", type=int, default=[40, 80])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--window", type=int, default=2)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--json", type=Path, help="write the rows here")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        print(json.dumps(measure_one(a.worker, a.lengths[0], a.batch, a.window, a.steps,
+                                     a.warmup)))
+        return
+    if a.steps <= a.warmup:
+        raise SystemExit(f"--steps ({a.steps}) must exceed --warmup ({a.warmup})")
+    rows = run(a.variants, a.lengths, a.batch, a.window, a.steps, a.warmup)
+    print(table(rows))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
