@@ -28,7 +28,7 @@ on ``log_every_n_steps``):
   phase; see ``CopyTask.answer_phase``), with ``diag/true_grad_norm_input`` / ``_answer``;
 - one JSON line per boundary into ``<run>/diagnostics.jsonl``:
   ``{"step", "level", "k", "phase", "cos", "ratio", "true_norm", "sg_norm"}`` (the per-position
-  record that ``scripts/synthetic_gradients.py`` plots).
+  record that ``dnirnn sweep``'s ``kind: boundary`` plots draw).
 
 ``g`` is ``M_phi(s_k)`` (capped by the guard, as the core receives it) for ``dni`` /
 ``dni_aux``, and the oracle's own injected gradient (its ``oracle_windows`` windows) for

@@ -1,4 +1,4 @@
-"""Throughput and peak-memory benchmark of truncated BPTT / DNI training (DESIGN.md §5, issue 5).
+"""Throughput and peak-memory benchmark of truncated BPTT / DNI training (docs/design.md §5, issue 5).
 
 Every figure is measured in ONE process, interleaved: for each repetition, every (T, variant)
 pair is run once (round-robin, the variant order rotated per repetition), and the reported
