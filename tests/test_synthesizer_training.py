@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from dnirnn.cli import main
 
@@ -100,3 +101,23 @@ def test_phase_context_needs_a_copy_task(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "model.synthesizer_context" in err and "copy" in err
     assert not root.exists()
+
+
+def test_copy_checkpoint_holds_what_resume_needs_and_little_more(tmp_path):
+    """The shipped copy_dni at its real size: the checkpoint is within 1.5x of what exact
+    resume must carry (parameters, Adam's two moments, the least-squares statistics: A's
+    upper triangle and b, float64). W, which A and b determine, is not stored."""
+    version = fit("copy_dni", tmp_path, "--trainer.max_steps=2")
+    path = version / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, weights_only=False)
+    from dnirnn.lit import DNIModule
+
+    model = DNIModule(**{k: v for k, v in ckpt["hyper_parameters"].items()
+                         if not k.startswith("_")})
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    ls = model.engine.synthesizer
+    P, n, S = ls.positions, ls.A.shape[-1], ls.state_size
+    statistics = 8 * P * (n * (n + 1) // 2 + n * S)
+    must_carry = 3 * params + statistics  # parameters + Adam's exp_avg and exp_avg_sq
+    assert "engine.synthesizer.W" not in ckpt["state_dict"]
+    assert path.stat().st_size <= 1.5 * must_carry, (path.stat().st_size, must_carry)
