@@ -1,4 +1,4 @@
-"""Throughput and peak-memory benchmark of truncated BPTT / DNI training (docs/design.md §5, issue 5).
+"""Throughput and peak-memory benchmark of truncated BPTT / DNI training (docs/design.md §5).
 
 Every figure is measured in ONE process, interleaved: for each repetition, every (T, variant)
 pair is run once (round-robin, the variant order rotated per repetition), and the reported
@@ -19,6 +19,9 @@ random token stream of ``vocab`` symbols, Adam lr 1e-3, core gradient clip 1.0):
   dni_linear         (same as dni, linear synthesizer fitted by Adam)
   dni_rls            (same as dni, linear synthesizer fitted by exact least squares:
                      synthesizer_fit="rls", synthesizer_positions=1)
+  dni_rls_h4         (same as dni_rls, with the 4-window λ-return target, λ = 1, and the guard
+                     2: the copy recipes' bounded-memory synthesizer on a stream; the last 4
+                     windows' graphs are kept and 3 state-only VJPs run per window)
   dni_rls_lambda     (same as dni_rls, with λ-return targets, λ = 1, and the guard 2: the copy
                      recipes' synthesizer on a stream; one more forward + backward per step)
   naive_lightning  Lightning's documented TBPTT pattern: automatic optimisation, one window
@@ -80,7 +83,7 @@ PRESETS = {
 }
 VARIANTS = (
     "floor", "bare", "engine_tbptt", "engine_dni", "engine_dni_aux",
-    "tbptt", "dni", "dni_aux", "dni_linear", "dni_rls", "dni_rls_lambda",
+    "tbptt", "dni", "dni_aux", "dni_linear", "dni_rls", "dni_rls_h4", "dni_rls_lambda",
     "naive_lightning",
 )
 RATIOS = {  # name: (numerator, denominator)
@@ -88,6 +91,7 @@ RATIOS = {  # name: (numerator, denominator)
     "dni_aux_over_tbptt": ("dni_aux", "tbptt"),
     "dni_linear_over_tbptt": ("dni_linear", "tbptt"),
     "dni_rls_over_tbptt": ("dni_rls", "tbptt"),
+    "dni_rls_h4_over_tbptt": ("dni_rls_h4", "tbptt"),
     "dni_rls_lambda_over_tbptt": ("dni_rls_lambda", "tbptt"),
     "tbptt_over_bare": ("tbptt", "bare"),
     "bare_over_floor": ("bare", "floor"),
@@ -427,6 +431,10 @@ def runner(name: str) -> Callable[[BenchConfig, int, torch.device], float]:
     if name == "dni_rls":
         return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
                                                  fit="rls")
+    if name == "dni_rls_h4":
+        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
+                                                 fit="rls", sg_lambda=1.0, sg_horizon=4,
+                                                 sg_guard=2.0)
     if name == "dni_rls_lambda":
         return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
                                                  fit="rls", sg_lambda=1.0, sg_guard=2.0)

@@ -1,4 +1,4 @@
-"""Property tests of the DNI engine (docs/design.md §2, properties 1-4), in float64 on tiny models."""
+"""Property tests of the DNI engine (docs/design.md §2, properties 1-4), float64, tiny models."""
 
 from __future__ import annotations
 
