@@ -64,7 +64,7 @@ Nothing in this module syncs with the host: every diagnostic is returned as a te
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -75,75 +75,22 @@ from dnirnn.optim import Optimizers, adam_step, grad_norm, zero_grad
 from dnirnn.state import State, detach_state, flatten_state, unflatten_state
 from dnirnn.synthesizers.fitting import Prediction, synthesizer_regression
 from dnirnn.synthesizers.guard import NormGuard
-from dnirnn.synthesizers.horizon import HorizonTargets, Link, ParameterSnapshot, Ready
+from dnirnn.synthesizers.horizon import (
+    HorizonTargets,
+    Link,
+    ParameterSnapshot,
+    Ready,
+    rebuild_graphs,
+    window_record,
+)
 from dnirnn.synthesizers.interface import SyntheticGradient
+from dnirnn.window import StepLoss, Window, WindowResult, masked_task_loss, split_windows
 
-__all__ = ["BOUNDARIES", "DNIRNN", "Optimizers", "Window", "WindowResult", "bootstrap_target",
-           "grad_norm", "masked_task_loss", "split_windows", "surrogate_backward",
-           "synthesizer_regression", "window_update"]
+__all__ = ["BOUNDARIES", "DNIRNN", "Optimizers", "StepLoss", "Window", "WindowResult",
+           "bootstrap_target", "grad_norm", "masked_task_loss", "split_windows",
+           "surrogate_backward", "synthesizer_regression", "window_update"]
 
 BOUNDARIES = ("tbptt", "dni", "dni_aux", "oracle")
-
-StepLoss = Callable[[Tensor, Tensor], Tensor]
-"""``step_loss(logits (T, B, O), targets) -> (T, B)`` per-step, per-sequence loss in nats."""
-
-
-@dataclass
-class Window:
-    """One truncation window, time-major.
-
-    Attributes:
-        x: inputs, ``(T, B)`` token ids or ``(T, B, C)`` features.
-        y: targets, ``(T, B)`` token ids or ``(T, B, C)`` channels.
-        mask: ``(T, B)`` weights of the scored steps, or None (all scored).
-        context: ``(B, C)`` conditioning context for the synthesizer at the boundary this
-            window STARTS from (cDNI), or None.
-        position: the index k of that boundary within its episode (0 for streams).
-    """
-
-    x: Tensor
-    y: Tensor
-    mask: Tensor | None = None
-    context: Tensor | None = None
-    position: int = 0
-
-
-@dataclass
-class WindowResult:
-    """What one window update returns; every field is a detached tensor (no host sync).
-
-    Attributes:
-        loss: the window's task objective ``l_k`` (nats / loss_norm).
-        nats: summed task loss over scored steps, in nats.
-        count: number of scored steps (sum of the mask).
-        state: ``s_{k+1}``, detached: carry it into the next window.
-        sg_loss: mean ``L_SG`` over the boundaries fitted in this update (0 if none; at
-            H > 1 they are the boundaries H - 1 windows back, and at an episode's end all
-            that waited).
-        aux_loss: the Aux objective (0 unless ``dni_aux``).
-        sg_norm: ``||g_{k+1}||``, the synthetic gradient injected at the end boundary.
-        target_norm: ``||delta_k||``, the window's own bootstrapped target at its start.
-        sg_cos: mean cosine between ``M_phi(s_j)`` (before the fit) and its target ``G_j``
-            over the boundaries fitted in this update (0 if none).
-        fitted: how many boundaries the synthesizer was fitted to in this update.
-        grad_norm: the core's gradient norm before clipping.
-        finite: whether the loss, the core gradients, delta_k and L_SG (hence the fitted
-            targets) were all finite.
-    """
-
-    loss: Tensor
-    nats: Tensor
-    count: Tensor
-    state: State
-    sg_loss: Tensor
-    aux_loss: Tensor
-    sg_norm: Tensor
-    target_norm: Tensor
-    sg_cos: Tensor
-    grad_norm: Tensor
-    finite: Tensor
-    fitted: int = 0
-
 
 @dataclass
 class WindowGradients:
@@ -188,24 +135,6 @@ def surrogate_backward(
     if objective.requires_grad:  # (a layer with no loss of its own has only the g term)
         outputs, incoming = [objective, *outputs], [None, *incoming]
     torch.autograd.backward(outputs, incoming, retain_graph=retain_graph)
-
-
-def masked_task_loss(
-    step_loss: StepLoss, loss_norm: float, logits: Tensor, window: Window
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(l, nats, count)``: the masked summed loss / ``loss_norm``, and its metric sums.
-
-    ``nats`` is the masked sum in nats, ``count`` the number of scored steps (the mask's sum).
-    """
-    per_step = step_loss(logits, window.y)  # (T, B)
-    if window.mask is not None:
-        per_step = per_step * window.mask
-        count = window.mask.sum()
-    else:
-        # torch.full, not torch.tensor: no host-to-device copy (a sync on CUDA)
-        count = torch.full((), float(per_step.numel()), device=per_step.device)
-    nats = per_step.sum()
-    return nats / loss_norm, nats, count
 
 
 def bootstrap_target(start: State) -> Tensor:
@@ -379,7 +308,7 @@ class DNIRNN(nn.Module):
                 run under a parameter snapshot (``dnirnn.synthesizers.horizon``).
         """
         start = detach_state(state, requires_grad=True)  # 1.
-        record = self._record(window) if keep_graph and self.targets.resumable else None
+        record = window_record(self, window) if keep_graph and self.targets.resumable else None
         snap = ParameterSnapshot(self.core_parameters()) if keep_graph else None
         with (torch.autograd.graph.saved_tensors_hooks(*snap.hooks()) if keep_graph
               else contextlib.nullcontext()):
@@ -419,42 +348,11 @@ class DNIRNN(nn.Module):
 
     # ---- horizon targets: exact resume with chains in flight ----------------------------
 
-    def _record(self, window: Window) -> dict:
-        """What rebuilds a kept window's graph after a resume (``rebuild_targets``)."""
-        return {"x": window.x, "y": window.y, "mask": window.mask,
-                "params": [p.detach().clone() for p in self.core_parameters()],
-                "rng": torch.get_rng_state()}
-
     def rebuild_targets(self) -> None:
-        """After loading ``targets``' state: re-runs the waiting windows' forwards with the
-        parameters and RNG state they had, so their graphs are as before the checkpoint."""
-        if self.targets is None or not self.targets.needs_rebuild:
-            return
-        params = self.core_parameters()
-        device = params[0].device
-
-        def forward(rec: dict, start: State) -> tuple[Tensor, State]:
-            now = [p.detach().clone() for p in params]
-            rng = torch.get_rng_state()
-            try:
-                with torch.no_grad():
-                    for p, v in zip(params, rec["params"]):
-                        p.copy_(v.to(device))
-                torch.set_rng_state(rec["rng"])
-                snap = ParameterSnapshot(params)
-                mask = None if rec["mask"] is None else rec["mask"].to(device)
-                w = Window(rec["x"].to(device), rec["y"].to(device), mask)
-                with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(*snap.hooks()):
-                    logits, _, end = self.core(w.x, start)
-                    loss = self.task_loss(logits, w)[0]
-            finally:
-                with torch.no_grad():
-                    for p, v in zip(params, now):
-                        p.copy_(v)
-                torch.set_rng_state(rng)
-            return loss, end
-
-        self.targets.rebuild(forward, device)
+        """After a resume with horizon targets in flight: rebuilds the waiting windows'
+        graphs (``dnirnn.synthesizers.horizon.rebuild_graphs``)."""
+        if self.targets is not None and self.targets.needs_rebuild:
+            rebuild_graphs(self)
 
     # ---- step 5 and the training step's end ---------------------------------------------
 
@@ -555,19 +453,3 @@ def window_update(
         target_norm=target_norm, sg_cos=sg_cos,
         grad_norm=core_norm.detach(), finite=finite, fitted=fitted,
     )
-
-
-def split_windows(
-    x: Tensor, y: Tensor, window: int, mask: Tensor | None = None
-) -> list[Window]:
-    """Cuts time-major ``(N, B, ...)`` tensors into windows of ``window`` steps (views).
-
-    The last window is shorter if ``window`` does not divide ``N``.
-    """
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    n = x.shape[0]
-    return [
-        Window(x[i : i + window], y[i : i + window], None if mask is None else mask[i : i + window])
-        for i in range(0, n, window)
-    ]

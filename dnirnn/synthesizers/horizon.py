@@ -246,3 +246,45 @@ class HorizonTargets:
             self.links.append(Link(start, end, loss, dev(rec["g_end"]),
                                    flatten_state(start).detach(), dev(rec["context"]),
                                    rec["position"], record))
+
+
+# ---- the engine's side of exact resume ------------------------------------------------------
+
+def window_record(net, window) -> dict[str, Any]:
+    """What rebuilds a kept window's graph after a resume: its data, the core's parameters
+    and the RNG state before its forward (streams only: ``HorizonTargets.resumable``)."""
+    return {"x": window.x, "y": window.y, "mask": window.mask,
+            "params": [p.detach().clone() for p in net.core_parameters()],
+            "rng": torch.get_rng_state()}
+
+
+def rebuild_graphs(net) -> None:
+    """Re-runs the waiting windows' forwards of ``net.targets`` with the parameters and RNG
+    state they had, so their graphs are as before the checkpoint (then restores both)."""
+    from dnirnn.window import Window
+
+    params = net.core_parameters()
+    device = params[0].device
+
+    def forward(rec: dict, start: State) -> tuple[Tensor, State]:
+        now = [p.detach().clone() for p in params]
+        rng = torch.get_rng_state()
+        try:
+            with torch.no_grad():
+                for p, v in zip(params, rec["params"]):
+                    p.copy_(v.to(device))
+            torch.set_rng_state(rec["rng"])
+            snap = ParameterSnapshot(params)
+            mask = None if rec["mask"] is None else rec["mask"].to(device)
+            w = Window(rec["x"].to(device), rec["y"].to(device), mask)
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(*snap.hooks()):
+                logits, _, end = net.core(w.x, start)
+                loss = net.task_loss(logits, w)[0]
+        finally:
+            with torch.no_grad():
+                for p, v in zip(params, now):
+                    p.copy_(v)
+            torch.set_rng_state(rng)
+        return loss, end
+
+    net.targets.rebuild(forward, device)
