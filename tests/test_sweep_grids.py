@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # recipe shipped before issue 11, and what `dni_paper` cells of the comparison measure.
 PAPER = {"synthesizer": "mlp", "synthesizer_fit": "adam", "synthesizer_hidden": 256,
          "synthesizer_layers": 1, "synthesizer_positions": 1, "synthesizer_context": "none",
-         "synthesizer_lr": 1e-4, "synthesizer_clip": 10.0, "sg_scale": 1.0, "sg_lambda": None,
+         "synthesizer_lr": 1e-4, "synthesizer_clip": 10.0, "sg_scale": 1.0, "sg_lambda": None, "sg_horizon": None,
          "sg_guard": None}
 RLS = {"synthesizer": "linear", "synthesizer_fit": "rls", "rls_forget": 0.8, "rls_ridge": 0.1}
 BEST = {**RLS, "synthesizer_positions": 32, "sg_lambda": 1.0, "sg_guard": 2.0}
@@ -126,13 +126,21 @@ def test_paper_overlay_is_the_paper_synthesizer():
         assert PAPER[k] == v, k
 
 
-def test_copy_recipes_default_to_the_measured_best_synthesizer():
-    unused = ("synthesizer_hidden", "synthesizer_lr", "synthesizer_clip", "synthesizer_layers")
+def test_copy_recipes_default_to_the_measured_bounded_memory_synthesizer():
+    """The copy recipes are the `dni_h4` cells of grids/horizon.yaml (issue 17): what
+    results/horizon.md measured is what a user runs."""
+    g = load_grid("horizon")
     for task in ("copy", "repeat_copy"):
-        model = yaml.safe_load((recipe_dir() / f"{task}_dni.yaml").read_text())["model"]
-        for k, v in {**PAPER, **BEST}.items():
-            if k not in unused:  # (unused by the least-squares fit)
-                assert model.get(k) == v, (task, k)
+        recipe = yaml.safe_load((recipe_dir() / f"{task}_dni.yaml").read_text())["model"]
+        cells = [c for c in g.cells if c.labels["task"] == task
+                 and c.labels["variant"] == "dni_h4"]
+        assert len(cells) == 6  # T = 2, 3 x seeds 0-2
+        for c in cells:
+            opts = model_options(c)
+            for k, v in recipe.items():
+                if k != "window":
+                    assert opts.get(k) == v, (c.name, k)
+        assert recipe["sg_horizon"] == 4 and recipe["sg_lambda"] == 1.0
 
 
 def test_hierarchy_grid_compares_at_equal_fast_window():
