@@ -16,7 +16,17 @@ section, exactly as ``dnirnn fit`` builds it; Lightning's per-step overhead, the
 every variant, is left out. Run it on a quiet machine, one variant at a time (it does that).
 
     OMP_NUM_THREADS=1 python scripts/episode_cost.py --lengths 40 80 --batch 256 --steps 30 \\
-        [--variants tbptt dni_h2 ...] [--json results/episode_cost.json]
+        [--variants tbptt dni_h2 ...] [--window 2] [--json results/horizon/episode_cost.json]
+
+``--plot CELLS`` draws the level each variant reaches (a sweep's ``cells.csv``: median over
+seeds, bars from the lowest to the highest seed) against its measured peak memory (the rows
+of ``--json`` files at one ``--plot-length``), one panel per task, one point per variant and
+T: at a given memory, does DNI learn more than TBPTT, and how close does it come to full
+BPTT?
+
+    python scripts/episode_cost.py --plot results/horizon/cells.csv \\
+        --json results/horizon/episode_cost_T2.json results/horizon/episode_cost_T3.json \\
+        --plot-length 80 --out results/horizon/level_vs_memory.png
 """
 
 from __future__ import annotations
@@ -50,7 +60,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "dni_h2": ("copy_dni", {**LS, "sg_lambda": 1.0, "sg_horizon": 2}),
     "dni_h4": ("copy_dni", {**LS, "sg_lambda": 1.0, "sg_horizon": 4}),
     "dni_span": ("copy_dni", {**LS, "sg_lambda": 1.0, "sg_horizon": None}),
+    "oracle": ("copy_tbptt", {"boundary": "oracle", "oracle_windows": 1000}),
     "recipe": ("copy_dni", {}),  # the shipped copy_dni recipe as it stands
+}
+STYLE = {  # variant: (marker, label) for the plot
+    "tbptt": ("o", "TBPTT at T"), "tbptt_2T": ("o", "TBPTT at 2T"),
+    "tbptt_4T": ("o", "TBPTT at 4T"), "full_bptt": ("s", "full BPTT"),
+    "oracle": ("*", "oracle"), "dni_paper": ("v", "DNI, paper"),
+    "dni_h1": ("^", "DNI H=1"), "dni_h2": ("^", "DNI H=2"), "dni_h4": ("^", "DNI H=4"),
+    "dni_span": ("D", "DNI, span (full BPTT for the synthesizer)"),
 }
 
 
@@ -158,6 +176,54 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(cells_csv: Path, cost_files: list[Path], length: int, out: Path) -> Path:
+    """Level solved against peak RSS (see the module docstring)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cost = {}
+    for f in cost_files:
+        for r in json.loads(f.read_text()):
+            if r["length"] == length:
+                cost[(r["variant"], r["window"])] = r["peak_rss_mb"]
+    levels: dict[tuple[str, str, int], list[float]] = {}
+    with open(cells_csv) as f:
+        for r in csv.DictReader(f):
+            if r.get("level") not in (None, ""):
+                key = (r["task"], r["variant"], int(r["T"]))
+                levels.setdefault(key, []).append(float(r["level"]))
+    tasks = sorted({t for t, _, _ in levels})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 5), squeeze=False)
+    colors = {2: "tab:blue", 3: "tab:orange", 4: "tab:green", 8: "tab:red"}
+    for ax, task in zip(axes[0], tasks):
+        for (t, v, T), ys in sorted(levels.items()):
+            if t != task or (v, T) not in cost or v not in STYLE:
+                continue
+            ys = sorted(ys)
+            med = statistics.median(ys)
+            x = cost[(v, T)]
+            marker, label = STYLE[v]
+            ax.errorbar(x, med, yerr=[[med - ys[0]], [ys[-1] - med]], fmt=marker, ms=8,
+                        color=colors.get(T, "black"), capsize=3)
+            ax.annotate(f"{label.split(',')[0]}" if v != "dni_span" else "DNI span",
+                        (x, med), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        ax.set_title(f"{task}: level vs peak memory (Copy L={length}, B=256)")
+        ax.set_xlabel("peak RSS of the training process, MB")
+        ax.set_ylabel("largest level solved (median over seeds, bars: min-max)")
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=f"T = {T}")
+               for T, c in colors.items() if any(k[2] == T for k in levels)]
+    axes[0][0].legend(handles=handles, loc="upper left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -166,9 +232,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--window", type=int, default=2)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--json", type=Path, help="write the rows here")
+    p.add_argument("--json", type=Path, nargs="+",
+                   help="write the rows here (with --plot: read the rows from these)")
+    p.add_argument("--plot", type=Path, metavar="CELLS_CSV",
+                   help="plot level against peak memory from a sweep's cells.csv")
+    p.add_argument("--plot-length", type=int, default=80)
+    p.add_argument("--out", type=Path, default=Path("results/horizon/level_vs_memory.png"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.plot:
+        print(plot(a.plot, a.json or [], a.plot_length, a.out))
+        return
     if a.worker:
         print(json.dumps(measure_one(a.worker, a.lengths[0], a.batch, a.window, a.steps,
                                      a.warmup)))
@@ -178,8 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = run(a.variants, a.lengths, a.batch, a.window, a.steps, a.warmup)
     print(table(rows))
     if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(rows, indent=1) + "\n")
+        a.json[0].parent.mkdir(parents=True, exist_ok=True)
+        a.json[0].write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

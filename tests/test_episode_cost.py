@@ -1,0 +1,49 @@
+"""scripts/episode_cost.py: one variant measured in-process on tiny episodes, its table, and
+the level-against-memory plot from a sweep's cells.csv."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cost():
+    spec = importlib.util.spec_from_file_location("episode_cost",
+                                                  ROOT / "scripts" / "episode_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("variant", ["tbptt_2T", "dni_h2"])
+def test_a_variant_is_built_from_its_recipe_and_measured(cost, variant):
+    row = cost.measure_one(variant, length=3, batch=4, window=2, steps=3, warmup=1)
+    assert row["windows_per_episode"] == (2 if variant == "tbptt_2T" else 4)  # 2L + 2 = 8 steps
+    assert row["peak_rss_mb"] >= row["base_rss_mb"] > 0 and row["ms_per_step"] > 0
+    if variant == "dni_h2":
+        assert row["model"]["sg_horizon"] == 2 and row["model"]["synthesizer_fit"] == "rls"
+    else:
+        assert row["model"]["window"] == 4 and row["model"]["boundary"] == "tbptt"
+    assert "tbptt_2T" in cost.table([{**row, "variant": "tbptt_2T"}])
+
+
+def test_level_against_memory_plot(cost, tmp_path):
+    cells = tmp_path / "cells.csv"
+    with open(cells, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["cell", "task", "T", "variant", "seed", "level"])
+        for seed, (a, b) in enumerate([(1, 6), (2, 9), (1, 6)]):
+            w.writerow([f"c{seed}", "copy", 2, "tbptt", seed, a])
+            w.writerow([f"d{seed}", "copy", 2, "dni_h4", seed, b])
+    rows = [{"variant": v, "length": 80, "window": 2, "peak_rss_mb": m}
+            for v, m in (("tbptt", 400.0), ("dni_h4", 450.0))]
+    (tmp_path / "cost.json").write_text(json.dumps(rows))
+    out = cost.plot(cells, [tmp_path / "cost.json"], 80, tmp_path / "plot.png")
+    assert out.stat().st_size > 1000
