@@ -80,6 +80,7 @@ from dnirnn.synthesizers.horizon import (
     Link,
     ParameterSnapshot,
     Ready,
+    native_rnn,
     rebuild_graphs,
     window_record,
 )
@@ -309,9 +310,11 @@ class DNIRNN(nn.Module):
         """
         start = detach_state(state, requires_grad=True)  # 1.
         record = window_record(self, window) if keep_graph and self.targets.resumable else None
-        snap = ParameterSnapshot(self.core_parameters()) if keep_graph else None
-        with (torch.autograd.graph.saved_tensors_hooks(*snap.hooks()) if keep_graph
-              else contextlib.nullcontext()):
+        with contextlib.ExitStack() as keep:
+            if keep_graph:  # (parameter copies in the graph; VJP-friendly CPU kernels)
+                snap = ParameterSnapshot(self.core_parameters())
+                keep.enter_context(torch.autograd.graph.saved_tensors_hooks(*snap.hooks()))
+                keep.enter_context(native_rnn(window.x.device))
             logits, outputs, end = self.core(window.x, start)  # 2. (T,B,O), (T,B,H), s_{k+1}
             loss, nats, count = self.task_loss(logits, window)
         start_flat = flatten_state(start).detach() if predict_start or keep_graph else None
