@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LS = {"synthesizer": "linear", "synthesizer_fit": "rls", "synthesizer_positions": 32,
       "rls_forget": 0.8, "rls_ridge": 0.1, "sg_guard": 2.0}
 PAPER = {"synthesizer": "mlp", "synthesizer_fit": "adam", "synthesizer_positions": 1,
-         "synthesizer_context": "none", "sg_lambda": None, "sg_guard": None}
+         "synthesizer_context": "none", "sg_lambda": None, "sg_horizon": None, "sg_guard": None}
 # name: (recipe, model overrides; "{T}" is the window)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "tbptt": ("copy_tbptt", {}),
@@ -55,8 +55,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "tbptt_4T": ("copy_tbptt", {"window": "4T"}),
     "full_bptt": ("copy_tbptt", {"window": 1000}),
     "dni_paper": ("copy_dni", PAPER),
-    "dni_ls_1map": ("copy_dni", {**LS, "synthesizer_positions": 1, "sg_lambda": None}),
-    "dni_h1": ("copy_dni", {**LS, "sg_lambda": None}),
+    "dni_ls_1map": ("copy_dni", {**LS, "synthesizer_positions": 1, "sg_lambda": None,
+                                 "sg_horizon": None}),
+    "dni_h1": ("copy_dni", {**LS, "sg_lambda": None, "sg_horizon": None}),
     "dni_h2": ("copy_dni", {**LS, "sg_lambda": 1.0, "sg_horizon": 2}),
     "dni_h4": ("copy_dni", {**LS, "sg_lambda": 1.0, "sg_horizon": 4}),
     "dni_span": ("copy_dni", {**LS, "sg_lambda": 1.0, "sg_horizon": None}),

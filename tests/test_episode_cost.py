@@ -22,15 +22,17 @@ def cost():
     return module
 
 
-@pytest.mark.parametrize("variant", ["tbptt_2T", "dni_h2"])
+@pytest.mark.parametrize("variant", ["tbptt_2T", "dni_h2", "dni_paper", "dni_h1"])
 def test_a_variant_is_built_from_its_recipe_and_measured(cost, variant):
     row = cost.measure_one(variant, length=3, batch=4, window=2, steps=3, warmup=1)
     assert row["windows_per_episode"] == (2 if variant == "tbptt_2T" else 4)  # 2L + 2 = 8 steps
     assert row["peak_rss_mb"] >= row["base_rss_mb"] > 0 and row["ms_per_step"] > 0
     if variant == "dni_h2":
         assert row["model"]["sg_horizon"] == 2 and row["model"]["synthesizer_fit"] == "rls"
-    else:
+    elif variant == "tbptt_2T":
         assert row["model"]["window"] == 4 and row["model"]["boundary"] == "tbptt"
+    else:  # the one-window target, whatever the copy recipe's horizon
+        assert row["model"]["sg_lambda"] is None and row["model"]["sg_horizon"] is None
     assert "tbptt_2T" in cost.table([{**row, "variant": "tbptt_2T"}])
 
 
