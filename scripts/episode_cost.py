@@ -143,8 +143,11 @@ def run(variants, lengths, batch, window, steps, warmup) -> list[dict]:
             cmd = [sys.executable, __file__, "--worker", v, "--lengths", str(length),
                    "--batch", str(batch), "--window", str(window), "--steps", str(steps),
                    "--warmup", str(warmup)]
-            out = subprocess.run(cmd, capture_output=True, text=True, env={
-                **os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+            env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+                   # measure the dnirnn of this checkout, whatever the venv has installed
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                               os.environ.get("PYTHONPATH")]))}
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 raise SystemExit(f"{v} at L={length} failed:\n{out.stderr[-3000:]}")
             row = json.loads(out.stdout.strip().splitlines()[-1])
