@@ -27,6 +27,14 @@ class CoreConfig:
     """Embedding / input-projection width; defaults to ``hidden_size``."""
     dropout: float = 0.0
     """Dropout on the embedding, between layers, and before the readout."""
+    tied: bool = False
+    """The readout's weight IS the embedding's (Press & Wolf 2016; word_language_model's
+    ``--tied``): token inputs, ``input_size == output_size``, ``embed_size == hidden_size``."""
+    init_range: float | None = None
+    """Uniform in ``[-init_range, init_range]`` for the embedding (input projection) and
+    readout weights, readout bias 0: word_language_model's ``init_weights`` (0.1). None:
+    PyTorch's defaults (embedding N(0, 1), Linear's Kaiming uniform). The LSTM keeps PyTorch's
+    initialisation either way, as in word_language_model."""
 
     def __post_init__(self) -> None:
         for name in ("input_size", "output_size", "hidden_size", "num_layers"):
@@ -36,6 +44,24 @@ class CoreConfig:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         if self.embed_size is not None and self.embed_size < 1:
             raise ValueError(f"model.embed_size must be >= 1 or null, got {self.embed_size!r}")
+        if self.init_range is not None and not self.init_range > 0:
+            raise ValueError(f"model.init_range: must be > 0 (word_language_model: 0.1), or "
+                             f"null for PyTorch's initialisation (got {self.init_range!r})")
+        if self.tied:
+            width = self.embed_size or self.hidden_size
+            if not self.embed:
+                raise ValueError("model.tied: tying the embedding to the readout needs token "
+                                 "inputs (a language model); set model.tied=false")
+            if self.input_size != self.output_size:
+                raise ValueError(f"model.tied: the input vocabulary ({self.input_size}) and "
+                                 f"the output vocabulary ({self.output_size}) differ; set "
+                                 f"model.tied=false")
+            if width != self.hidden_size:
+                raise ValueError(f"model.tied: the tied weight is both the embedding "
+                                 f"(embed_size={width}) and the readout (hidden_size="
+                                 f"{self.hidden_size} inputs), so they must be equal; set "
+                                 f"model.embed_size={self.hidden_size} (or null), or "
+                                 f"model.tied=false")
 
 
 class LSTMCore(nn.Module):
@@ -57,6 +83,12 @@ class LSTMCore(nn.Module):
         inter_layer = cfg.dropout if cfg.num_layers > 1 else 0.0
         self.lstm = nn.LSTM(width, cfg.hidden_size, cfg.num_layers, dropout=inter_layer)
         self.readout = nn.Linear(cfg.hidden_size, cfg.output_size)
+        if cfg.tied:
+            self.readout.weight = self.encoder.weight  # (V, H): one parameter, both uses
+        if cfg.init_range is not None:  # (word_language_model's order)
+            nn.init.uniform_(self.encoder.weight, -cfg.init_range, cfg.init_range)
+            nn.init.zeros_(self.readout.bias)
+            nn.init.uniform_(self.readout.weight, -cfg.init_range, cfg.init_range)
 
     @property
     def state_size(self) -> int:
