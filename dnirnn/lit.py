@@ -37,7 +37,14 @@ from dnirnn.dni import (
 )
 from dnirnn.hierarchy import init_forget_bias
 from dnirnn.model import CoreConfig, LSTMCore
-from dnirnn.optim import adam
+from dnirnn.optim import (
+    adam,
+    advance,
+    build_optimizer,
+    build_scheduler,
+    check_optimizer,
+    on_validation,
+)
 from dnirnn.recurrent import TASKS, TOKEN_TASKS, NonFiniteLossError, RecurrentModule
 from dnirnn.state import State
 from dnirnn.synthesizers import FITS, SYNTHESIZER_KINDS, NormGuard, build_synthesizer
@@ -62,6 +69,10 @@ class DNIModule(RecurrentModule):
         num_layers: stacked LSTM layers.
         embed_size: embedding width (token tasks); defaults to hidden_size.
         dropout: dropout on embedding, between layers and before the readout.
+        tied: the readout's weight is the embedding's (token tasks; needs embed_size ==
+            hidden_size), as word_language_model's ``--tied``.
+        init_range: embedding and readout weights uniform in +-init_range, readout bias 0
+            (word_language_model: 0.1); null: PyTorch's initialisation.
         boundary: "tbptt", "dni", "dni_aux" or "oracle" (see ``dnirnn.dni``).
         window: T, the truncation window in steps.
         windows_per_step: K, windows per ``training_step`` for streams (episodes always run
@@ -97,11 +108,22 @@ class DNIModule(RecurrentModule):
         synthesizer_hidden: hidden units of the mlp synthesizer (null: the state size,
             2 * num_layers * hidden_size, so the synthesizer never outgrows the core).
         synthesizer_layers: hidden layers of the mlp synthesizer.
-        lr: core learning rate (Adam).
+        lr: core learning rate (of ``optimizer``; the schedule anneals it).
+        optimizer: the core's optimizer: adam (fused), sgd, any torch.optim class by name
+            (AdamW, rmsprop) or a dotted class path (torch.optim.SGD); ``dnirnn.optim``.
+        optimizer_args: its other keyword arguments, e.g. {momentum: 0.9} (not lr).
+        lr_scheduler: the core's learning-rate schedule: null (constant), plateau (lr / 4
+            when the validation loss does not improve on its best: word_language_model's
+            anneal), or a torch.optim.lr_scheduler class by name or class path.
+        lr_scheduler_args: its keyword arguments (plateau's defaults: factor 0.25,
+            patience 0, threshold 0).
+        lr_scheduler_interval: "epoch" or "step": when a schedule other than plateau steps
+            (plateau steps after each validation of a fit).
         synthesizer_lr: synthesizer learning rate (its own Adam).
         clip: core gradient-norm clip (null: none).
         synthesizer_clip: synthesizer gradient-norm clip (null: none), never shared with the core.
-        eval_chunk: steps per validation/test forward call (the result is independent of it).
+        eval_chunk: steps per validation/test batch; each runs in forward calls whose logits
+            fit ``eval_logits_bytes`` (the result is independent of both).
         forget_bias: initial forget-gate bias of the LSTM (0: PyTorch's init, unchanged).
     """
 
@@ -118,6 +140,8 @@ class DNIModule(RecurrentModule):
         num_layers: int = 1,
         embed_size: int | None = None,
         dropout: float = 0.0,
+        tied: bool = False,
+        init_range: float | None = None,
         boundary: str = "dni",
         window: int = 8,
         windows_per_step: int = 8,
@@ -138,6 +162,11 @@ class DNIModule(RecurrentModule):
         synthesizer_hidden: int | None = None,
         synthesizer_layers: int = 1,
         lr: float = 1e-3,
+        optimizer: str = "adam",
+        optimizer_args: dict[str, Any] | None = None,
+        lr_scheduler: str | None = None,
+        lr_scheduler_args: dict[str, Any] | None = None,
+        lr_scheduler_interval: str = "epoch",
         synthesizer_lr: float = 1e-4,
         clip: float | None = 1.0,
         synthesizer_clip: float | None = 1.0,
@@ -149,7 +178,7 @@ class DNIModule(RecurrentModule):
         self.save_hyperparameters()
         core = LSTMCore(CoreConfig(input_size, output_size, hidden_size, num_layers,
                                    embed=task in TOKEN_TASKS, embed_size=embed_size,
-                                   dropout=dropout))
+                                   dropout=dropout, tied=tied, init_range=init_range))
         init_forget_bias(core.lstm, forget_bias)
         synth = guard = None
         if boundary in ("dni", "dni_aux"):
@@ -180,11 +209,41 @@ class DNIModule(RecurrentModule):
             self.engine.synthesizer.rank = self.trainer.global_rank
 
     def configure_optimizers(self):
-        core = adam(self.engine.core_parameters(), self.hparams.lr)
-        if self.engine.synthesizer is None or not list(self.engine.synthesizer.parameters()):
-            return core  # (tbptt / oracle, or a synthesizer solved in closed form)
-        synth = adam(self.engine.synthesizer.parameters(), self.hparams.synthesizer_lr)
-        return [core, synth]
+        hp = self.hparams
+        core = build_optimizer(self.engine.core_parameters(), hp.optimizer, hp.lr,
+                               hp.optimizer_args)
+        opts = [core]
+        if self.engine.synthesizer is not None and list(self.engine.synthesizer.parameters()):
+            # (none for tbptt / oracle, or a synthesizer solved in closed form)
+            opts.append(adam(self.engine.synthesizer.parameters(), hp.synthesizer_lr))
+        schedule = build_scheduler(core, hp.lr_scheduler, hp.lr_scheduler_args)
+        if schedule is None:
+            return opts if len(opts) > 1 else core
+        # (Lightning saves and restores it; it is stepped here, by the hooks below)
+        return opts, [{"scheduler": schedule, "interval": hp.lr_scheduler_interval}]
+
+    def _schedule(self) -> Any:
+        """The core's learning-rate schedule, or None."""
+        configs = self.trainer.lr_scheduler_configs if self._trainer is not None else []
+        return configs[0].scheduler if configs else None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """An epoch or step schedule catches up with its counter before the step trains
+        (``dnirnn.optim.advance``: the same state after a resume)."""
+        schedule = self._schedule()
+        if schedule is not None and not on_validation(schedule):
+            t = self.trainer
+            advance(schedule, t.current_epoch if self.hparams.lr_scheduler_interval == "epoch"
+                    else t.global_step)
+
+    def on_validation_epoch_end(self) -> None:
+        """A plateau schedule steps on the validation loss of each validation of a fit (not
+        the sanity check; before that validation's checkpoint is written)."""
+        super().on_validation_epoch_end()
+        schedule = self._schedule()
+        if on_validation(schedule) and self.trainer.state.fn == "fit" \
+                and not self.trainer.sanity_checking and "nats" in self._eval:
+            schedule.step(float(self.task.metrics(self._eval["nats"], self._eval["count"])["loss"]))
 
     def _optimizers(self) -> Optimizers:
         if self._opts is None:
@@ -338,3 +397,6 @@ def _validate(args: dict[str, Any]) -> None:
     for f in ("clip", "synthesizer_clip"):
         need(args[f] is None or args[f] > 0, f, "must be > 0, or null for no clipping")
     need(0 <= args["dropout"] < 1, "dropout", "must be in [0, 1)")
+    check_optimizer(args["optimizer"], args["lr"], args["optimizer_args"],
+                    args["lr_scheduler"], args["lr_scheduler_args"],
+                    args["lr_scheduler_interval"])
