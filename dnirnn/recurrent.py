@@ -57,6 +57,9 @@ class RecurrentModule(L.LightningModule):
     # the keys among those that are means over the boundaries fitted in the step (each
     # result's ``fitted`` counts them), not over the updates: 0 when none was fitted
     fit_keys: set[str] = set()
+    # evaluation's memory bound: each forward call of validation / test is given as many
+    # steps as keep its logits (steps x batch x outputs) within this many bytes (``eval_span``)
+    eval_logits_bytes: int = 16 * 2**20
 
     def __init__(self) -> None:
         super().__init__()
@@ -244,14 +247,30 @@ class RecurrentModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._eval = {}
 
+    def eval_span(self, batch: int) -> int:
+        """Steps per evaluation forward call: as many as keep its logits (``steps x batch x
+        output_size`` floats) within ``eval_logits_bytes``, at least one, and a multiple of
+        the hierarchy's period ``k`` (its slow core ticks every k steps). The loss's
+        log-softmax takes as much again. PTB word (10,000 words, batch 10, float32): 41 steps,
+        16 MB, where a whole ``eval_chunk`` of 512 steps held 205 MB."""
+        hp = self.hparams
+        per_step = batch * hp.output_size * torch.finfo(self.dtype).bits // 8
+        k = int(hp.get("k", 1))
+        return max(1, self.eval_logits_bytes // (per_step * k)) * k
+
     def _eval_step(self, split: str, position: int) -> None:
         batch = self.task.batch(split, position, self.hparams.eval_chunk)
         if batch.reset or "state" not in self._eval:
             self._eval["state"] = self.zero_state(batch.x.shape[1])
-        logits, self._eval["state"] = self.eval_forward(batch.x, self._eval["state"])
-        _, nats, count = self.task_loss(logits, Window(batch.x, batch.y, batch.mask))
-        self._eval["nats"] = self._eval.get("nats", 0.0) + nats
-        self._eval["count"] = self._eval.get("count", 0.0) + count
+        span = self.eval_span(batch.x.shape[1])
+        for t in range(0, batch.x.shape[0], span):  # (the state carried from call to call)
+            x, y = batch.x[t : t + span], batch.y[t : t + span]
+            mask = None if batch.mask is None else batch.mask[t : t + span]
+            logits, self._eval["state"] = self.eval_forward(x, self._eval["state"])
+            _, nats, count = self.task_loss(logits, Window(x, y, mask))
+            del logits  # (freed before the next call's)
+            self._eval["nats"] = self._eval.get("nats", 0.0) + nats
+            self._eval["count"] = self._eval.get("count", 0.0) + count
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
