@@ -111,7 +111,7 @@ class DNIModule(RecurrentModule):
         lr: core learning rate (of ``optimizer``; the schedule anneals it).
         optimizer: the core's optimizer: adam (fused), sgd, any torch.optim class by name
             (AdamW, rmsprop) or a dotted class path (torch.optim.SGD); ``dnirnn.optim``.
-        optimizer_args: its other keyword arguments, e.g. {momentum: 0.9} (not lr).
+        optimizer_args: its keyword arguments but lr ({momentum: 0.9} for sgd), or null.
         lr_scheduler: the core's learning-rate schedule: null (constant), plateau (lr / 4
             when the validation loss does not improve on its best: word_language_model's
             anneal), or a torch.optim.lr_scheduler class by name or class path.

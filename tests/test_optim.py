@@ -12,6 +12,7 @@ import torch
 import yaml
 from torch import nn
 
+from dnirnn.cli import main
 from dnirnn.dni import DNIRNN, Optimizers, Window, window_update
 from dnirnn.lit import DNIModule
 from dnirnn.model import CoreConfig, LSTMCore
@@ -178,3 +179,31 @@ def test_the_default_optimizer_is_still_adam_in_the_recipes(tmp_path):
     recipe = yaml.safe_load((ROOT / "recipes" / "copy_dni.yaml").read_text())["model"]
     assert all("betas" in g for g in groups) and groups[0]["lr"] == recipe["lr"]
     assert ckpt["lr_schedulers"] == []
+
+
+@pytest.mark.usefixtures("_sandbox")
+def test_optimizer_args_from_the_command_line(tmp_path):
+    version = fit("copy_dni", tmp_path / "run", "--trainer.max_steps=2",
+                  "--data.init_args.steps_per_epoch=2", *TINY, "--model.optimizer=torch.optim.SGD",
+                  "--model.optimizer_args={momentum: 0.9, nesterov: true}")
+    ckpt = torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)
+    core = ckpt["optimizer_states"][0]["param_groups"][0]
+    assert core["momentum"] == 0.9 and core["nesterov"]
+    assert ckpt["optimizer_states"][0]["state"]  # (momentum buffers: SGD stepped)
+
+
+@pytest.mark.usefixtures("_sandbox")
+@pytest.mark.parametrize("option,message", [
+    ("--model.optimizer=sgdd", "model.optimizer: 'sgdd' is not an optimizer class; use one of"),
+    ("--model.lr_scheduler=plateu", "model.lr_scheduler: 'plateu' is not a learning-rate "
+                                    "schedule; use plateau"),
+])
+def test_a_bad_optimizer_is_one_line_with_exit_2(tmp_path, capsys, option, message):
+    root = tmp_path / "r"
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "copy_dni", f"--trainer.default_root_dir={root}",
+              "--wandb=false", option])
+    assert info.value.code == 2
+    ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dnirnn")]
+    assert len(ours) == 1 and ours[0].startswith(f"dnirnn: error: {message}"), ours
+    assert not root.exists()
