@@ -1,0 +1,267 @@
+r"""One layer group's window update, with a temporal and an interface synthetic gradient.
+
+Notation (docs/design.md, "Decoupled layers"). Group ``g`` holds layers ``a_g .. a_{g+1}-1``
+of a stacked LSTM (``dnirnn.decoupled.stack``). In window ``k`` it reads ``x^g_k`` (the tokens
+for ``g = 0``; for ``g > 0`` the output sequence of group ``g - 1``, ``(T, B, H)``), starts in
+its state ``s^g_k`` and produces its output sequence ``o^g_k`` ``(T, B, H)`` and ``s^g_{k+1}``;
+the last group also produces the window's task loss ``l_k``. ``M_g`` is the group's temporal
+synthesizer (on its flat state, as in ``dnirnn.dni``), ``I_g`` its interface synthesizer
+(groups below the last): it maps each step's output ``o_t`` ``(H)`` to a prediction of
+``dL/do_t`` ``(H)``. One window update of group ``g`` is the window update of ``dnirnn.dni``
+with a second injected gradient::
+
+    1. s^g_k, x^g_k <- detached leaves             (the truncation, and the cut below)
+    2. o^g_k, s^g_{k+1} = LSTM_g(x^g_k, s^g_k);     l_k = loss(readout(o^g_k))   (last group)
+    3. g_{k+1} = M_g(s^g_{k+1})          (B, S_g)   (0 at an episode's end)
+       ĝ_k     = I_g(o^g_k)              (T, B, H)  (I_g on every step's row; none for the last)
+    4. ONE backward pass of the surrogate  [l_k] + β <g_{k+1}, s^g_{k+1}> + β_if <ĝ_k, o^g_k>
+         θ_g.grad     = the group's update
+         s^g_k.grad   = δ^g_k, M_g's target (``dnirnn.dni.bootstrap_target``)
+         x^g_k.grad   = G^{g-1}_k, the gradient at the group's input: sent down, it is
+                        I_{g-1}'s target for o^{g-1}_k
+    5. fit M_g to (s^g_k, δ^g_k) now; fit I_g to (o^g_k, G^g_k) once G^g_k has come back from
+       group g + 1, late (``fit_interface``; when: ``dnirnn.decoupled.schedule``)
+    6. step θ_g (its own optimizer and clip); carry detach(s^g_{k+1})
+
+``G^g_k = ∂/∂o^g_k`` of group ``g + 1``'s surrogate: the loss's gradient within the window,
+through the groups above, bootstrapped with THEIR synthetic gradients (as ``δ`` bootstraps
+with ``M``). With every synthetic gradient above ``g`` exact, it is exactly ``∂L/∂o^g_k``.
+β = ``sg_scale`` (as in ``dnirnn.dni``), β_if = ``interface_scale`` (1: ĝ stands for the
+gradient itself). Each synthesizer is reached through ``SyntheticGradient`` (``pair``,
+``observe``, ``end_step``) and fitted by the engine's own fits (Adam, or least squares with
+its statistics solved at ``end_step``); each has its own optimizer and clip, never θ_g's.
+
+Properties (float64, ``tests/test_decoupled.py``): with a fresh (zero) ``I_g`` and no delay,
+the last group's gradients are the locked model's on its parameters, the groups below get
+none, and the gradient the last group sends down is the locked model's gradient of the
+window loss at its input (the groups below it, given zero, send zero); with ``ĝ`` replaced
+by ``G^g_k`` of the same window (the oracle: group g + 1's backward first) and TBPTT
+boundaries, the groups' gradients and (SGD) steps are the locked model's TBPTT window
+updates.
+
+Nothing here knows of processes or messages (``dnirnn.decoupled.pipeline``), and nothing
+syncs with the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from dnirnn.decoupled.stack import LayerGroup
+from dnirnn.dni import Window, bootstrap_target, surrogate_backward
+from dnirnn.optim import Optimizers, adam, adam_step, grad_norm, zero_grad
+from dnirnn.state import State, detach_state, flatten_state, unflatten_state
+from dnirnn.synthesizers.interface import SyntheticGradient
+from dnirnn.window import StepLoss, masked_task_loss
+
+__all__ = ["Group", "GroupForward", "GroupOptimizers", "GroupResult", "group_optimizers"]
+
+
+@dataclass
+class GroupOptimizers:
+    """``core``: θ_g and ``M_g`` (``dnirnn.optim.Optimizers``, each its own clip);
+    ``interface``: ``I_g``'s (no core), None for the last group."""
+
+    core: Optimizers
+    interface: Optimizers | None = None
+
+
+def group_optimizers(group: Group, lr: float, synthesizer_lr: float,
+                     clip: float | None = None, synthesizer_clip: float | None = None,
+                     interface_lr: float | None = None) -> GroupOptimizers:
+    """Adam for θ_g, and for each synthesizer fitted by Adam (none for least squares)."""
+    def opt(module: nn.Module | None, rate: float):
+        return None if module is None or module.fit != "adam" else adam(module.parameters(),
+                                                                          rate)
+
+    core = Optimizers(adam(group.layers.parameters(), lr), opt(group.synthesizer,
+                      synthesizer_lr), clip, synthesizer_clip)
+    interface = None
+    if group.interface is not None:
+        rate = synthesizer_lr if interface_lr is None else interface_lr
+        interface = Optimizers(None, opt(group.interface, rate), None, synthesizer_clip)
+    return GroupOptimizers(core, interface)
+
+
+@dataclass
+class GroupForward:
+    """Steps 1-2 of a window (before anything is injected)."""
+
+    start: State  # s^g_k, the leaves whose .grad holds δ^g_k
+    inputs: Tensor | None  # x^g_k as a leaf (groups above the first), its .grad G^{g-1}_k
+    out: Tensor  # o^g_k (T, B, H), with its graph
+    end: State  # s^g_{k+1}, with its graph
+    loss: Tensor  # l_k (last group), else a constant 0
+    nats: Tensor
+    count: Tensor
+
+
+@dataclass
+class GroupResult:
+    """One window update of one group; every tensor is detached (no host sync).
+
+    Attributes:
+        loss, nats, count: the window's task objective and metric sums (0 below the last).
+        state: ``s^g_{k+1}``, detached: carry it.
+        out: ``o^g_k`` ``(T, B, H)``: the message up, and ``I_g``'s regression input.
+        input_grad: ``G^{g-1}_k`` ``(T, B, H_in)``, the message down (None for group 0).
+        grad_norm: θ_g's gradient norm before clipping.
+        sg_loss, sg_cos: ``M_g``'s fit (0 where none: an episode start, TBPTT).
+        target_norm: ``||δ^g_k||``; sg_norm: ``||g_{k+1}||``; interface_norm: ``||ĝ_k||``.
+        fitted: 1 if ``M_g`` was fitted, else 0.
+        finite: the loss, θ_g's gradients, δ and L_SG are finite.
+    """
+
+    loss: Tensor
+    nats: Tensor
+    count: Tensor
+    state: State
+    out: Tensor
+    input_grad: Tensor | None
+    grad_norm: Tensor
+    sg_loss: Tensor
+    sg_cos: Tensor
+    target_norm: Tensor
+    sg_norm: Tensor
+    interface_norm: Tensor
+    finite: Tensor
+    fitted: int = 0
+
+
+def _scaled(g: Tensor, scale: float) -> Tensor:
+    # (x * 1.0 == x bit for bit: skipped at 1, as surrogate_backward does)
+    return g.detach() if scale == 1.0 else g.detach() * scale
+
+
+class Group(nn.Module):
+    """One layer group: its layers, ``M_g`` and ``I_g`` (see the module docstring).
+
+    Args:
+        layers: the group's ``LayerGroup``.
+        step_loss, loss_norm: the task's per-step loss and its constant divisor (as
+            ``dnirnn.dni.DNIRNN``); used by the last group only.
+        synthesizer: ``M_g`` (``build_synthesizer(layers.state_size, ...)``), or None: TBPTT
+            at the group's truncation boundary.
+        interface: ``I_g`` (``build_synthesizer(hidden_size, ...)``), or None (the last
+            group; below it, None means the group gets no gradient from above).
+        sg_scale: β; interface_scale: β_if.
+    """
+
+    def __init__(self, layers: LayerGroup, step_loss: StepLoss, loss_norm: float = 1.0, *,
+                 synthesizer: nn.Module | None = None, interface: nn.Module | None = None,
+                 sg_scale: float = 1.0, interface_scale: float = 1.0) -> None:
+        super().__init__()
+        if layers.readout is not None and interface is not None:
+            raise ValueError("the last layer group has no interface above it")
+        self.layers, self.synthesizer, self.interface = layers, synthesizer, interface
+        self.step_loss, self.loss_norm = step_loss, float(loss_norm)
+        self.sg_scale, self.interface_scale = float(sg_scale), float(interface_scale)
+
+    @property
+    def first(self) -> bool:
+        return self.layers.encoder is not None
+
+    @property
+    def last(self) -> bool:
+        return self.layers.readout is not None
+
+    @property
+    def sg(self) -> SyntheticGradient:
+        return SyntheticGradient(self.synthesizer)
+
+    @property
+    def interface_sg(self) -> SyntheticGradient:
+        return SyntheticGradient(self.interface)
+
+    def interface_gradient(self, out: Tensor) -> Tensor:
+        """``ĝ = I_g(o)``: ``(T, B, H) -> (T, B, H)``, no graph."""
+        return self.interface_sg(out.flatten(0, 1)).view_as(out)
+
+    # ---- steps 1-2 ------------------------------------------------------------------
+
+    def forward_window(self, inputs: Tensor, state: State, window: Window) -> GroupForward:
+        """Steps 1-2: ``inputs`` is ``window.x`` for group 0, else the output sequence of the
+        group below (cut here: a leaf); ``window`` gives the targets and mask (last group)."""
+        start = detach_state(state, requires_grad=True)
+        leaf = None if self.first else inputs.detach().requires_grad_(True)
+        out, end = self.layers(inputs if leaf is None else leaf, start)
+        if self.last:
+            loss, nats, count = masked_task_loss(self.step_loss, self.loss_norm,
+                                                 self.layers.logits(out), window)
+        else:
+            loss = nats = count = torch.zeros((), device=out.device, dtype=out.dtype)
+        return GroupForward(start, leaf, out, end, loss, nats, count)
+
+    # ---- steps 3-6 ------------------------------------------------------------------
+
+    def update(self, fw: GroupForward, opts: GroupOptimizers, *, episode_start: bool = False,
+               episode_end: bool = False, interface_grad: Tensor | None = None) -> GroupResult:
+        """Steps 3-6 of the window ``fw``: inject, ONE backward pass, step θ_g, fit ``M_g``.
+
+        ``episode_start``: ``s^g_k`` is a fresh start, not a boundary: ``M_g`` is not fitted
+        on it. ``episode_end``: ``g_{k+1} = 0``. ``interface_grad``: inject this instead of
+        ``I_g(o)`` (the oracle of the tests: ``G^g_k`` of the same window)."""
+        fit_now = self.synthesizer is not None and not episode_start
+        start_flat = flatten_state(fw.start).detach()
+        prediction = g_next = None
+        if self.synthesizer is not None:  # 3. (M_g(s_k) batched with g_{k+1}, as dni.py)
+            end_flat = None if episode_end else flatten_state(fw.end).detach()
+            prediction, g_next = self.sg.pair(start_flat if fit_now else None, None, 0,
+                                              end_flat, None, 0)
+        if interface_grad is None and self.interface is not None:
+            interface_grad = self.interface_gradient(fw.out)
+        ends, grads = [], []
+        if g_next is not None and self.sg_scale != 0.0:
+            ends += list(fw.end)
+            grads += [_scaled(x, self.sg_scale)
+                      for x in unflatten_state(g_next, self.layers.num_layers)]
+        if interface_grad is not None:
+            ends.append(fw.out)
+            grads.append(_scaled(interface_grad, self.interface_scale))
+        zero_grad(opts.core._core_params)
+        if fw.loss.requires_grad or ends:  # 4. (a group with nothing injected learns nothing)
+            surrogate_backward(fw.loss, ends, grads or None, 1.0)
+        target = bootstrap_target(fw.start)  # δ^g_k, (B, S_g)
+        input_grad = None
+        if fw.inputs is not None:
+            input_grad = (torch.zeros_like(fw.inputs) if fw.inputs.grad is None
+                          else fw.inputs.grad)
+        norm = grad_norm(opts.core._core_params, opts.core.core_clip)
+        adam_step(opts.core.core)  # 6. (θ_g)
+        zero = torch.zeros((), device=fw.out.device, dtype=fw.out.dtype)
+        sg_loss = sg_cos = zero
+        if fit_now:  # 5. (M_g, on its own target at once)
+            sg_loss, sg_cos = self.sg.observe(opts.core, start_flat, target,
+                                              prediction=prediction)
+        target_norm = torch.linalg.vector_norm(target)
+        finite = torch.isfinite(torch.stack([fw.loss.detach(), norm.to(zero),
+                                             target_norm.to(zero), sg_loss.to(zero)])).all()
+        return GroupResult(
+            loss=fw.loss.detach(), nats=fw.nats.detach(), count=fw.count,
+            state=detach_state(fw.end), out=fw.out.detach(), input_grad=input_grad,
+            grad_norm=norm.detach(), sg_loss=sg_loss.detach(), sg_cos=sg_cos,
+            target_norm=target_norm,
+            sg_norm=zero if g_next is None else torch.linalg.vector_norm(g_next),
+            interface_norm=(zero if interface_grad is None
+                            else torch.linalg.vector_norm(interface_grad)),
+            finite=finite, fitted=int(fit_now),
+        )
+
+    def fit_interface(self, opts: GroupOptimizers, out: Tensor,
+                      target: Tensor) -> tuple[Tensor, Tensor]:
+        """Step 5 for ``I_g``: fits it to ``(o^g_k, G^g_k)``, ``(T, B, H)`` each, one row per
+        step and sequence. Returns ``(L_SG, cosine)`` of the prediction before the fit."""
+        fit = opts.interface if opts.interface is not None else Optimizers(None)
+        return self.interface_sg.observe(fit, out.flatten(0, 1), target.flatten(0, 1))
+
+    def end_step(self) -> Tensor:
+        """Once per training step: the least-squares solves of ``M_g`` and ``I_g`` (a 0-dim
+        bool tensor: the new maps are finite)."""
+        ok = torch.ones((), dtype=torch.bool, device=self.layers.lstm.weight_hh_l0.device)
+        for sg in (self.synthesizer, self.interface):
+            if sg is not None:
+                ok = ok & SyntheticGradient(sg).end_step()
+        return ok
