@@ -49,6 +49,7 @@ from dnirnn.cli_help import RUN_OPTIONS, wants_short_help
 from dnirnn.cli_parser import ConciseParser, ConfigError, model_options_help, user_message
 from dnirnn.curriculum import ScoreAtSolvedLevel
 from dnirnn.data.ptb import DataError
+from dnirnn.decoupled.parallel import as_peer_lost, release_workers, remember_command
 from dnirnn.interrupt import PeriodicCheckpoint, parse_every
 from dnirnn.lit import DNIModule, NonFiniteLossError, RecurrentModule
 from dnirnn.recipe import RecipeNotFound, configs_first, resolve_config_args
@@ -236,6 +237,8 @@ def preflight(model: RecurrentModule, datamodule: L.LightningDataModule, trainer
         datamodule.check(stage, model, world)
     if getattr(datamodule, "task", None) is not None and hasattr(model, "check_task"):
         model.check_task(datamodule.task, world)
+    if hasattr(model, "check_trainer"):  # (decoupled layers: the strategy fits the model)
+        model.check_trainer(trainer)
     if ckpt_path and ckpt_path not in CKPT_ALIASES:
         check_checkpoint(ckpt_path, model, ckpt)
 
@@ -313,6 +316,7 @@ def run(args: list[str]) -> None:
     torch.set_float32_matmul_precision("high")
     # LightningCLI warns when given args while sys.argv has some: main() passes them on
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    remember_command(args)  # (the workers of a layer-parallel fit run these arguments)
     try:
         DNICLI(
             RecurrentModule,
@@ -328,6 +332,11 @@ def run(args: list[str]) -> None:
         if os.environ.get("DNIRNN_DEBUG"):
             raise
         fail(user_message(e))
+    except RuntimeError as e:  # a layer group's process died: this one stops, resumable
+        lost = as_peer_lost(e)
+        if lost is None or os.environ.get("DNIRNN_DEBUG"):
+            raise
+        fail(str(lost), code=1)
     except OSError as e:  # a read-only or full disk while the run writes
         if os.environ.get("DNIRNN_DEBUG"):
             raise
@@ -351,6 +360,7 @@ def run(args: list[str]) -> None:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         _finish_wandb()
         _teardown_distributed()
+        release_workers()
 
 
 def _teardown_distributed() -> None:

@@ -111,7 +111,8 @@ class GroupResult:
         grad_norm: θ_g's gradient norm before clipping.
         sg_loss, sg_cos: ``M_g``'s fit (0 where none: an episode start, TBPTT).
         target_norm: ``||δ^g_k||``; sg_norm: ``||g_{k+1}||``; interface_norm: ``||ĝ_k||``.
-        fitted: 1 if ``M_g`` was fitted, else 0.
+        fitted: 1 if ``M_g`` was fitted, else 0; interfaced: 1 if a gradient was injected
+            at the output (``ĝ``), else 0.
         finite: the loss, θ_g's gradients, δ and L_SG are finite.
     """
 
@@ -129,6 +130,7 @@ class GroupResult:
     interface_norm: Tensor
     finite: Tensor
     fitted: int = 0
+    interfaced: int = 0
 
 
 def _scaled(g: Tensor, scale: float) -> Tensor:
@@ -247,7 +249,7 @@ class Group(nn.Module):
             sg_norm=zero if g_next is None else torch.linalg.vector_norm(g_next),
             interface_norm=(zero if interface_grad is None
                             else torch.linalg.vector_norm(interface_grad)),
-            finite=finite, fitted=int(fit_now),
+            finite=finite, fitted=int(fit_now), interfaced=int(interface_grad is not None),
         )
 
     def fit_interface(self, opts: GroupOptimizers, out: Tensor,

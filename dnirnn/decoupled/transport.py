@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["STOPPING", "DistributedTransport", "LoopbackTransport", "PeerLost",
-           "message_tag"]
+           "message_tag", "peer_lost"]
 
 KINDS = {"F": 0, "B": 1}
 # set once a PeerLost has been raised: the process is on its way out with a clear message
@@ -108,14 +108,19 @@ class DistributedTransport:
             raise self.lost(peer, what, e) from e
 
     def lost(self, peer: int, what: str, error: BaseException) -> PeerLost:
-        STOPPING.set()
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return PeerLost(
-            f"layer group {self.rank} could not {what} layer group {peer} (process rank "
-            f"{peer}): {reason}. Each layer group runs in its own process; when one stops "
-            f"(killed, out of memory, or an error: see its own message), the others stop here "
-            f"rather than wait. The last checkpoint on disk is whole: resume with "
-            f"--ckpt_path=<run folder>/checkpoints/last.ckpt.")
+        return peer_lost(self.rank, f"could not {what} layer group {peer} (process rank "
+                                    f"{peer})", error)
+
+
+def peer_lost(rank: int, why: str, error: BaseException | None = None) -> PeerLost:
+    """The one paragraph of a run that stops because a layer group's process is gone."""
+    STOPPING.set()
+    reason = str(error).strip().splitlines()[0] if error is not None and str(error) else ""
+    return PeerLost(
+        f"layer group {rank} {why}{f' ({reason})' if reason else ''}. Each layer group runs in "
+        f"its own process; when one stops (killed, out of memory, or an error: see its own "
+        f"message), the others stop too rather than wait. The last checkpoint on disk is "
+        f"whole: resume with --ckpt_path=<run folder>/checkpoints/last.ckpt.")
 
 
 class _Wire:

@@ -1,0 +1,372 @@
+r"""``DecoupledModule``: a stacked LSTM whose layer groups train decoupled (``dnirnn.decoupled``).
+
+Everything but the engine is ``RecurrentModule``'s (``dnirnn.recurrent``): positions-based
+data, one ``trainer.global_step`` per ``training_step``, the finiteness check, evaluation of
+the whole stream with carried state, the run folder and its checkpoints.
+
+Processes. With ``trainer.devices: 1`` every group runs in this process (the one-process
+simulation of the schedule: ``LoopbackTransport``). With ``trainer.devices: G`` (= ``groups``)
+and ``trainer.strategy: layer_parallel`` (``dnirnn.decoupled.parallel``) each process is one
+group, rank g = group g, on its own device where there are GPUs; messages go by
+``torch.distributed`` isend / irecv. Both run ``dnirnn.decoupled.pipeline.run_step`` over the
+same ``Schedule(groups, lag=1, delay=interface_delay)``: the same floats (tested).
+
+Every process builds the whole model from the same seed (so a group starts from the weights
+the locked model of that seed has) and trains only its own groups; the other groups' copies
+are refreshed from their owners (broadcast) before each validation and test, where every
+process runs the whole stack over the whole stream (evaluation is not pipelined: its wall
+time is one process's). Per training step one all-reduce of a few numbers gives every
+process the step's loss, diagnostics and finiteness (the last group has the loss).
+
+Checkpoints (written by rank 0, gathered from every process): ``state_dict`` is the whole
+model (every group's parameters and synthesizers, least-squares statistics included, from
+the process that trains it), and the section ``decoupled`` holds each group's optimizer
+states and its runner (carried state, windows not yet run, messages received and not yet
+used, outputs waiting for their gradient: ``GroupRunner.state_dict``; every message sent in a
+step is received by its end, so nothing is lost on the wire). Resume is exact. The core's
+optimizers are the module's own, not Lightning's (their states differ per process).
+
+Metrics: ``train/loss``, ``train/bpc`` (or the task's), ``train/grad_norm`` (mean over the
+groups' updates), ``train/sg_loss``, ``train/sg_cos``, ``train/target_norm`` (the temporal
+synthesizers, mean over their fits / updates), ``train/interface_sg_loss``,
+``train/interface_sg_cos`` (the interface synthesizers' fits to the late true gradients),
+``train/interface_norm`` (``||ĝ||``) and ``train/interface_target_norm`` (``||G||``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dnirnn.decoupled.config import validate_decoupled_args
+from dnirnn.decoupled.layers import Group, group_optimizers
+from dnirnn.decoupled.pipeline import GroupRunner, WindowData, run_step
+from dnirnn.decoupled.schedule import Schedule
+from dnirnn.decoupled.stack import check_splittable, group_bounds, split_core
+from dnirnn.decoupled.transport import DistributedTransport, LoopbackTransport
+from dnirnn.hierarchy import init_forget_bias
+from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.recurrent import TASKS, TOKEN_TASKS, RecurrentModule
+from dnirnn.state import State
+from dnirnn.synthesizers import build_synthesizer
+from dnirnn.tasks import Batch, CopyTask
+from dnirnn.window import Window, masked_task_loss, split_windows
+
+# the module steps its own optimizers (one set per group and process), so Lightning has none
+warnings.filterwarnings("ignore", message=r".*configure_optimizers` returned `None`")
+
+_SUMS = ("nats", "count", "bad", "updates", "grad_norm", "target_norm", "sg_loss", "sg_cos",
+         "fitted", "interface_norm", "interfaced", "interface_sg_loss", "interface_sg_cos",
+         "interface_target_norm", "interface_fits")
+
+
+class DecoupledModule(RecurrentModule):
+    """A stacked LSTM cut into layer groups joined by interface synthesizers.
+
+    Args:
+        task: "lm" (token streams, PTB) or "recall"; linked from the data module.
+        input_size, output_size: vocabulary sizes; linked from the data module.
+        hidden_size: LSTM units per layer (every layer: the messages have this width).
+        num_layers: L, stacked layers.
+        groups: G, layer groups (1 <= G <= L; consecutive layers, as equal as can be); with
+            more than one process, one group per process (``trainer.devices = G``).
+        embed_size: embedding width (group 0); null: hidden_size.
+        init_range: as ``DNIModule``'s (null: PyTorch's initialisation).
+        boundary: each group's truncation boundary: "dni" (its own temporal synthesizer
+            ``M_g``) or "tbptt".
+        window: T, the truncation window (every group's).
+        windows_per_step: K windows per training step for streams (one tick each).
+        sg_scale: β, the weight of the temporal synthetic gradients.
+        synthesizer, synthesizer_fit, synthesizer_hidden, synthesizer_layers, rls_forget,
+            rls_ridge: ``M_g``'s kind, fit, hidden width (null: its state size) and depth, and
+            the least-squares settings (as ``DNIModule``'s, per group).
+        interface_synthesizer: ``I_g``'s kind, "linear" or "mlp", or null: no interface (the
+            groups below the last then get no gradient; an ablation).
+        interface_fit: "adam" or "rls" (least squares, solved once per training step, on the
+            T·B rows of every window).
+        interface_hidden, interface_layers: the mlp interface's width (null: hidden_size)
+            and depth.
+        interface_sg_scale: β_if, the weight of the interface synthetic gradient.
+        interface_lr: ``I_g``'s Adam learning rate (null: synthesizer_lr).
+        interface_delay: d, windows between the use of ``ĝ_k`` and ``I_g``'s fit on the true
+            ``G_k`` (>= 1; 2: no group waits for a backward pass of the same tick).
+        lr, synthesizer_lr: θ_g's and the synthesizers' Adam learning rates.
+        clip, synthesizer_clip: gradient-norm clips, each group's on its own norm (null: none).
+        eval_chunk: steps per validation/test batch.
+        forget_bias: initial forget-gate bias (0: PyTorch's init).
+        message_timeout: seconds a process waits for a message before it stops with an
+            error naming the group it waited for (a dead peer is reported at once).
+    """
+
+    def __init__(
+        self,
+        task: str = "lm",
+        input_size: int = 1,
+        output_size: int = 1,
+        hidden_size: int = 256,
+        num_layers: int = 2,
+        groups: int = 2,
+        embed_size: int | None = None,
+        init_range: float | None = None,
+        dropout: float = 0.0,
+        boundary: str = "dni",
+        window: int = 8,
+        windows_per_step: int = 8,
+        sg_scale: float = 1.0,
+        synthesizer: str = "mlp",
+        synthesizer_fit: str = "adam",
+        synthesizer_hidden: int | None = None,
+        synthesizer_layers: int = 1,
+        rls_forget: float = 0.8,
+        rls_ridge: float = 0.1,
+        interface_synthesizer: str | None = "linear",
+        interface_fit: str = "rls",
+        interface_hidden: int | None = None,
+        interface_layers: int = 1,
+        interface_sg_scale: float = 1.0,
+        interface_lr: float | None = None,
+        interface_delay: int = 2,
+        lr: float = 1e-3,
+        synthesizer_lr: float = 1e-4,
+        clip: float | None = 1.0,
+        synthesizer_clip: float | None = 1.0,
+        eval_chunk: int = 256,
+        forget_bias: float = 0.0,
+        message_timeout: float = 300.0,
+    ) -> None:
+        super().__init__()
+        validate_decoupled_args(locals())
+        self.save_hyperparameters()
+        cfg = CoreConfig(input_size, output_size, hidden_size, num_layers,
+                         embed=task in TOKEN_TASKS, embed_size=embed_size, dropout=dropout,
+                         init_range=init_range)
+        check_splittable(cfg)
+        group_bounds(num_layers, groups)
+        core = LSTMCore(cfg)  # (the locked model's initialisation, then cut)
+        init_forget_bias(core.lstm, forget_bias)
+        built = []
+        for layers in split_core(core, groups):
+            synth = face = None
+            if boundary == "dni":
+                width = synthesizer_hidden or layers.state_size
+                synth = build_synthesizer(layers.state_size, fit=synthesizer_fit,
+                                          kind=synthesizer, hidden_size=width,
+                                          hidden_layers=synthesizer_layers, forget=rls_forget,
+                                          ridge=rls_ridge)
+            if interface_synthesizer is not None and layers.readout is None:
+                face = build_synthesizer(hidden_size, fit=interface_fit,
+                                         kind=interface_synthesizer,
+                                         hidden_size=interface_hidden or hidden_size,
+                                         hidden_layers=interface_layers, forget=rls_forget,
+                                         ridge=rls_ridge)
+            built.append(Group(layers, TASKS[task], 1.0, synthesizer=synth, interface=face,
+                               sg_scale=sg_scale, interface_scale=interface_sg_scale))
+        self.groups = nn.ModuleList(built)
+        self.schedule = Schedule(groups, 1, interface_delay)
+        self.owned: list[int] = list(range(groups))
+        self._runners: list[GroupRunner] | None = None
+        self._restore: dict[str, Any] | None = None
+
+    # ---- set-up -----------------------------------------------------------------------
+
+    def check_task(self, task: Any, world: int) -> None:
+        if isinstance(task, CopyTask):
+            raise ValueError("model: decoupled layer groups train on token streams (PTB) and "
+                             "recall episodes; the copy tasks' curriculum is not supported")
+        g = self.hparams.groups
+        if world not in (1, g):
+            raise ValueError(
+                f"trainer.devices: {world} processes for {g} layer groups; a parallel run puts "
+                f"one layer group in each process: set --trainer.devices={g}, or 1 to run "
+                f"every group in one process (the simulation of the same schedule)")
+
+    def check_trainer(self, trainer: Any) -> None:
+        from dnirnn.decoupled.parallel import LayerParallelStrategy
+
+        world = trainer.num_devices * trainer.num_nodes
+        if world > 1 and not isinstance(trainer.strategy, LayerParallelStrategy):
+            raise ValueError(f"trainer.strategy: decoupled layer groups in {world} processes "
+                             f"need --trainer.strategy=layer_parallel (a process per group, "
+                             f"point-to-point messages), not {type(trainer.strategy).__name__}")
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        if dm is None or getattr(dm, "task", None) is None:
+            raise RuntimeError("DecoupledModule needs a dnirnn data module")
+        self.task = dm.task  # (not sharded: every process sees the whole batch)
+        world = self.trainer.world_size
+        self.owned = list(range(self.hparams.groups)) if world == 1 else [
+            self.trainer.global_rank]
+        for g in self.groups:
+            g.loss_norm = self.task.loss_norm(self.hparams.window)
+
+    def configure_optimizers(self):
+        return None  # (each group's optimizers are built by ``_runner_list``)
+
+    def _runner_list(self) -> list[GroupRunner]:
+        if self._runners is not None:
+            return self._runners
+        hp, world = self.hparams, self.trainer.world_size
+        transport = (LoopbackTransport() if world == 1 else
+                     DistributedTransport(self.trainer.global_rank, hp.message_timeout))
+        self._runners = []
+        for g in self.owned:
+            opts = group_optimizers(self.groups[g], hp.lr, hp.synthesizer_lr, hp.clip,
+                                    hp.synthesizer_clip, hp.interface_lr)
+            self._runners.append(GroupRunner(g, self.groups[g], opts, self.schedule,
+                                             transport))
+        if self._restore is not None:
+            for r in self._runners:
+                saved = self._restore["groups"][r.g]
+                if saved is not None:
+                    _load_optimizers(r, saved["optimizers"])
+                    r.load_state_dict(saved["runner"])
+            self._restore = None
+        return self._runners
+
+    # ---- training ---------------------------------------------------------------------
+
+    def zero_state(self, batch: int) -> list[State]:
+        return [g.layers.zero_state(batch) for g in self.groups]
+
+    def run_windows(self, batch: Batch) -> dict[str, Tensor]:
+        runners = self._runner_list()
+        ws = split_windows(batch.x, batch.y, self.hparams.window, batch.mask)
+        base = runners[0].pushed
+        data = [WindowData(base + i, w, reset=batch.reset and i == 0,
+                           end=batch.last and i == len(ws) - 1) for i, w in enumerate(ws)]
+        results, fits, ok = run_step(runners, data)
+        self.carried = None  # (the carried states are the runners')
+        return _sums(results, fits, ok, self.groups[0].layers.lstm.weight_hh_l0)
+
+    def _log_train(self, sums: dict[str, Tensor]) -> None:
+        """One all-reduce of the step's sums, every step (the loss lives in the last group's
+        process); then as ``RecurrentModule._log_train``."""
+        vec = torch.stack([sums[k] for k in _SUMS])
+        if self.trainer.world_size > 1:
+            torch.distributed.all_reduce(vec)
+        s = dict(zip(_SUMS, vec))
+        self.last_finite = s["bad"] == 0
+        metrics = self.task.metrics(s["nats"], s["count"])
+        self.last_train_error = metrics.get("bits_per_step")
+        if not self._logs_this_step():
+            return
+
+        def mean(key: str, n: str) -> Tensor:
+            return s[key] / s[n].clamp_min(1.0)
+
+        logged = {f"train/{k}": v for k, v in metrics.items() if k != "loss"}
+        logged.update({
+            "train/grad_norm": mean("grad_norm", "updates"),
+            "train/target_norm": mean("target_norm", "updates"),
+            "train/sg_loss": mean("sg_loss", "fitted"), "train/sg_cos": mean("sg_cos", "fitted"),
+            "train/interface_norm": mean("interface_norm", "interfaced"),
+            "train/interface_sg_loss": mean("interface_sg_loss", "interface_fits"),
+            "train/interface_sg_cos": mean("interface_sg_cos", "interface_fits"),
+            "train/interface_target_norm": mean("interface_target_norm", "interface_fits"),
+        })
+        self.log_dict(logged, on_step=True, on_epoch=False, prog_bar=False)
+        self.log("train/loss", metrics["loss"], prog_bar=True, on_step=True, on_epoch=False)
+
+    # ---- evaluation: every process runs the whole stack --------------------------------
+
+    def _share_parameters(self) -> None:
+        """Every group's layers from the process that trains it, to every process."""
+        if self.trainer.world_size <= 1 or not torch.distributed.is_initialized():
+            return
+        for g, group in enumerate(self.groups):
+            for t in group.layers.state_dict().values():
+                torch.distributed.broadcast(t, src=g)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._share_parameters()
+
+    def on_validation_start(self) -> None:
+        super().on_validation_start()
+        self._share_parameters()
+
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        self._share_parameters()
+
+    def eval_forward(self, x: Tensor, state: list[State]) -> tuple[Tensor, list[State]]:
+        new = []
+        for group, s in zip(self.groups, state):
+            x, s = group.layers(x, s)
+            new.append(s)
+        return self.groups[-1].layers.logits(x), new
+
+    def task_loss(self, logits: Tensor, window: Window) -> tuple[Tensor, Tensor, Tensor]:
+        return masked_task_loss(TASKS[self.hparams.task], self.groups[-1].loss_norm, logits,
+                                window)
+
+    # ---- checkpoints: every group's state, gathered on rank 0 --------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        mine = {}
+        for r in self._runners or []:
+            mine[r.g] = {"params": {k: v.detach().cpu() for k, v
+                                    in self.groups[r.g].state_dict().items()},
+                         "optimizers": _optimizer_states(r), "runner": r.state_dict()}
+        if self.trainer.world_size > 1:
+            every = [None] * self.trainer.world_size if self.trainer.global_rank == 0 else None
+            torch.distributed.gather_object(mine, every, dst=0)
+            if every is None:
+                return
+            mine = {g: v for part in every for g, v in part.items()}
+        for g, saved in mine.items():
+            checkpoint["state_dict"].update({f"groups.{g}.{k}": v
+                                             for k, v in saved.pop("params").items()})
+        checkpoint["decoupled"] = {"groups": [mine.get(g) for g in range(len(self.groups))]}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._restore = checkpoint.get("decoupled")
+        self._runners = None
+
+
+def _optimizer_states(r: GroupRunner) -> dict[str, Any]:
+    opts = r.opts
+    parts = {"core": opts.core.core, "synthesizer": opts.core.synthesizer,
+             "interface": None if opts.interface is None else opts.interface.synthesizer}
+    return {k: None if o is None else o.state_dict() for k, o in parts.items()}
+
+
+def _load_optimizers(r: GroupRunner, states: dict[str, Any]) -> None:
+    opts = r.opts
+    parts = {"core": opts.core.core, "synthesizer": opts.core.synthesizer,
+             "interface": None if opts.interface is None else opts.interface.synthesizer}
+    for k, o in parts.items():
+        if o is not None and states.get(k) is not None:
+            o.load_state_dict(states[k])
+
+
+def _sums(results, fits, ok: Tensor, like: Tensor) -> dict[str, Tensor]:
+    """The step's sums on the device (see ``_SUMS``), zeros where nothing happened."""
+    zero = torch.zeros((), device=like.device, dtype=torch.float32)
+
+    def total(values) -> Tensor:
+        values = [v.detach().float() for v in values]
+        return torch.stack(values).sum() if values else zero
+
+    interfaced = [r for r in results if r.interfaced]
+    return {
+        "nats": total(r.nats for r in results), "count": total(r.count for r in results),
+        "bad": total([~r.finite for r in results] + [~ok]
+                     + [~torch.isfinite(f.loss) for f in fits]),
+        "updates": zero + len(results), "grad_norm": total(r.grad_norm for r in results),
+        "target_norm": total(r.target_norm for r in results),
+        "sg_loss": total(r.sg_loss for r in results), "sg_cos": total(r.sg_cos for r in results),
+        "fitted": zero + sum(r.fitted for r in results),
+        "interface_norm": total(r.interface_norm for r in interfaced),
+        "interfaced": zero + len(interfaced),
+        "interface_sg_loss": total(f.loss for f in fits),
+        "interface_sg_cos": total(f.cos for f in fits),
+        "interface_target_norm": total(f.target_norm for f in fits),
+        "interface_fits": zero + len(fits),
+    }
