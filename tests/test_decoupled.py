@@ -42,15 +42,16 @@ def windows(n: int, seed: int = 1, length: int = T) -> list[Window]:
 
 
 def groups(c: LSTMCore, n: int, temporal: str | None = None, interface: str | None = "linear",
-           fit: str = "adam", sg_scale: float = 1.0) -> list[Group]:
+           fit: str = "adam", sg_scale: float = 1.0, context: str = "none") -> list[Group]:
     out = []
     for layers in split_core(c, n):
         synth = None if temporal is None else build_synthesizer(
             layers.state_size, kind=temporal, hidden_size=7, fit=fit)
         face = None if interface is None or layers.readout is not None else build_synthesizer(
-            H, kind=interface, hidden_size=7, fit=fit)
+            H, kind=interface, hidden_size=7, fit=fit,
+            context_size=V if context == "target" else 0)
         out.append(Group(layers, lm_step_loss, B * T, synthesizer=synth, interface=face,
-                         sg_scale=sg_scale))
+                         sg_scale=sg_scale, context=context))
     return out
 
 
@@ -166,10 +167,11 @@ def test_oracle_interface_no_delay_is_the_locked_tbptt_update(float64):
 
 # ---- the schedule: when messages are used, and how old they are --------------------------
 
-def simulate(gs, schedule: Schedule, data: list[list[Window]], log=None, resets=()):
+def simulate(gs, schedule: Schedule, data: list[list[Window]], log=None, resets=(),
+             warmup: int = 0):
     opts = [group_optimizers(g, 1e-2, 1e-2) for g in gs]
     transport = LoopbackTransport()
-    runners = [GroupRunner(i, g, o, schedule, transport, log) for i, (g, o)
+    runners = [GroupRunner(i, g, o, schedule, transport, log, warmup) for i, (g, o)
                in enumerate(zip(gs, opts))]
     k, out = 0, []
     for step in data:
@@ -219,19 +221,25 @@ def test_messages_are_used_when_the_schedule_says_and_are_as_old_as_it_says(lag,
         assert len(r.backlog) == r.g * lag
 
 
-@pytest.mark.parametrize("lag, delay", [(1, 2), (0, 0)])
+@pytest.mark.parametrize("lag, delay, context", [(1, 2, "target"), (0, 0, "none")])
 @pytest.mark.parametrize("fit", ["adam", "rls"])
-def test_the_pipeline_computes_what_a_plain_window_loop_computes(lag, delay, fit, float64):
+def test_the_pipeline_computes_what_a_plain_window_loop_computes(lag, delay, context, fit,
+                                                                 float64):
     """The schedule decides when each group runs a window, not what it computes: the pipelined
-    run over 3 steps (windows and messages in flight across steps, an episode reset inside)
-    equals a window-by-window loop of the same updates with each I_g fitted ``delay``
-    windows late, bit for bit. (Least squares is solved at each training step's end, which
-    a group ``g·lag`` windows behind reaches after its own window ``K - 1 - g·lag``.)"""
+    run over 3 steps (windows and messages in flight across steps, an episode reset inside,
+    the interface warming up for 2 windows) equals a window-by-window loop of the same
+    updates with each I_g fitted ``delay`` windows late, bit for bit. (Least squares is
+    solved at each training step's end, which a group ``g·lag`` windows behind reaches after
+    its own window ``K - 1 - g·lag``.)"""
     data = [windows(3, seed=s) for s in range(3)]
-    resets = {0, 4}
-    sim = groups(core(), 2, temporal="mlp" if fit == "adam" else "linear", fit=fit)
-    runners, _ = simulate(sim, Schedule(2, lag, delay), data, resets=resets)
-    ref = groups(core(), 2, temporal="mlp" if fit == "adam" else "linear", fit=fit)
+    resets, warmup = {0, 4}, 2
+    temporal = "mlp" if fit == "adam" else "linear"
+    sim = groups(core(), 2, temporal=temporal, fit=fit, context=context)
+    runners, steps = simulate(sim, Schedule(2, lag, delay), data, resets=resets,
+                              warmup=warmup)
+    injected = [r.interfaced for results, _, _ in steps for r in results if not r.count]
+    assert injected == [0] * warmup + [1] * (9 - warmup)  # (group 0's windows, in order)
+    ref = groups(core(), 2, temporal=temporal, fit=fit, context=context)
     opts = [group_optimizers(g, 1e-2, 1e-2) for g in ref]
     flat = [w for step in data for w in step]
     states, outs, grads = [None, None], {}, {}
@@ -242,14 +250,17 @@ def test_the_pipeline_computes_what_a_plain_window_loop_computes(lag, delay, fit
             if i == 1 and k >= ran:
                 break
             s = g.layers.zero_state(B) if k in resets or states[i] is None else states[i]
-            res = g.update(g.forward_window(x, s, w), opts[i], episode_start=k in resets)
+            res = g.update(g.forward_window(x, s, w), opts[i], episode_start=k in resets,
+                           inject=k >= warmup)
             states[i], x = res.state, res.out
             if i == 0:
-                outs[k] = res.out
+                outs[k] = (res.out, res.context)
             else:
                 grads[k] = res.input_grad
         if k - delay in grads and (k - delay) in outs:
-            ref[0].fit_interface(opts[0], outs.pop(k - delay), grads[k - delay])
+            out, ctx = outs.pop(k - delay)
+            assert (ctx is None) == (context == "none")
+            ref[0].fit_interface(opts[0], out, grads[k - delay], ctx)
         for i, g in enumerate(ref):  # the least-squares solves: at the end of each training
             if (k + i * lag + 1) % 3 == 0:  # step, which group i reaches i * lag windows later
                 g.end_step()
@@ -257,3 +268,57 @@ def test_the_pipeline_computes_what_a_plain_window_loop_computes(lag, delay, fit
         for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(p, q), name
     assert runners[1].updates == ran
+
+
+def test_the_decoupled_model_starts_from_the_locked_models_weights():
+    """Same seed, same core config: DecoupledModule's groups hold DNIModule's (locked) initial
+    weights, so (a), (b) and (c) of issue 19 start from one model."""
+    import lightning as L
+
+    from dnirnn.decoupled.lit import DecoupledModule
+    from dnirnn.lit import DNIModule
+
+    kw = {"task": "lm", "input_size": V, "output_size": V, "hidden_size": H, "num_layers": 3,
+          "embed_size": 4, "forget_bias": 1.0}
+    L.seed_everything(3)
+    locked = DNIModule(boundary="tbptt", **kw).engine.core
+    L.seed_everything(3)
+    decoupled = DecoupledModule(groups=2, **kw)
+    pairs = core_params(locked, list(decoupled.groups))
+    assert len(pairs) == len(list(locked.parameters()))
+    for p, q in pairs:
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("fit, kind", [("adam", "mlp"), ("rls", "linear")])
+def test_one_group_is_the_dni_engine(fit, kind, float64):
+    """A single group (the whole stack, no cut) is dnirnn.dni's window update: three windows
+    with its temporal synthesizer (β = 0.5), the same parameters, synthesizer and state."""
+    import copy
+
+    c = core(layers=2)
+    synth = build_synthesizer(c.state_size, kind=kind, hidden_size=7, fit=fit)
+    torch.nn.init.normal_(synth.maps[0][-1].weight if fit == "adam" else synth.W, std=0.1)
+    net = DNIRNN(copy.deepcopy(c), lm_step_loss, B * T, "dni", copy.deepcopy(synth),
+                 sg_scale=0.5)
+    (layers,) = split_core(c, 1)
+    group = Group(layers, lm_step_loss, B * T, synthesizer=synth, sg_scale=0.5)
+    opts = group_optimizers(group, 1e-2, 1e-2)
+    lopts = Optimizers(torch.optim.Adam(net.core.parameters(), lr=1e-2),
+                       None if fit == "rls" else torch.optim.Adam(net.synthesizer.parameters(),
+                                                                  lr=1e-2))
+    opts.core = Optimizers(torch.optim.Adam(group.layers.parameters(), lr=1e-2),
+                           opts.core.synthesizer)
+    state = tuple(torch.randn(2, B, H) for _ in range(2))
+    mine = state
+    for i, w in enumerate(windows(3)):
+        state = window_update(net, lopts, w, state, episode_start=i == 0).state
+        mine = group.update(group.forward_window(w.x, mine, w), opts,
+                            episode_start=i == 0).state
+        net.end_step(lopts)
+        group.end_step()
+        torch.testing.assert_close(mine[0], state[0], rtol=1e-9, atol=1e-12)
+    for p, q in core_params(net.core, [group]):
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-12)
+    for p, q in zip(net.synthesizer.state_dict().values(), synth.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-12)

@@ -34,7 +34,7 @@ CONFIG = {
     "model": {"class_path": "dnirnn.decoupled.lit.DecoupledModule",
               "init_args": {"num_layers": 3, "groups": 2, "hidden_size": 6, "embed_size": 4,
                             "window": 4, "synthesizer_hidden": 6, "eval_chunk": 12,
-                            "lr": 0.01, "synthesizer_lr": 0.01}},
+                            "lr": 0.01, "synthesizer_lr": 0.01, "interface_warmup": 4}},
 }
 
 

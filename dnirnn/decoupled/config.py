@@ -22,6 +22,8 @@ def validate_decoupled_args(args: dict[str, Any]) -> None:
          "group's truncation boundary)")
     need(args["synthesizer"] in SYNTHESIZER_KINDS, "synthesizer",
          f"must be one of {SYNTHESIZER_KINDS}")
+    need(args["interface_context"] in ("none", "target"), "interface_context",
+         "must be 'target' (the step's target token, one-hot) or 'none'")
     need(args["interface_synthesizer"] in (*SYNTHESIZER_KINDS, None), "interface_synthesizer",
          f"must be one of {SYNTHESIZER_KINDS}, or null for none")
     for f, kind in (("synthesizer_fit", "synthesizer"), ("interface_fit",
@@ -33,6 +35,9 @@ def validate_decoupled_args(args: dict[str, Any]) -> None:
               "eval_chunk", "input_size", "output_size", "synthesizer_layers",
               "interface_layers", "interface_delay"):
         need(isinstance(args[f], int) and args[f] >= 1, f, "must be an integer >= 1")
+    need(isinstance(args["interface_warmup"], int) and args["interface_warmup"] >= 0,
+         "interface_warmup", "must be an integer >= 0 (windows before the interface gradient "
+         "is used)")
     for f in ("synthesizer_hidden", "interface_hidden", "embed_size"):
         need(args[f] is None or (isinstance(args[f], int) and args[f] >= 1), f,
              "must be an integer >= 1, or null")

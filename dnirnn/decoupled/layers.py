@@ -23,6 +23,11 @@ with a second injected gradient::
        group g + 1, late (``fit_interface``; when: ``dnirnn.decoupled.schedule``)
     6. step θ_g (its own optimizer and clip); carry detach(s^g_{k+1})
 
+Conditioning (cDNI, ``context = "target"``): ``I_g`` also reads the step's target token as a
+one-hot ``(V)``, ``ĝ_t = I_g([o_t; onehot(y_t)])``. The loss's gradient at step t turns on
+``y_t`` (the cross-entropy's ``softmax − onehot(y_t)``), which ``o_t`` alone cannot know: the
+unconditioned ``I_g`` can at best predict its expectation given ``o_t``.
+
 ``G^g_k = ∂/∂o^g_k`` of group ``g + 1``'s surrogate: the loss's gradient within the window,
 through the groups above, bootstrapped with THEIR synthetic gradients (as ``δ`` bootstraps
 with ``M``). With every synthetic gradient above ``g`` exact, it is exactly ``∂L/∂o^g_k``.
@@ -57,7 +62,10 @@ from dnirnn.state import State, detach_state, flatten_state, unflatten_state
 from dnirnn.synthesizers.interface import SyntheticGradient
 from dnirnn.window import StepLoss, masked_task_loss
 
-__all__ = ["Group", "GroupForward", "GroupOptimizers", "GroupResult", "group_optimizers"]
+__all__ = ["CONTEXTS", "Group", "GroupForward", "GroupOptimizers", "GroupResult",
+           "group_optimizers"]
+
+CONTEXTS = ("none", "target")  # I_g's conditioning (see the module docstring)
 
 
 @dataclass
@@ -97,6 +105,7 @@ class GroupForward:
     loss: Tensor  # l_k (last group), else a constant 0
     nats: Tensor
     count: Tensor
+    context: Tensor | None = None  # I_g's conditioning context (T B, C), or None
 
 
 @dataclass
@@ -107,6 +116,7 @@ class GroupResult:
         loss, nats, count: the window's task objective and metric sums (0 below the last).
         state: ``s^g_{k+1}``, detached: carry it.
         out: ``o^g_k`` ``(T, B, H)``: the message up, and ``I_g``'s regression input.
+        context: ``I_g``'s context for the window ``(T B, C)`` (None: unconditioned).
         input_grad: ``G^{g-1}_k`` ``(T, B, H_in)``, the message down (None for group 0).
         grad_norm: θ_g's gradient norm before clipping.
         sg_loss, sg_cos: ``M_g``'s fit (0 where none: an episode start, TBPTT).
@@ -121,6 +131,7 @@ class GroupResult:
     count: Tensor
     state: State
     out: Tensor
+    context: Tensor | None
     input_grad: Tensor | None
     grad_norm: Tensor
     sg_loss: Tensor
@@ -150,14 +161,20 @@ class Group(nn.Module):
         interface: ``I_g`` (``build_synthesizer(hidden_size, ...)``), or None (the last
             group; below it, None means the group gets no gradient from above).
         sg_scale: β; interface_scale: β_if.
+        context: ``I_g``'s conditioning: "none", or "target" (the step's target token,
+            one-hot: ``interface`` built with ``context_size`` = the vocabulary).
     """
 
     def __init__(self, layers: LayerGroup, step_loss: StepLoss, loss_norm: float = 1.0, *,
                  synthesizer: nn.Module | None = None, interface: nn.Module | None = None,
-                 sg_scale: float = 1.0, interface_scale: float = 1.0) -> None:
+                 sg_scale: float = 1.0, interface_scale: float = 1.0,
+                 context: str = "none") -> None:
         super().__init__()
         if layers.readout is not None and interface is not None:
             raise ValueError("the last layer group has no interface above it")
+        if context not in CONTEXTS:
+            raise ValueError(f"interface context must be one of {CONTEXTS}, got {context!r}")
+        self.context = context
         self.layers, self.synthesizer, self.interface = layers, synthesizer, interface
         self.step_loss, self.loss_norm = step_loss, float(loss_norm)
         self.sg_scale, self.interface_scale = float(sg_scale), float(interface_scale)
@@ -178,9 +195,16 @@ class Group(nn.Module):
     def interface_sg(self) -> SyntheticGradient:
         return SyntheticGradient(self.interface)
 
-    def interface_gradient(self, out: Tensor) -> Tensor:
-        """``ĝ = I_g(o)``: ``(T, B, H) -> (T, B, H)``, no graph."""
-        return self.interface_sg(out.flatten(0, 1)).view_as(out)
+    def interface_gradient(self, out: Tensor, context: Tensor | None = None) -> Tensor:
+        """``ĝ = I_g(o[, context])``: ``(T, B, H) -> (T, B, H)``, no graph."""
+        return self.interface_sg(out.flatten(0, 1), context).view_as(out)
+
+    def interface_context(self, window: Window, like: Tensor) -> Tensor | None:
+        """``I_g``'s context rows ``(T B, C)`` for ``window`` (None: unconditioned)."""
+        if self.context == "none" or self.interface is None:
+            return None
+        width = self.interface.context_size
+        return torch.nn.functional.one_hot(window.y.flatten(), width).to(like.dtype)
 
     # ---- steps 1-2 ------------------------------------------------------------------
 
@@ -195,17 +219,20 @@ class Group(nn.Module):
                                                  self.layers.logits(out), window)
         else:
             loss = nats = count = torch.zeros((), device=out.device, dtype=out.dtype)
-        return GroupForward(start, leaf, out, end, loss, nats, count)
+        return GroupForward(start, leaf, out, end, loss, nats, count,
+                            self.interface_context(window, out))
 
     # ---- steps 3-6 ------------------------------------------------------------------
 
     def update(self, fw: GroupForward, opts: GroupOptimizers, *, episode_start: bool = False,
-               episode_end: bool = False, interface_grad: Tensor | None = None) -> GroupResult:
+               episode_end: bool = False, interface_grad: Tensor | None = None,
+               inject: bool = True) -> GroupResult:
         """Steps 3-6 of the window ``fw``: inject, ONE backward pass, step θ_g, fit ``M_g``.
 
         ``episode_start``: ``s^g_k`` is a fresh start, not a boundary: ``M_g`` is not fitted
         on it. ``episode_end``: ``g_{k+1} = 0``. ``interface_grad``: inject this instead of
-        ``I_g(o)`` (the oracle of the tests: ``G^g_k`` of the same window)."""
+        ``I_g(o)`` (the oracle of the tests: ``G^g_k`` of the same window). ``inject=False``:
+        no ``ĝ`` at all (the warm-up, while ``I_g`` has seen too few targets)."""
         fit_now = self.synthesizer is not None and not episode_start
         start_flat = flatten_state(fw.start).detach()
         prediction = g_next = None
@@ -213,8 +240,8 @@ class Group(nn.Module):
             end_flat = None if episode_end else flatten_state(fw.end).detach()
             prediction, g_next = self.sg.pair(start_flat if fit_now else None, None, 0,
                                               end_flat, None, 0)
-        if interface_grad is None and self.interface is not None:
-            interface_grad = self.interface_gradient(fw.out)
+        if interface_grad is None and self.interface is not None and inject:
+            interface_grad = self.interface_gradient(fw.out, fw.context)
         ends, grads = [], []
         if g_next is not None and self.sg_scale != 0.0:
             ends += list(fw.end)
@@ -243,7 +270,8 @@ class Group(nn.Module):
                                              target_norm.to(zero), sg_loss.to(zero)])).all()
         return GroupResult(
             loss=fw.loss.detach(), nats=fw.nats.detach(), count=fw.count,
-            state=detach_state(fw.end), out=fw.out.detach(), input_grad=input_grad,
+            state=detach_state(fw.end), out=fw.out.detach(), context=fw.context,
+            input_grad=input_grad,
             grad_norm=norm.detach(), sg_loss=sg_loss.detach(), sg_cos=sg_cos,
             target_norm=target_norm,
             sg_norm=zero if g_next is None else torch.linalg.vector_norm(g_next),
@@ -252,12 +280,14 @@ class Group(nn.Module):
             finite=finite, fitted=int(fit_now), interfaced=int(interface_grad is not None),
         )
 
-    def fit_interface(self, opts: GroupOptimizers, out: Tensor,
-                      target: Tensor) -> tuple[Tensor, Tensor]:
+    def fit_interface(self, opts: GroupOptimizers, out: Tensor, target: Tensor,
+                      context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Step 5 for ``I_g``: fits it to ``(o^g_k, G^g_k)``, ``(T, B, H)`` each, one row per
-        step and sequence. Returns ``(L_SG, cosine)`` of the prediction before the fit."""
+        step and sequence (``context``: the window's, as ``GroupResult.context``). Returns
+        ``(L_SG, cosine)`` of the prediction before the fit."""
         fit = opts.interface if opts.interface is not None else Optimizers(None)
-        return self.interface_sg.observe(fit, out.flatten(0, 1), target.flatten(0, 1))
+        return self.interface_sg.observe(fit, out.flatten(0, 1), target.flatten(0, 1),
+                                         context)
 
     def end_step(self) -> Tensor:
         """Once per training step: the least-squares solves of ``M_g`` and ``I_g`` (a 0-dim

@@ -85,6 +85,9 @@ class DecoupledModule(RecurrentModule):
             the least-squares settings (as ``DNIModule``'s, per group).
         interface_synthesizer: ``I_g``'s kind, "linear" or "mlp", or null: no interface (the
             groups below the last then get no gradient; an ablation).
+        interface_context: ``I_g``'s conditioning (cDNI): "target" (the step's target
+            token, one-hot: the cross-entropy's gradient turns on it) or "none" (``o_t``
+            only). "target" adds ``output_size`` inputs: meant for small vocabularies.
         interface_fit: "adam" or "rls" (least squares, solved once per training step, on the
             T·B rows of every window).
         interface_hidden, interface_layers: the mlp interface's width (null: hidden_size)
@@ -93,6 +96,10 @@ class DecoupledModule(RecurrentModule):
         interface_lr: ``I_g``'s Adam learning rate (null: synthesizer_lr).
         interface_delay: d, windows between the use of ``ĝ_k`` and ``I_g``'s fit on the true
             ``G_k`` (>= 1; 2: no group waits for a backward pass of the same tick).
+        interface_warmup: windows each group runs before it injects ``ĝ`` (its ``I_g`` is
+            fitted from the first window): 64 = 8 steps of 8 windows. Without it, the first
+            least-squares fits, on few targets of a map that moves fast at the start, steered
+            the layer below far off (PTB char: the run stalled near 4.4 BPC).
         lr, synthesizer_lr: θ_g's and the synthesizers' Adam learning rates.
         clip, synthesizer_clip: gradient-norm clips, each group's on its own norm (null: none).
         eval_chunk: steps per validation/test batch.
@@ -123,12 +130,14 @@ class DecoupledModule(RecurrentModule):
         rls_forget: float = 0.8,
         rls_ridge: float = 0.1,
         interface_synthesizer: str | None = "linear",
+        interface_context: str = "target",
         interface_fit: str = "rls",
         interface_hidden: int | None = None,
         interface_layers: int = 1,
         interface_sg_scale: float = 1.0,
         interface_lr: float | None = None,
         interface_delay: int = 2,
+        interface_warmup: int = 64,
         lr: float = 1e-3,
         synthesizer_lr: float = 1e-4,
         clip: float | None = 1.0,
@@ -157,13 +166,14 @@ class DecoupledModule(RecurrentModule):
                                           hidden_layers=synthesizer_layers, forget=rls_forget,
                                           ridge=rls_ridge)
             if interface_synthesizer is not None and layers.readout is None:
-                face = build_synthesizer(hidden_size, fit=interface_fit,
-                                         kind=interface_synthesizer,
-                                         hidden_size=interface_hidden or hidden_size,
-                                         hidden_layers=interface_layers, forget=rls_forget,
-                                         ridge=rls_ridge)
+                face = build_synthesizer(
+                    hidden_size, fit=interface_fit, kind=interface_synthesizer,
+                    hidden_size=interface_hidden or hidden_size, hidden_layers=interface_layers,
+                    context_size=output_size if interface_context == "target" else 0,
+                    forget=rls_forget, ridge=rls_ridge)
             built.append(Group(layers, TASKS[task], 1.0, synthesizer=synth, interface=face,
-                               sg_scale=sg_scale, interface_scale=interface_sg_scale))
+                               sg_scale=sg_scale, interface_scale=interface_sg_scale,
+                               context=interface_context))
         self.groups = nn.ModuleList(built)
         self.schedule = Schedule(groups, 1, interface_delay)
         self.owned: list[int] = list(range(groups))
@@ -217,7 +227,7 @@ class DecoupledModule(RecurrentModule):
             opts = group_optimizers(self.groups[g], hp.lr, hp.synthesizer_lr, hp.clip,
                                     hp.synthesizer_clip, hp.interface_lr)
             self._runners.append(GroupRunner(g, self.groups[g], opts, self.schedule,
-                                             transport))
+                                             transport, warmup=hp.interface_warmup))
         if self._restore is not None:
             for r in self._runners:
                 saved = self._restore["groups"][r.g]

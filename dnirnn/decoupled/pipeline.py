@@ -20,9 +20,10 @@ ends as soon as the neighbour has sent. Both runs compute the same floats.
 
 Between steps (after the drain) a runner holds: its carried state ``s^g``, the windows
 pushed but not yet run (``g·lag`` of them: their data), the messages received but not yet
-used (``Schedule.in_flight``) and the outputs ``o^g_k`` waiting for their gradient, plus the
-counters. ``state_dict`` / ``load_state_dict`` carry exactly that, so a resumed run continues
-bit for bit; nothing is left on the wire at a step boundary.
+used (``Schedule.in_flight``) and the outputs ``o^g_k`` waiting for their gradient (with
+``I_g``'s context for them), plus the counters. ``state_dict`` / ``load_state_dict`` carry
+exactly that, so a resumed run continues bit for bit; nothing is left on the wire at a step
+boundary.
 """
 
 from __future__ import annotations
@@ -74,18 +75,22 @@ class GroupRunner:
         schedule: the shared schedule.
         transport: how messages travel (the same object for every runner of a process).
         log: a list to record every message sent and used, or None (tests: the delays).
+        warmup: the windows this group runs before it injects ``ĝ`` (``I_g`` is fitted
+            from the start): an early least-squares fit on a few targets of a fast-changing
+            map points anywhere, and Adam turns even a small wrong gradient into full steps.
     """
 
     def __init__(self, index: int, group: Group, opts: GroupOptimizers, schedule: Schedule,
-                 transport: Any, log: list | None = None) -> None:
-        self.g, self.group, self.opts = index, group, opts
+                 transport: Any, log: list | None = None, warmup: int = 0) -> None:
+        self.g, self.group, self.opts, self.warmup = index, group, opts, warmup
         self.schedule, self.transport, self.log = schedule, transport, log
         self.state: State | None = None
         self.backlog: deque[WindowData] = deque()  # pushed, not yet run
         self.pushed = 0  # windows pushed so far (the index of the next)
         self.updates = 0  # windows run (θ_g's updates)
         self.inbox: dict[tuple[str, int], Tensor] = {}  # received, not yet used
-        self.outputs: dict[int, Tensor] = {}  # o^g_k waiting for G^g_k
+        self.outputs: dict[int, tuple[Tensor, Tensor | None]] = {}  # (o^g_k, context)
+        # waiting for G^g_k
         self._posted: dict[tuple[str, int], tuple[Tensor, Any]] = {}
         self._sending: list[tuple[Tensor, Any]] = []
         self._batch = 0
@@ -134,12 +139,13 @@ class GroupRunner:
         fw = self.group.forward_window(inputs, state, w.window)
         if not self.group.last:
             self._send(ACTIVATION, self.g + 1, k, fw.out.detach(), tick)
-        result = self.group.update(fw, self.opts, episode_start=w.reset, episode_end=w.end)
+        result = self.group.update(fw, self.opts, episode_start=w.reset, episode_end=w.end,
+                                   inject=self.updates >= self.warmup)
         self.updates += 1
         if not self.group.first:
             self._send(GRADIENT, self.g - 1, k, result.input_grad, tick)
         if self.group.interface is not None:
-            self.outputs[k] = result.out
+            self.outputs[k] = (result.out, result.context)
         self.state = result.state
         return result
 
@@ -150,7 +156,8 @@ class GroupRunner:
         if self.group.interface is None or k not in self.outputs:
             return None
         target = self._take(GRADIENT, k, tick)
-        loss, cos = self.group.fit_interface(self.opts, self.outputs.pop(k), target)
+        out, context = self.outputs.pop(k)
+        loss, cos = self.group.fit_interface(self.opts, out, target, context)
         return InterfaceFit(k, loss, cos, torch.linalg.vector_norm(target))
 
     def drain(self) -> None:
@@ -180,7 +187,7 @@ class GroupRunner:
             if w.index == k:
                 return w.window.x.shape[0]
         if k in self.outputs:
-            return self.outputs[k].shape[0]
+            return self.outputs[k][0].shape[0]
         raise RuntimeError(f"group {self.g} expects a message about window {k}, which it "
                            f"neither holds nor waits for (a schedule error)")
 
@@ -223,7 +230,7 @@ class GroupRunner:
                          "mask": cpu(w.window.mask)} for w in self.backlog],
             "pushed": self.pushed, "updates": self.updates,
             "inbox": [(kind, k, cpu(t)) for (kind, k), t in self.inbox.items()],
-            "outputs": [(k, cpu(t)) for k, t in self.outputs.items()],
+            "outputs": [(k, cpu(t), cpu(c)) for k, (t, c) in self.outputs.items()],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -238,7 +245,7 @@ class GroupRunner:
                        b["end"]) for b in state["backlog"])
         self.pushed, self.updates = int(state["pushed"]), int(state["updates"])
         self.inbox = {(kind, int(k)): to(t) for kind, k, t in state["inbox"]}
-        self.outputs = {int(k): to(t) for k, t in state["outputs"]}
+        self.outputs = {int(k): (to(t), to(c)) for k, t, c in state["outputs"]}
         if self.backlog:
             self._batch = self.backlog[0].window.x.shape[1]
 
