@@ -34,6 +34,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -243,7 +244,9 @@ def preflight(model: RecurrentModule, datamodule: L.LightningDataModule, trainer
         check_checkpoint(ckpt_path, model, ckpt)
 
 
-USER_ERRORS = (ValueError, DataError, CheckpointError, NonFiniteLossError, ConfigError)
+# (MisconfigurationException: Lightning's own, e.g. more devices than the machine has)
+USER_ERRORS = (ValueError, DataError, CheckpointError, NonFiniteLossError, ConfigError,
+               MisconfigurationException)
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -239,6 +239,7 @@ def test_a_killed_main_process_stops_its_worker_within_seconds(tmp_path):
     (["--model.init_args.groups=3"], "trainer.devices"),  # 3 groups, 2 processes
     (["--trainer.strategy=ddp"], "trainer.strategy"),
     (["--model.init_args.dropout=0.1"], "model.dropout"),
+    (["--trainer.accelerator=gpu", "--trainer.devices=64"], "gpu"),  # more than the machine's
 ])
 def test_bad_input_is_one_line_and_exit_2(extra, field, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
