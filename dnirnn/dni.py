@@ -336,7 +336,7 @@ class DNIRNN(nn.Module):
         surrogate_backward(objective, end, g_end, self.sg_scale, retain_graph=keep_graph)  # 4.
         link = None
         if keep_graph:
-            link = Link(start, end, loss, g_next, start_flat, window.context, window.position,
+            link = Link(start, end, g_next, start_flat, window.context, window.position,
                         record or {})
         return WindowGradients(
             start=start, state=detach_state(end), g_next=g_next,

@@ -177,7 +177,7 @@ def test_graphs_held_stay_at_the_horizon_and_are_freed(windows_per_episode, monk
     push = type(net.targets).push
 
     def watch(self, link, episode_end):
-        alive.append(weakref.ref(link.loss))
+        alive.append(weakref.ref(link.end[0]))
         out = push(self, link, episode_end)
         held = sum(r() is not None for r in alive)
         assert held <= 3, f"{held} window graphs alive with H = 3"

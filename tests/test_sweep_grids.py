@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # recipe shipped before issue 11, and what `dni_paper` cells of the comparison measure.
 PAPER = {"synthesizer": "mlp", "synthesizer_fit": "adam", "synthesizer_hidden": 256,
          "synthesizer_layers": 1, "synthesizer_positions": 1, "synthesizer_context": "none",
-         "synthesizer_lr": 1e-4, "synthesizer_clip": 10.0, "sg_scale": 1.0, "sg_lambda": None, "sg_horizon": None,
+         "synthesizer_lr": 1e-4, "synthesizer_clip": 10.0, "sg_scale": 1.0, "sg_lambda": None,
+         "sg_horizon": None,
          "sg_guard": None}
 RLS = {"synthesizer": "linear", "synthesizer_fit": "rls", "rls_forget": 0.8, "rls_ridge": 0.1}
 BEST = {**RLS, "synthesizer_positions": 32, "sg_lambda": 1.0, "sg_guard": 2.0}

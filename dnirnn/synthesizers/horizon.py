@@ -13,14 +13,15 @@ gradient injected at ``s_j``, capped as the core received it)::
   true gradient). ``sg_horizon: null`` asks for that: full BPTT run for the synthesizer, whose
   memory grows with the episode (for streams, the horizon ends with the training step).
 
-How (no second forward pass). After window j's update, the graph from ``s_j`` to
-``(l_j, s_{j+1})`` is kept (``Link``) instead of freed. ``delta_j`` is the head of the chain of
-boundary ``k = j - H + 1``: H - 1 vector-Jacobian products back through windows j-1 .. k, each
-mixing in the synthetic gradient at the boundary it crosses, give ``G_k``; window k's graph is
-then dropped. At an episode's end one chain from the last window gives every boundary still
-waiting its target (their horizons reach the end). So at most H window graphs are held, the
-graph memory of TBPTT over H·T steps; the cost is H - 1 VJPs per window, with respect to the
-states only (no parameter gradient is formed).
+How (no second forward pass). After window j's update, the graph from ``s_j`` to ``s_{j+1}``
+is kept (``Link``) instead of freed; the loss's branch is not needed, since a VJP through
+window j follows from its own target by linearity (``HorizonTargets._vjp``). ``delta_j``
+heads the chain of boundary ``k = j - H + 1``: H - 1 vector-Jacobian products back through
+windows j-1 .. k, each mixing in the synthetic gradient at the boundary it crosses, give
+``G_k``; window k's graph is then dropped. At an episode's end one chain from the last
+window gives every boundary still waiting its target (their horizons reach the end). So at
+most H window graphs are held, the graph memory of TBPTT over H·T steps; the cost is H - 1
+VJPs per window, with respect to the states only (no parameter gradient is formed).
 
 Parameters. The core steps after every window, in place, while a kept graph still needs the
 parameters its forward used. Each kept window's forward therefore runs under
@@ -109,8 +110,7 @@ class Link:
 
     Attributes:
         start: ``s_j``, the graph's leaves (their ``.grad`` is ``delta_j``).
-        end: ``s_{j+1}`` in the graph.
-        loss: ``l_j`` in the graph.
+        end: ``s_{j+1}`` in the graph (the loss's branch is not kept: see ``_vjp``).
         g_end: ``g_{j+1}`` ``(B, S)`` as injected at the window's end (None: zero).
         state: ``s_j`` flat and detached ``(B, S)``: the regression input of boundary j.
         context: the synthesizer's context at boundary j (or None).
@@ -121,7 +121,6 @@ class Link:
 
     start: State
     end: State
-    loss: Tensor
     g_end: Tensor | None
     state: Tensor
     context: Tensor | None
@@ -212,13 +211,18 @@ class HorizonTargets:
         return out if keep else [g]
 
     def _vjp(self, link: Link, v: Tensor) -> Tensor:
-        """``dl_j/ds_j + J_j^T v`` through the kept graph of window j (no parameter .grad)."""
-        outputs = [link.loss, *link.end]
-        grads = [None, *unflatten_state(v, self.layers)]
-        got = torch.autograd.grad(outputs, link.start, grads, retain_graph=True,
-                                  allow_unused=True)
-        return flatten_state(tuple(torch.zeros_like(s) if g is None else g
-                                   for g, s in zip(got, link.start)))
+        """``dl_j/ds_j + J_j^T v`` through the kept graph of window j (no parameter .grad).
+
+        By linearity from the window's own target ``delta_j = dl_j/ds_j + J_j^T (beta g_{j+1})``
+        (the update injected ``beta g_{j+1}``): ``delta_j + J_j^T (v - beta g_{j+1})``. Only the
+        state's path is walked back; the loss's branch (the output layer, the softmax) is not
+        kept at all."""
+        if link.g_end is not None:
+            v = v - (link.g_end if self.beta == 1.0 else self.beta * link.g_end)
+        got = torch.autograd.grad(list(link.end), link.start, unflatten_state(v, self.layers),
+                                  retain_graph=True, allow_unused=True)
+        return link.delta + flatten_state(tuple(torch.zeros_like(s) if g is None else g
+                                                for g, s in zip(got, link.start)))
 
     # ---- exact resume with chains in flight (streams) -------------------------------------
 
@@ -250,11 +254,10 @@ class HorizonTargets:
     def needs_rebuild(self) -> bool:
         return bool(self._pending)
 
-    def rebuild(self, forward: Callable[[dict, State], tuple[Tensor, State]],
-                device: torch.device) -> None:
+    def rebuild(self, forward: Callable[[dict, State], State], device: torch.device) -> None:
         """Re-runs the waiting windows' forwards after a resume, oldest first.
-        ``forward(record, start)`` runs one window from the leaves ``start`` with the
-        record's parameters and RNG state, returning ``(loss, end)`` in a graph."""
+        ``forward(record, start)`` runs one window's core from the leaves ``start`` with the
+        record's parameters and RNG state, returning ``s_{j+1}`` in a graph."""
         pending, self._pending = self._pending, []
 
         def dev(t: Tensor | None) -> Tensor | None:
@@ -262,11 +265,11 @@ class HorizonTargets:
 
         for rec in pending:
             start = tuple(s.to(device).requires_grad_(True) for s in rec["start"])
-            loss, end = forward(rec, start)
+            end = forward(rec, start)
             for s, d in zip(start, unflatten_state(rec["delta"].to(device), self.layers)):
                 s.grad = d.clone()
             record = {k: rec[k] for k in ("x", "y", "mask", "params", "rng")}
-            self.links.append(Link(start, end, loss, dev(rec["g_end"]),
+            self.links.append(Link(start, end, dev(rec["g_end"]),
                                    flatten_state(start).detach(), dev(rec["context"]),
                                    rec["position"], record))
 
@@ -284,12 +287,10 @@ def window_record(net, window) -> dict[str, Any]:
 def rebuild_graphs(net) -> None:
     """Re-runs the waiting windows' forwards of ``net.targets`` with the parameters and RNG
     state they had, so their graphs are as before the checkpoint (then restores both)."""
-    from dnirnn.window import Window
-
     params = net.core_parameters()
     device = params[0].device
 
-    def forward(rec: dict, start: State) -> tuple[Tensor, State]:
+    def forward(rec: dict, start: State) -> State:
         now = [p.detach().clone() for p in params]
         rng = torch.get_rng_state()
         try:
@@ -298,17 +299,14 @@ def rebuild_graphs(net) -> None:
                     p.copy_(v.to(device))
             torch.set_rng_state(rec["rng"])
             snap = ParameterSnapshot(params)
-            mask = None if rec["mask"] is None else rec["mask"].to(device)
-            w = Window(rec["x"].to(device), rec["y"].to(device), mask)
             with torch.enable_grad(), native_rnn(device), \
                     torch.autograd.graph.saved_tensors_hooks(*snap.hooks()):
-                logits, _, end = net.core(w.x, start)
-                loss = net.task_loss(logits, w)[0]
+                _, _, end = net.core(rec["x"].to(device), start)
         finally:
             with torch.no_grad():
                 for p, v in zip(params, now):
                     p.copy_(v)
             torch.set_rng_state(rng)
-        return loss, end
+        return end
 
     net.targets.rebuild(forward, device)
