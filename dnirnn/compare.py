@@ -13,11 +13,13 @@ No Lightning import: it reads the files only.
 from __future__ import annotations
 
 import argparse
+import bisect
 import csv
 import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,8 +174,38 @@ def _smooth(values: list[float], n: int) -> list[float]:
     return out
 
 
-def plot(runs: list[Run], out: Path) -> Path:
-    """Draws the panels of ``runs`` into ``out`` (PNG); one colour per group of seeds."""
+def along(run: Run, key: str) -> Callable[[float], float] | None:
+    """The step -> value map of ``run``'s series ``key`` (e.g. ``time/train_s``), linear
+    between the logged steps and proportional beyond them; None if the run has no such
+    series. It puts other series on that axis (``plot(x=...)``)."""
+    pts = sorted(run.series.get(key) or [])
+    if not pts:
+        return None
+    steps, xs = [s for s, _ in pts], [v for _, v in pts]
+
+    def at(step: float) -> float:
+        i = bisect.bisect_left(steps, step)
+        if i < len(steps) and steps[i] == step:
+            return xs[i]
+        if i == 0 or i == len(steps):  # before the first / after the last logged step
+            s0, x0 = (steps[0], xs[0]) if i == 0 else (steps[-1], xs[-1])
+            return x0 * step / s0 if s0 else x0
+        s0, s1, x0, x1 = steps[i - 1], steps[i], xs[i - 1], xs[i]
+        return x0 + (x1 - x0) * (step - s0) / (s1 - s0)
+
+    return at
+
+
+def plot(runs: list[Run], out: Path, x: str | None = None) -> Path:
+    """Draws the panels of ``runs`` into ``out`` (PNG); one colour per group of seeds.
+    ``x``: a series to put on the horizontal axis instead of the training step (e.g.
+    ``time/train_s``, logged by ``dnirnn.wallclock.WallClock``); runs without it are left
+    out."""
+    if x is not None:
+        maps = {r.path: along(r, x) for r in runs}
+        runs = [r for r in runs if maps[r.path] is not None]
+        if not runs:
+            raise ValueError(f"no run logged {x!r}: nothing to plot against it")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,13 +227,15 @@ def plot(runs: list[Run], out: Path) -> Path:
                 if not pts:
                     continue
                 steps, values = zip(*pts)
+                if x is not None:
+                    steps = [maps[r.path](st) for st in steps]
                 if key.startswith("train/") or key.startswith("diag/"):
                     values = _smooth(list(values), 5)
                 style = ["-", "--", ":", "-."][j % 4]
                 label = r.name if len(keys) == 1 else f"{r.name} {key.split('/')[-1]}"
                 ax.plot(steps, values, style, color=c, lw=1.2, alpha=0.85, label=label)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("training step")
+        ax.set_xlabel("training step" if x is None else x)
         ax.grid(alpha=0.3)
         if "cos" in title:
             ax.axhline(0.0, color="grey", lw=0.8)

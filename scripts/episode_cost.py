@@ -220,8 +220,10 @@ def plot(cells_csv: Path, cost_files: list[Path], length: int, out: Path) -> Pat
             ax.errorbar(x, med, yerr=[[med - ys[0]], [ys[-1] - med]], fmt=marker, ms=8,
                         color=colors.get(T, "black"), capsize=3)
             ax.annotate(f"{label.split(',')[0]}" if v != "dni_span" else "DNI span",
-                        (x, med), textcoords="offset points", xytext=(6, 4), fontsize=7)
-        ax.set_title(f"{task}: level vs peak memory (Copy L={length}, B=256)")
+                        (x, med), textcoords="offset points", fontsize=7,
+                        xytext=(6, 4) if T == 2 else (6, -11), color=colors.get(T, "black"))
+        ax.set_title(f"{task}: level vs peak memory\n(memory: Copy L={length}, batch 256)",
+                     fontsize=10)
         ax.set_xlabel("peak RSS of the training process, MB")
         ax.set_ylabel("largest level solved (median over seeds, bars: min-max)")
         ax.grid(alpha=0.3)

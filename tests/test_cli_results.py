@@ -299,6 +299,21 @@ def test_plot_draws_the_runs_and_groups_seeds(tmp_path, capsys):
     assert any("true future gradient" in t for t in titles)
 
 
+def test_plot_against_a_logged_series(tmp_path):
+    """``x=time/train_s``: every point moves to the run's clock at its step, linear between
+    the logged steps; runs that never logged the series are left out."""
+    run = compare.Run(tmp_path, {"time/train_s": [(10, 2.0), (30, 10.0)],
+                                 "curriculum/max_level_solved": [(20, 3.0), (40, 5.0)]})
+    at = compare.along(run, "time/train_s")
+    assert [at(10), at(20), at(30), at(5), at(60)] == [2.0, 6.0, 10.0, 1.0, 20.0]
+    assert compare.along(run, "nope") is None
+    other = compare.Run(tmp_path / "other", {"curriculum/max_level_solved": [(20, 9.0)]})
+    out = compare.plot([run, other], tmp_path / "by_time.png", x="time/train_s")
+    assert out.stat().st_size > 5_000
+    with pytest.raises(ValueError, match="no run logged"):
+        compare.plot([other], tmp_path / "none.png", x="time/train_s")
+
+
 def test_seeds_option():
     assert pop_seeds(["fit", "--seeds=0,1,2", "-c", "x"]) == ([0, 1, 2], ["fit", "-c", "x"])
     assert pop_seeds(["fit", "--seeds", "3"]) == ([3], ["fit"])

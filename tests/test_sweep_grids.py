@@ -144,6 +144,22 @@ def test_copy_recipes_default_to_the_measured_bounded_memory_synthesizer():
         assert recipe["sg_horizon"] == 4 and recipe["sg_lambda"] == 1.0
 
 
+def test_moonshot_grid_times_the_recipe_against_full_bptt():
+    """grids/horizon_moonshot.yaml: the repeat-copy recipe as shipped against full BPTT, both
+    for 10,000 steps with the WallClock callback (their curves are read against time)."""
+    g = load_grid("horizon_moonshot")
+    by = {c.labels["variant"]: c for c in g.cells}
+    assert set(by) == {"dni_h4", "full_bptt"}
+    for c in g.cells:
+        assert c.args["trainer.max_steps"] == "10000"
+        assert "dnirnn.wallclock.WallClock" in c.callbacks
+    assert by["dni_h4"].recipe == "repeat_copy_dni" and model_options(by["dni_h4"]) == {
+        **yaml.safe_load((recipe_dir() / "repeat_copy_dni.yaml").read_text())["model"],
+        "window": 2}
+    assert model_options(by["full_bptt"])["window"] == 1000
+    assert any(p.get("x") == "time/train_s" for p in g.plots)
+
+
 def test_hierarchy_grid_compares_at_equal_fast_window():
     g = load_grid("hierarchy")
     recall = [c for c in g.cells if c.labels["task"] == "recall"]

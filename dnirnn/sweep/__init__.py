@@ -66,6 +66,7 @@ The grid format (every key optional unless said)::
     plots:                                  # default: one `dnirnn plot` per first-axis label
       - by: [task, T]                       # one PNG per (task, T): every cell in it
       - {by: [task, T], kind: boundary, exclude: {mode: [tbptt]}}   # cos per boundary k
+      - {by: [task], x: time/train_s}       # the panels against a logged series (WallClock)
 
 Cell names join the labels (``copy_T2_dni_s0``; numbers carry their axis) and name the
 folders ``<runs>/<cell>/``: ``version_0/`` (the run), ``fit.log``, ``cell.json``, then

@@ -27,7 +27,7 @@ METRIC_KEYS = {"key", "name", "file", "stage", "reduce", "from", "at", "where", 
                "format"}
 TABLE_KEYS = {"title", "text", "rows", "columns", "metrics", "entry", "where", "exclude",
               "reference", "wins"}
-PLOT_KEYS = {"by", "kind", "where", "exclude"}
+PLOT_KEYS = {"by", "kind", "where", "exclude", "x"}
 ENTRIES = ("full", "spread", "mean", "median")
 REDUCE = ("last", "first", "min", "max", "mean", "best")
 SWEEP_OWNED = ("trainer.default_root_dir", "ckpt_path")

@@ -305,9 +305,11 @@ def plots(grid: Grid, data: list[CellData], folder: Path) -> list[Path]:
                 path = _boundary_plot(members, folder / f"boundary_cos_{stem}.png",
                                       _label(by, labels))
             else:
+                x = spec.get("x")
+                name = stem if x is None else f"{stem}_by_{re.sub(r'[^A-Za-z0-9]+', '_', x)}"
                 path = compare.plot([compare.load_run(d.run) for d in members
                                      if (d.run / "metrics.csv").is_file()],
-                                    folder / f"{stem}.png")
+                                    folder / f"{name}.png", x=x)
             if path:
                 written.append(path)
     return written
