@@ -87,7 +87,8 @@ import signal
 import sys
 import time
 
-from dnirnn.sweep.grid import GridError, list_grids, load_grid, shown
+from dnirnn.sweep.grid import GridError, list_grids, load_grid
+from dnirnn.sweep.parts import shown
 
 __all__ = ["main", "load_grid"]
 

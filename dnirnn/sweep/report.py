@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from dnirnn import compare
-from dnirnn.sweep.grid import Cell, Grid, Metric, _part, selected, shown
+from dnirnn.sweep.grid import selected
+from dnirnn.sweep.parts import Cell, Grid, Metric, row_name, shown
+from dnirnn.sweep.plots import plots
 from dnirnn.sweep.runner import read_json, run_folder, state
 
 NOTES = ("<!-- notes -->", "<!-- /notes -->")
@@ -168,10 +170,6 @@ def entry(values: list[float], spec: str | None, mode: str = "full") -> str:
     return text if mode == "spread" else f"{text} ({each})"
 
 
-def _label(axes: list[str], labels: tuple[str, ...]) -> str:
-    return " ".join(_part(a, x) if x != "–" else x for a, x in zip(axes, labels)) or "all"
-
-
 def _wall(d: CellData) -> float | None:
     return d.done.get("seconds") if d.done else None
 
@@ -199,7 +197,7 @@ def table(grid: Grid, spec: dict, data: list[CellData]) -> list[str]:
         return tuple(d.cell.labels.get(a, "–") for a in axes)
 
     def order(keys, axes: list[str]) -> list[tuple[str, ...]]:
-        return sorted(dict.fromkeys(keys), key=lambda k: _rank(grid, axes, k))
+        return sorted(dict.fromkeys(keys), key=lambda k: grid.rank(axes, k))
 
     row_keys = order((key(d, rows) for d in mine), rows)
     groups: dict[tuple, list[CellData]] = defaultdict(list)
@@ -212,12 +210,12 @@ def table(grid: Grid, spec: dict, data: list[CellData]) -> list[str]:
         for r in row_keys:
             g = groups[r]
             cells = [entry(_values(g, [m]), m.format, mode) for m in metrics]
-            out.append(f"| {_label(rows, r)} | " + " | ".join(cells) + f" | {len(g)} |")
+            out.append(f"| {row_name(rows, r)} | " + " | ".join(cells) + f" | {len(g)} |")
         return out + [""]
     col_keys = order((key(d, cols) for d in mine), cols)
     ref = spec.get("reference") or {}
     ref_name, ref_values = ref.get("name", "reference"), ref.get("values") or {}
-    head_cols = [_label(cols, c) for c in col_keys]
+    head_cols = [row_name(cols, c) for c in col_keys]
     head_cols += [f"{ref_name}: {c}" for c in head_cols] if ref_values else []
     out += [f"| {head} | " + " | ".join(head_cols) + " |", "|---" * (len(head_cols) + 1) + "|"]
     for r in row_keys:
@@ -228,17 +226,11 @@ def table(grid: Grid, spec: dict, data: list[CellData]) -> list[str]:
             cells.append(entry(_values(g, [m]), m.format, mode) if m else "–")
         if ref_values:
             cells += [_reference(ref_values, r, c[0], col_keys) for c in col_keys]
-        out.append(f"| {_label(rows, r)} | " + " | ".join(cells) + " |")
+        out.append(f"| {row_name(rows, r)} | " + " | ".join(cells) + " |")
     out.append("")
     for a, b in spec.get("wins") or []:
         out += _wins(str(a), str(b), rows, row_keys, groups, metrics)
     return out + ([""] if spec.get("wins") else [])
-
-
-def _rank(grid: Grid, axes: list[str], labels: tuple[str, ...]) -> tuple[int, ...]:
-    """Sorts label tuples in the grid's order of labels (as defined, then as met)."""
-    order = [grid.labels.get(a, []) for a in axes]
-    return tuple(o.index(x) if x in o else -1 for o, x in zip(order, labels))
 
 
 def _values(g: list[CellData], metrics: list[Metric]) -> list[float]:
@@ -277,7 +269,7 @@ def _wins(a: str, b: str, rows: list[str], row_keys: list[tuple], groups: dict,
         va, vb = statistics.fmean(_values(ga, [m])), statistics.fmean(_values(gb, [m]))
         res = "tie" if va == vb else "win" if (va > vb) == (better(m) == "max") else "loss"
         first, rest = (r[0], r[1:]) if len(r) > 1 else ("", r)
-        by[first].append((_label(rows[len(r) - len(rest):], rest), res))
+        by[first].append((row_name(rows[len(r) - len(rest):], rest), res))
     lines = []
     for first, res in by.items():
         wins = [x for x, w in res if w == "win"]
@@ -286,65 +278,6 @@ def _wins(a: str, b: str, rows: list[str], row_keys: list[tuple], groups: dict,
         lines.append(f"- {name}{a} beats {b} at {', '.join(wins) or 'none'} "
                      f"({len(wins)} of {len(res)}; ties at {', '.join(ties) or 'none'}).")
     return lines
-
-
-# ---- plots ----------------------------------------------------------------------------------
-
-def plots(grid: Grid, data: list[CellData], folder: Path) -> list[Path]:
-    specs = grid.plots or [{"by": [a for a in grid.axes if a != "seed"][:1], "kind": "compare"}]
-    written = []
-    for spec in specs:
-        by, kind = spec["by"], spec.get("kind", "compare")
-        groups: dict[tuple, list[CellData]] = defaultdict(list)
-        for d in data:
-            if d.done is not None and d.run is not None and selected(d.cell, spec):
-                groups[tuple(d.cell.labels.get(a, "–") for a in by)].append(d)
-        for labels, members in sorted(groups.items(), key=lambda kv: _rank(grid, by, kv[0])):
-            stem = "_".join(_part(a, x) for a, x in zip(by, labels)) or grid.name
-            if kind == "boundary":
-                path = _boundary_plot(members, folder / f"boundary_cos_{stem}.png",
-                                      _label(by, labels))
-            else:
-                x = spec.get("x")
-                name = stem if x is None else f"{stem}_by_{re.sub(r'[^A-Za-z0-9]+', '_', x)}"
-                path = compare.plot([compare.load_run(d.run) for d in members
-                                     if (d.run / "metrics.csv").is_file()],
-                                    folder / f"{name}.png", x=x)
-            if path:
-                written.append(path)
-    return written
-
-
-def _boundary_plot(members: list[CellData], path: Path, title: str) -> Path | None:
-    """Mean cos(SG, true future gradient) per boundary index k over the second half of
-    training, one line per group of cells that differ only by seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    per: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for d in members:
-        name = "_".join(_part(a, x) for a, x in d.cell.labels.items() if a != "seed")
-        half = d.last_step() / 2
-        for r in d.rows("diagnostics.jsonl"):
-            if r.get("step", 0) >= half and "cos" in r:
-                per[name][int(r["k"])].append(float(r["cos"]))
-    if not per:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, by_k in per.items():
-        ks = sorted(by_k)
-        ax.plot(ks, [statistics.fmean(by_k[k]) for k in ks], marker="o", label=name)
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set(title=f"{title}: cos(SG, true future gradient) per boundary, 2nd half",
-           xlabel="boundary index k within the episode", ylabel="mean cosine")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # ---- the file -------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
-from dnirnn.sweep.grid import Cell, env_for, shown
+from dnirnn.sweep.grid import env_for
+from dnirnn.sweep.parts import Cell, shown
 
 INTERRUPTED = (130, -signal.SIGINT, -signal.SIGTERM)
 
