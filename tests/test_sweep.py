@@ -15,7 +15,7 @@ import yaml
 from dnirnn.sweep import main
 from dnirnn.sweep.grid import GridError, load_grid
 from dnirnn.sweep.report import CellData, entry, write_report
-from dnirnn.sweep.runner import Runner, state, write_json
+from dnirnn.sweep.runner import Runner, failure_reason, state, write_json
 
 
 @pytest.fixture(autouse=True)
@@ -183,6 +183,32 @@ def test_a_failed_cell_is_recorded_the_others_finish_and_it_is_retried(tmp_path)
     Runner(launch=fake, say=lambda m: None).run(cells[1:])
     ckpt = cells[1].root / "version_0" / "checkpoints" / "last.ckpt"
     assert fake.calls[-1][-1] == f"--ckpt_path={ckpt}"
+
+
+def test_a_failed_cells_reason_is_the_error_not_a_later_warning():
+    warning = ("/x/lightning/pytorch/utilities/data.py:123: Your `IterableDataset` has "
+               "`__len__` defined.")
+    assert failure_reason(["some output", "dnirnn: error: the loss is not finite at step 7;",
+                           "  lower --model.lr", warning]) == \
+        "dnirnn: error: the loss is not finite at step 7;"
+    assert failure_reason(["Traceback (most recent call last):", '  File "x.py", line 1',
+                           "torch.OutOfMemoryError: CUDA out of memory.", warning]) == \
+        "torch.OutOfMemoryError: CUDA out of memory."
+    assert failure_reason(["Killed", "UserWarning: something"]) == "Killed"
+    assert failure_reason([]) == ""
+
+
+@pytest.mark.parametrize("code", [130, 143])
+def test_interrupted_cell_is_no_failure(tmp_path, code):
+    """dnirnn exits 130 on Ctrl-C and 143 on SIGTERM, after its checkpoint."""
+    (cell,) = two_cells(tmp_path)[:1]
+    (cell.root / "version_0" / "checkpoints").mkdir(parents=True)
+    write_json(cell.root / "cell.json", {"spec": cell.spec(), "attempts": []})
+    (cell.root / "version_0" / "checkpoints" / "last.ckpt").write_text("x")
+    fake = FakeDnirnn(fail={"a"}, code=code)
+    said = []
+    assert Runner(launch=fake, say=said.append).run([cell]) == {"a": "partial"}, said
+    assert not (cell.root / "failed.json").exists()
 
 
 def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path):

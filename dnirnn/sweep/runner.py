@@ -21,6 +21,7 @@ save a checkpoint and their summary) and exits 130; they resume next time.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -34,7 +35,7 @@ from pathlib import Path
 from dnirnn.sweep.grid import env_for
 from dnirnn.sweep.parts import Cell, shown
 
-INTERRUPTED = (130, -signal.SIGINT, -signal.SIGTERM)
+INTERRUPTED = (130, 143, -signal.SIGINT, -signal.SIGTERM)  # (dnirnn exits 130 / 143 itself)
 
 
 def read_json(path: Path) -> dict | None:
@@ -97,6 +98,23 @@ def launch(cmd: list[str], log: Path, env: dict[str, str], running: set) -> int:
             return proc.wait()
         finally:
             running.discard(proc)
+
+
+_TRACEBACK_END = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b[^ ]*:")
+
+
+def failure_reason(tail: list[str]) -> str:
+    """The line of a failed run's log that says why: dnirnn's own error paragraph
+    (``dnirnn: error: ...``), else a traceback's last line, else the last line that is not
+    a warning (Lightning's warnings often come after the error)."""
+    lines = [ln.strip() for ln in tail if ln.strip()]
+    for pick in (lambda ln: ln.startswith("dnirnn: "),
+                 lambda ln: _TRACEBACK_END.match(ln) is not None,
+                 lambda ln: "warn" not in ln.lower()):
+        found = next((ln for ln in reversed(lines) if pick(ln)), None)
+        if found:
+            return found
+    return lines[-1] if lines else ""
 
 
 def _tail(log: Path, n: int = 15) -> list[str]:
@@ -222,7 +240,7 @@ class Runner:
     def _failed(self, cell: Cell, stage: str, rc: int | None, log: Path,
                 why: str | None = None) -> str:
         tail = _tail(log)
-        reason = why or next((ln for ln in reversed(tail) if ln.strip()), "")
+        reason = why or failure_reason(tail)
         write_json(cell.root / "failed.json", {"cell": cell.name, "stage": stage,
                                                "returncode": rc, "reason": reason,
                                                "log_tail": tail})
