@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from dnirnn.sweep import main
@@ -297,6 +298,24 @@ def fake_cell(cell, rows: list[dict], summary: dict | None = None, diag: list[di
             json.dumps({"metrics": test}))
     write_json(cell.root / "done.json", {"spec": cell.spec(), "seconds": seconds,
                                          "command": f"dnirnn fit {cell.name}"})
+
+
+@pytest.mark.parametrize("layout", ["now", "before"])
+def test_parameter_counts_count_least_squares_maps_not_statistics(tmp_path, layout):
+    """A least-squares synthesizer counts its maps W (P, n, S), whether the checkpoint holds
+    W beside A and b (before) or only A's triangle, b and the ages (now: W re-solved)."""
+    (cell,) = two_cells(tmp_path)[:1]
+    fake_cell(cell, [{"step": 0}])
+    P, n, S = 4, 7, 6
+    ls = {"A_upper": torch.zeros(P, n * (n + 1) // 2), "b": torch.zeros(P, n, S),
+          "age": torch.zeros(P)} if layout == "now" else {
+        "A": torch.zeros(P, n, n), "b": torch.zeros(P, n, S), "W": torch.zeros(P, n, S)}
+    sd = {"engine.core.weight": torch.zeros(10, 3),
+          **{f"engine.synthesizer.{k}": v for k, v in ls.items()},
+          "engine.guard.rms": torch.zeros(P)}
+    (cell.root / "version_0" / "checkpoints").mkdir()
+    torch.save({"state_dict": sd}, cell.root / "version_0" / "checkpoints" / "last.ckpt")
+    assert CellData(cell).params() == {"params/core": 30, "params/synthesizer": P * n * S}
 
 
 REPORT_GRID = """

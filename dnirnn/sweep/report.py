@@ -75,8 +75,9 @@ class CellData:
 
     def params(self) -> dict[str, int]:
         """Weights in ``last.ckpt``: the core (with readout) and the synthesizers. A
-        least-squares synthesizer counts its maps, not its statistics ``A, b``; the guard's
-        running statistics count nowhere."""
+        least-squares synthesizer counts its maps ``W``, which the checkpoint does not hold
+        (they are re-solved on load) but which have the shape of its statistic ``b``; its
+        other statistics (``A``, ``A_upper``, ``age``) and the guard's count nowhere."""
         if "params" not in self._cache:
             import torch
 
@@ -86,7 +87,7 @@ class CellData:
                 sd = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
                 for k, v in sd.items():
                     if "synthesizer" in k:
-                        synth += 0 if k.rsplit(".", 1)[-1] in ("A", "b") else v.numel()
+                        synth += 0 if k.rsplit(".", 1)[-1] in LS_STATISTICS else v.numel()
                     elif ".guard." not in f".{k}":
                         core += v.numel()
             self._cache["params"] = {"params/core": core, "params/synthesizer": synth}
@@ -173,6 +174,8 @@ def entry(values: list[float], spec: str | None, mode: str = "full") -> str:
 def _wall(d: CellData) -> float | None:
     return d.done.get("seconds") if d.done else None
 
+
+LS_STATISTICS = ("A", "A_upper", "age", "W")  # (b stands for the maps: it has W's shape)
 
 WALL = Metric(name="wall s", key="wall_s", format=".0f")
 
