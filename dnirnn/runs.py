@@ -281,8 +281,12 @@ def format_summary(record: dict, trainer: L.Trainer | None = None) -> str:
     for name in ("best", "last"):
         if ckpts.get(name):
             at = ckpts.get(f"{name}_step")
+            why = ""
+            if name == "best" and best and at is not None and at > best["step"]:
+                # (the metric peaked between checkpoints: the best one is the first after)
+                why = f", the first checkpoint after the best at step {best['step']}"
             lines.append(f"  {name} checkpoint: {ckpts[name]}"
-                         + (f" (step {at})" if at is not None else ""))
+                         + (f" (step {at}{why})" if at is not None else ""))
     if "resume" in record:
         lines.append(resume_line(record, ckpts))
     for lg in trainer.loggers if trainer is not None else []:

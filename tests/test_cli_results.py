@@ -88,6 +88,21 @@ def test_summary_best_level_is_the_curriculum_level(tmp_path, capsys):
     assert "curriculum: max level solved 2, now at length 3 x repeats 1" in out
 
 
+def test_summary_says_why_the_best_checkpoint_comes_after_the_best_step():
+    """The level peaks at a logged step (2040); checkpoints come at validations (2250)."""
+    record = {"stage": "fit", "global_step": 3000, "run_dir": "runs/x", "metrics": {},
+              "best": {"metric": "curriculum/max_level_solved", "value": 6.0, "step": 2040},
+              "checkpoints": {"best": "b.ckpt", "best_step": 2250, "last": "l.ckpt",
+                              "last_step": 3000}}
+    text = dnirnn.runs.format_summary(record)
+    assert "best curriculum/max_level_solved = 6 at step 2040" in text
+    assert "best checkpoint: b.ckpt (step 2250, the first checkpoint after the best at step " \
+        "2040)" in text
+    assert "last checkpoint: l.ckpt (step 3000)" in text
+    record["checkpoints"]["best_step"] = 2040
+    assert "best checkpoint: b.ckpt (step 2040)\n" in dnirnn.runs.format_summary(record)
+
+
 def test_run_shorter_than_an_epoch_validates_at_its_last_step(tmp_path):
     fit(tmp_path / "r", "--trainer.max_steps=3", "--data.init_args.steps_per_epoch=100")
     version = tmp_path / "r/version_0"
