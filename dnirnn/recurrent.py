@@ -55,7 +55,7 @@ class RecurrentModule(L.LightningModule):
     # on logged steps only). Every result also has ``nats``, ``count`` and ``finite``.
     train_keys: dict[str, str] = {}
     # the keys among those that are means over the boundaries fitted in the step (each
-    # result's ``fitted`` counts them), not over the updates: 0 when none was fitted
+    # result's ``fitted`` counts them), not over the updates: not logged when none was fitted
     fit_keys: set[str] = set()
     # evaluation's memory bound: each forward call of validation / test is given as many
     # steps as keep its logits (steps x batch x outputs) within this many bytes (``eval_span``)
@@ -202,12 +202,12 @@ class RecurrentModule(L.LightningModule):
         if not self._logs_this_step():
             return
         metrics = {f"train/{k}": v for k, v in metrics.items()}
-        fitted = None
+        n = [float(r.fitted) for r in results] if self.fit_keys else []
+        fitted = torch.tensor(n).to(results[0].loss) / max(sum(n), 1.0) if n else None
         for key, attr in self.train_keys.items():
             if key in self.fit_keys:
-                if fitted is None:
-                    n = torch.tensor([float(r.fitted) for r in results])
-                    fitted = n.to(results[0].loss) / n.sum().clamp_min(1.0)
+                if not sum(n):  # no synthesizer was fitted this step (TBPTT, or none ready)
+                    continue
                 metrics[f"train/{key}"] = (stacked(attr) * fitted).sum()
             else:
                 metrics[f"train/{key}"] = stacked(attr).mean()
