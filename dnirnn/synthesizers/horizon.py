@@ -46,6 +46,7 @@ RNG state), so resume is exact with targets in flight.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -127,9 +128,10 @@ class Link:
     position: int
     record: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def delta(self) -> Tensor:
-        """``delta_j`` ``(B, S)``: the window's own bootstrapped target."""
+        """``delta_j`` ``(B, S)``: the window's own bootstrapped target (read once, after the
+        window's update: every chain through the window uses it)."""
         return flatten_state(tuple(torch.zeros_like(s) if s.grad is None else s.grad
                                    for s in self.start))
 
