@@ -53,6 +53,7 @@ from dnirnn.data.ptb import DataError
 from dnirnn.decoupled.parallel import as_peer_lost, release_workers, remember_command
 from dnirnn.interrupt import PeriodicCheckpoint, parse_every
 from dnirnn.lit import DNIModule, NonFiniteLossError, RecurrentModule
+from dnirnn.malloc import keep_freed_memory
 from dnirnn.recipe import RecipeNotFound, configs_first, resolve_config_args
 from dnirnn.runs import (
     COMPLETED,
@@ -292,6 +293,7 @@ def main(args: list[str] | None = None) -> None:
     (``DNIRNN_DEBUG=1``: traceback); see docs/errors.md. Ctrl-C ends it with the summary and
     exit code 130. ``--seeds=0,1,2`` runs one fit per seed, then compares them."""
     args = sys.argv[1:] if args is None else list(args)
+    keep_freed_memory()
     if wants_short_help(args):
         from dnirnn.cli_help import print_help
 
