@@ -208,3 +208,26 @@ def test_to_human_readable_shows_pattern():
     assert "0 wrong bits" in to_human_readable(ep, logits, index=index)
     logits[L + 2, index, 0] *= -1
     assert "1 wrong bits" in to_human_readable(ep, logits, index=index)
+
+
+def test_lm_step_loss_is_pytorchs_cross_entropy_in_value_and_gradient(float64):
+    """``CrossEntropyNats`` (one (N, V) buffer in its backward) equals ``F.cross_entropy``
+    with ``reduction="none"``: values and gradients under any incoming gradient, logits far
+    from zero included (the log-sum-exp's shift)."""
+    from dnirnn.tasks import lm_step_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 3, 11) * 4
+    logits[0, 0] += 300.0  # (exp would overflow without the shift)
+    y = torch.randint(0, 11, (5, 3))
+    upstream = torch.randn(5, 3)
+    ours_in = logits.clone().requires_grad_(True)
+    ref_in = logits.clone().requires_grad_(True)
+    ours = lm_step_loss(ours_in, y)
+    ref = torch.nn.functional.cross_entropy(ref_in.flatten(0, 1), y.flatten(),
+                                            reduction="none").view_as(y)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    (ours * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours_in.detach(), logits)  # (the saved logits untouched)
