@@ -185,6 +185,17 @@ def test_vocab_roundtrip():
     clone = Vocab.from_state_dict(vocab.state_dict())
     assert clone == vocab and len(clone) == 4
     assert isinstance(vocab.state_dict()["itos"], list)
+    assert vocab.encode(iter(["c", "c"])).tolist() == [3, 3]  # (a stream: nothing is listed)
+    assert vocab.encode([]).shape == (0,)
+    with pytest.raises(KeyError):
+        vocab.encode(["a", "zebra"])
+
+
+def test_a_split_with_words_unseen_in_train_names_them():
+    vocab = Vocab.build(ptb.tokenize("a b\n", "word"))
+    assert ptb._encode_split(vocab, "b a\n", "word", "valid").tolist() == [1, 0, 2]
+    with pytest.raises(DataError, match=r"valid split has 2 token types missing .*'c', 'd'"):
+        ptb._encode_split(vocab, "a c d c\n", "word", "valid")
 
 
 # --------------------------------------------------------------------------------------

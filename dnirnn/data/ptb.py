@@ -338,14 +338,15 @@ class Corpus:
         return getattr(self, name)
 
 
-def _encode_split(vocab: Vocab, tokens: list[str], split: str) -> torch.Tensor:
-    unknown = sorted({tok for tok in tokens if tok not in vocab.stoi})
-    if unknown:
+def _encode_split(vocab: Vocab, text: str, level: str, split: str) -> torch.Tensor:
+    try:  # (tokens stream from the text into the ids: no list of a million strings)
+        return vocab.encode(tokenize(text, level))
+    except KeyError:
+        unknown = sorted({tok for tok in tokenize(text, level) if tok not in vocab.stoi})
         raise DataError(
             f"PTB {split} split has {len(unknown)} token types missing from the train "
             f"vocabulary (e.g. {unknown[:5]}); the files are not Mikolov's PTB."
-        )
-    return vocab.encode(tokens)
+        ) from None
 
 
 def load_corpus(
@@ -368,9 +369,9 @@ def load_corpus(
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     folder = ensure_ptb(root, download=download)
-    tokens = {split: list(tokenize(read_split(folder, split), level)) for split in SPLITS}
-    vocab = Vocab.build(tokens["train"])
-    streams = {split: _encode_split(vocab, tokens[split], split) for split in SPLITS}
+    texts = {split: read_split(folder, split) for split in SPLITS}
+    vocab = Vocab.build(tokenize(texts["train"], level))
+    streams = {split: _encode_split(vocab, texts[split], level, split) for split in SPLITS}
     return Corpus(**streams, vocab=vocab, level=level)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -54,8 +55,10 @@ class Vocab:
         Returns:
             LongTensor of shape (N,).
         """
-        stoi = self.stoi
-        return torch.tensor([stoi[tok] for tok in tokens], dtype=torch.long)
+        ids = array("q", map(self.stoi.__getitem__, tokens))  # (no list of int objects)
+        if not ids:
+            return torch.zeros(0, dtype=torch.long)
+        return torch.frombuffer(ids, dtype=torch.long)  # (shares the array's memory)
 
     def decode(self, ids: Iterable[int] | torch.Tensor) -> list[str]:
         """Maps ids (any iterable of ints, or a 1-D tensor) back to tokens."""
