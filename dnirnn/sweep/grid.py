@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from dnirnn.recipe import list_recipes, recipe_dir
-from dnirnn.sweep.parts import Cell, Grid, Metric, Settings, _part, cli_value
+from dnirnn.sweep.parts import Cell, Grid, Metric, Settings, cli_value, name_part
 
 GRID_KEYS = {"title", "description", "runs", "out", "recipe", "overlays", "args", "callbacks",
              "threads", "test", "seeds", "axes", "blocks", "metrics", "tables", "plots"}
@@ -320,7 +320,7 @@ def load_grid(path: str | Path, runs: str | None = None, out: str | None = None)
                 s = s.then(part)
             if seeds is not None and "seed_everything" not in s.args:
                 s.args["seed_everything"] = "{seed}"
-            cname = "_".join(_part(a, label) for a, label in labels.items()) or name
+            cname = "_".join(name_part(a, label) for a, label in labels.items()) or name
             w = f"{where}, cell {cname}"
             if not s.recipe:
                 raise GridError(f"{w}: no recipe (set `recipe:` in the grid, the block or a "

@@ -129,7 +129,7 @@ def shown(cmd: list[str], threads: int | None = None) -> str:
     return env + "dnirnn " + " ".join(cmd)
 
 
-def _part(axis: str, label: str) -> str:
+def name_part(axis: str, label: str) -> str:
     """A label's part of a cell name: numbers carry their axis (``T2``, ``s0``)."""
     if re.fullmatch(r"-?[\d.]+", label):
         return ("s" if axis == "seed" else axis) + label
@@ -138,4 +138,4 @@ def _part(axis: str, label: str) -> str:
 
 def row_name(axes: list[str], labels: tuple[str, ...]) -> str:
     """A row's or plot's name from its labels (``copy T2``; "all" for none)."""
-    return " ".join(_part(a, x) if x != "–" else x for a, x in zip(axes, labels)) or "all"
+    return " ".join(name_part(a, x) if x != "–" else x for a, x in zip(axes, labels)) or "all"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from dnirnn import compare
 from dnirnn.sweep.grid import selected
-from dnirnn.sweep.parts import Grid, _part, row_name
+from dnirnn.sweep.parts import Grid, name_part, row_name
 
 if TYPE_CHECKING:
     from dnirnn.sweep.report import CellData
@@ -27,7 +27,7 @@ def plots(grid: Grid, data: list[CellData], folder: Path) -> list[Path]:
             if d.done is not None and d.run is not None and selected(d.cell, spec):
                 groups[tuple(d.cell.labels.get(a, "–") for a in by)].append(d)
         for labels, members in sorted(groups.items(), key=lambda kv: grid.rank(by, kv[0])):
-            stem = "_".join(_part(a, x) for a, x in zip(by, labels)) or grid.name
+            stem = "_".join(name_part(a, x) for a, x in zip(by, labels)) or grid.name
             if kind == "boundary":
                 path = _boundary_plot(members, folder / f"boundary_cos_{stem}.png",
                                       row_name(by, labels))
@@ -52,7 +52,7 @@ def _boundary_plot(members: list[CellData], path: Path, title: str) -> Path | No
 
     per: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for d in members:
-        name = "_".join(_part(a, x) for a, x in d.cell.labels.items() if a != "seed")
+        name = "_".join(name_part(a, x) for a, x in d.cell.labels.items() if a != "seed")
         half = d.last_step() / 2
         for r in d.rows("diagnostics.jsonl"):
             if r.get("step", 0) >= half and "cos" in r:
