@@ -5,9 +5,9 @@ makes ``35 x 20 x 10,000`` float logits (28 MB), their log-softmax and both grad
 default glibc serves blocks of that size with ``mmap`` and unmaps them on ``free``, so every
 step faults the same pages in again: one epoch of ``ptb_word_wlm`` spent 51 s in the kernel
 (15.7 M minor page faults) against 16 s for pytorch/examples' script. With the thresholds
-raised, freed blocks stay in the heap and the next step reuses them: 300 steps went from
-7.9 s to 0.8 s of system time and 2.6 M to 0.16 M faults, at the same peak memory
-(results/ptb_reference.md). The numbers a run computes do not change.
+raised, freed blocks stay in the heap and the next step reuses them: 150 steps went from
+5.8 s to 0.7 s of system time and 2.0 M to 0.15 M faults, at the same peak memory (README,
+"Performance"). The numbers a run computes do not change.
 
 ``dnirnn fit|validate|test`` call :func:`keep_freed_memory` first. It does nothing where
 the C library is not glibc, or where the user set any ``MALLOC_*`` variable (the user's
