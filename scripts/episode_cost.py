@@ -4,8 +4,8 @@ Every variant is a shipped recipe plus dotted overrides (as on the command line)
 Copy episodes of a FIXED length L (no curriculum), batch B, for ``--steps`` training steps,
 each in a FRESH process (so one variant's allocations cannot hide another's peak):
 
-- ``peak_rss_mb``: the process's peak resident set size (``ru_maxrss``), as ``/usr/bin/time``
-  reports it: everything, Python and the libraries included;
+- ``peak_rss_mb``: the process's peak resident set size (``VmHWM``, the ``ru_maxrss`` that
+  ``/usr/bin/time`` reports at exit): everything, Python and the libraries included;
 - ``train_mb``: the peak RSS above the RSS just before the first training step (model, data
   and optimizers built): what training itself holds;
 - ``ms_per_step``: the median wall time of a training step after ``--warmup`` steps;
@@ -91,6 +91,20 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def peak_rss_mb() -> float:
+    """The peak RSS so far. ``ru_maxrss`` alone can lag the current RSS (the kernel updates
+    its high-water mark lazily, e.g. when memory is unmapped, which a process that keeps its
+    freed memory rarely does); ``VmHWM`` takes the current RSS into account."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure_one(variant: str, length: int, batch: int, window: int, steps: int,
                 warmup: int) -> dict:
     """In this process: builds the variant and trains it; returns its figures."""
@@ -130,7 +144,7 @@ def measure_one(variant: str, length: int, batch: int, window: int, steps: int,
         engine.end_step(opts)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     return {"variant": variant, "length": length, "batch": batch, "window": window,
             "windows_per_episode": n, "steps": steps, "peak_rss_mb": round(peak, 1),
             "base_rss_mb": round(base, 1), "train_mb": round(peak - base, 1),
