@@ -203,10 +203,10 @@ class RecurrentModule(L.LightningModule):
             return
         metrics = {f"train/{k}": v for k, v in metrics.items()}
         n = [float(r.fitted) for r in results] if self.fit_keys else []
-        fitted = torch.tensor(n).to(results[0].loss) / max(sum(n), 1.0) if n else None
+        fitted = torch.tensor(n).to(results[0].loss) / sum(n) if sum(n) else None
         for key, attr in self.train_keys.items():
             if key in self.fit_keys:
-                if not sum(n):  # no synthesizer was fitted this step (TBPTT, or none ready)
+                if fitted is None:  # no synthesizer was fitted this step (TBPTT, or none ready)
                     continue
                 metrics[f"train/{key}"] = (stacked(attr) * fitted).sum()
             else:

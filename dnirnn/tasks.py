@@ -49,10 +49,15 @@ class CrossEntropyNats(torch.autograd.Function):
     logits, and its backward builds ``softmax - onehot``, scaled by the incoming gradient, in
     one ``(N, V)`` buffer. PTB word (``35 x 20`` rows of 10,000): 2 buffers of 28 MB at the
     backward's peak, where there were 4. Equal to PyTorch's to rounding (tests/test_tasks.py).
+    Half-precision logits (mixed precision on a GPU) are computed in float32, as PyTorch's
+    autocast does for its cross-entropy; their gradient comes back in their own dtype.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, y: Tensor) -> Tensor:
+        ctx.dtype = logits.dtype
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
         ctx.save_for_backward(logits, y)
         return torch.logsumexp(logits, dim=-1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
 
@@ -61,7 +66,7 @@ class CrossEntropyNats(torch.autograd.Function):
         logits, y = ctx.saved_tensors
         g = torch.softmax(logits, dim=-1)  # (a new buffer: the saved logits stay untouched)
         g.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(grad, -1.0).unsqueeze(-1))
-        return g.mul_(grad.unsqueeze(-1)), None
+        return g.mul_(grad.unsqueeze(-1)).to(ctx.dtype), None
 
 
 def lm_step_loss(logits: Tensor, y: Tensor) -> Tensor:

@@ -231,3 +231,23 @@ def test_lm_step_loss_is_pytorchs_cross_entropy_in_value_and_gradient(float64):
     (ref * upstream).sum().backward()
     torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=0, atol=1e-12)
     torch.testing.assert_close(ours_in.detach(), logits)  # (the saved logits untouched)
+
+
+def test_lm_step_loss_computes_half_precision_logits_in_float32():
+    """bfloat16 logits (mixed precision): the loss is float32 cross-entropy of their values,
+    their gradient comes back in bfloat16."""
+    from dnirnn.tasks import lm_step_loss
+
+    torch.manual_seed(0)
+    logits = (torch.randn(4, 2, 9) * 3).to(torch.bfloat16).requires_grad_(True)
+    y = torch.randint(0, 9, (4, 2))
+    ref_in = logits.detach().float().requires_grad_(True)
+    ours = lm_step_loss(logits, y)
+    ref = torch.nn.functional.cross_entropy(ref_in.flatten(0, 1), y.flatten(),
+                                            reduction="none").view_as(y)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, ref)
+    ours.sum().backward()
+    ref.sum().backward()
+    assert logits.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.grad, ref_in.grad.to(torch.bfloat16))

@@ -35,6 +35,8 @@ from dnirnn.sweep.runner import read_json, run_folder, state
 
 NOTES = ("<!-- notes -->", "<!-- /notes -->")
 BETTER = dict(compare.HEADLINE)  # metric -> "max" | "min"
+# a least-squares synthesizer's statistics, not weights (b stands for the maps W: same shape)
+LS_STATISTICS = ("A", "A_upper", "age", "W")
 
 
 # ---- reading one cell -----------------------------------------------------------------------
@@ -174,8 +176,6 @@ def entry(values: list[float], spec: str | None, mode: str = "full") -> str:
 def _wall(d: CellData) -> float | None:
     return d.done.get("seconds") if d.done else None
 
-
-LS_STATISTICS = ("A", "A_upper", "age", "W")  # (b stands for the maps: it has W's shape)
 
 WALL = Metric(name="wall s", key="wall_s", format=".0f")
 
