@@ -15,6 +15,7 @@ import yaml
 
 from dnirnn.sweep import main
 from dnirnn.sweep.grid import GridError, load_grid
+from dnirnn.sweep.parts import Metric
 from dnirnn.sweep.report import CellData, entry, write_report
 from dnirnn.sweep.runner import Runner, failure_reason, state, write_json
 
@@ -316,6 +317,18 @@ def test_parameter_counts_count_least_squares_maps_not_statistics(tmp_path, layo
     (cell.root / "version_0" / "checkpoints").mkdir()
     torch.save({"state_dict": sd}, cell.root / "version_0" / "checkpoints" / "last.ckpt")
     assert CellData(cell).params() == {"params/core": 30, "params/synthesizer": P * n * S}
+
+
+def test_a_value_at_a_step_the_run_never_reached_is_none(tmp_path):
+    """`at: N` is the last value at or before step N of a run that reached N; a run that
+    stopped earlier (3 epochs where the table asks for epoch 6) has none there."""
+    a, b = two_cells(tmp_path)
+    rows = [{"step": 9, "val/ppl": 2.0}, {"step": 19, "val/ppl": 1.0}]
+    fake_cell(a, rows, {"global_step": 20})  # reached step 20 (its last row logged at 19)
+    fake_cell(b, rows[:1], {"global_step": 10})
+    at = {n: Metric(name="v", key="val/ppl", at=n) for n in (10, 20)}
+    assert [CellData(a).value(at[n]) for n in (10, 20)] == [2.0, 1.0]
+    assert [CellData(b).value(at[n]) for n in (10, 20)] == [2.0, None]
 
 
 REPORT_GRID = """

@@ -48,7 +48,8 @@ The grid format (every key optional unless said)::
       level: curriculum/max_level_solved    # a metrics.csv column; its best value (max)
       bpc: {key: val/bpc, reduce: last}     # last | first | min | max | mean | best
       cos: {key: diag/sg_true_cos, reduce: mean, from: 0.5, format: .3f}  # 2nd half only
-      val_at_500: {key: val/bpc, at: 500}   # the last value at or before step 500
+      val_at_500: {key: val/bpc, at: 500}   # the last value at or before step 500 (none if
+                                            # the run stopped before step 500)
       test_bpc: {key: test/bpc, stage: test, better: min}   # the test run's summary
       cos_input: {file: diagnostics.jsonl, key: cos, where: {phase: input}, from: 0.5}
       level_end: {file: summary.json, key: curriculum.max_level_solved}

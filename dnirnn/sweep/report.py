@@ -63,6 +63,11 @@ class CellData:
         steps = [s for pts in self.series().values() for s, _ in pts]
         return max(steps, default=0)
 
+    def reached(self) -> int:
+        """The training steps the run took: its summary's global step, else the last logged."""
+        step = self.summary("fit").get("global_step")
+        return step if isinstance(step, int) else self.last_step()
+
     def rows(self, name: str) -> list[dict]:
         if name not in self._cache:
             path = self.run / name if self.run else None
@@ -122,6 +127,8 @@ class CellData:
             first = m.start * self.last_step()
             points = [(s, v) for s, v in points if s >= first]
         if m.at is not None:
+            if self.reached() < m.at:
+                return None  # the run stopped before step `at`: its last value is not that step's
             points = [(s, v) for s, v in points if s <= m.at][-1:]
         if not points:
             return None
