@@ -22,7 +22,9 @@ characters per step).
   (a) at equal tokens; (c) ahead of (a) at equal wall time.
 
 The plot (``<out without .md>/curves.png``) draws val BPC against training seconds and
-against tokens, one line per cell, one colour per mode.
+against tokens, one line per cell, one colour per mode. What is written by hand between
+``<!-- notes -->`` and ``<!-- /notes -->`` is kept when the report is rewritten (as
+``dnirnn sweep``'s reports).
 """
 
 from __future__ import annotations
@@ -179,6 +181,7 @@ def plot(cells: dict[str, dict[str, dict]], path: Path) -> None:
 
 def report(grid_path: str, out: Path | None) -> Path:
     from dnirnn.sweep.grid import load_grid
+    from dnirnn.sweep.report import notes_block
 
     grid = load_grid(grid_path)
     out = out or grid.out.with_name("decoupled.md")
@@ -218,6 +221,7 @@ def report(grid_path: str, out: Path | None) -> Path:
                   f"({figure.relative_to(out.parent).as_posix()})"]
     if missing:
         lines += ["", f"Cells without a validation yet: {', '.join(missing)}."]
+    lines += ["", notes_block(out)]  # (what was written by hand: kept)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     return out

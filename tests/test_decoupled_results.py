@@ -75,3 +75,31 @@ def test_tokens_per_second_and_bpc_at_equal_tokens_and_time(tmp_path):
     assert "(c) / (a) = 2.00x (goal >= 1.5x): met" in lines
     assert "(20 steps): (c) - (a) = +0.200 BPC (goal <= +0.05): not met" in lines
     assert "(20 s of training): (c) - (a) = -0.800 BPC (goal < 0): met" in lines
+
+
+def test_the_report_writes_the_goals_and_keeps_its_hand_written_notes(tmp_path):
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(f"""title: t
+description: d
+runs: {tmp_path / "runs"}
+out: {tmp_path / "grid.md"}
+seeds: [0]
+axes:
+  mode:
+    a_locked: {{recipe: ptb_char_stacked_tbptt, threads: 2}}
+    c_two_processes: {{recipe: ptb_char_decoupled, threads: 1}}
+""")
+    for cell in load_grid(str(grid_file)).cells:
+        fast = cell.labels["mode"] == "c_two_processes"
+        write_cell(cell.root, {10: 3.2 if fast else 3.0, 20: 2.2 if fast else 2.0},
+                   1.0 if fast else 2.0, 20)
+    out = tmp_path / "decoupled.md"
+    assert results.report(str(grid_file), out) == out
+    text = out.read_text()
+    assert "(c) / (a) = 2.00x (goal >= 1.5x): met" in text
+    assert (out.with_suffix("") / "curves.png").stat().st_size > 0
+    out.write_text(text.replace("(notes written by hand go here; kept when the report is "
+                                "rewritten)", "Measured on a quiet machine."))
+    results.report(str(grid_file), out)
+    assert "Measured on a quiet machine." in out.read_text()
+    assert "notes written by hand go here" not in out.read_text()

@@ -292,7 +292,9 @@ def _wins(a: str, b: str, rows: list[str], row_keys: list[tuple], groups: dict,
 
 # ---- the file -------------------------------------------------------------------------------
 
-def _notes(out: Path) -> str:
+def notes_block(out: Path) -> str:
+    """The hand-written block of ``out`` (``NOTES``), kept when a report rewrites ``out``; a
+    placeholder block if it has none (a file without one is first copied aside)."""
     text = out.read_text() if out.is_file() else ""
     m = re.search(re.escape(NOTES[0]) + ".*?" + re.escape(NOTES[1]), text, re.S)
     if m:
@@ -355,7 +357,7 @@ def write_report(grid: Grid) -> tuple[Path, list[Path]]:
     lines = [f"# {grid.title}", ""]
     if grid.description.strip():
         lines += [grid.description.strip(), ""]
-    lines += [_made_by(grid, data), "", _notes(out), ""]
+    lines += [_made_by(grid, data), "", notes_block(out), ""]
     if grid.about:
         lines += ["Labels:", ""]
         for axis, labels in grid.about.items():
