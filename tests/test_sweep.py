@@ -386,11 +386,13 @@ def test_metrics_tables_wins_reference_and_plots_from_fake_runs(tmp_path):
     assert "| task, T | tbptt | dni | paper: tbptt | paper: dni |" in text
     assert "| copy T2 | 1.5 ± 0.7071 (1, 2) | 5 ± 1.414 (6, 4) | 7 | 16 |" in text
     assert "| copy T3 | 3 ± 0 (3, 3) | 3 ± 0 (3, 3) | – | 14 |" in text
-    assert "- **copy**: dni beats tbptt at T2 (1 of 2; ties at T3)." in text
+    assert ("- **copy**: dni beats tbptt at T2 (1 of 2 by the means, every seed apart at T2; "
+            "ties at T3).") in text  # (dni's 6, 4 against tbptt's 1, 2)
     assert "| tbptt | 7.00 ± 0.00 | 5 ± 0 | 0.2 ± 0 | " in text  # loss_late, loss_at, cos
     assert "| dni | " in text and "1.25 ± 0 | 10 ± 0 | 4 |" in text  # test BPC, wall s, n
     assert "| all | 2.25 | 4 |" in text  # every T and seed of a mode in one entry
-    assert "- dni beats tbptt at all (1 of 1; ties at none)." in text
+    assert ("- dni beats tbptt at all (1 of 1 by the means, every seed apart at none; ties at "
+            "none).") in text  # (the seeds overlap: dni's 3 against tbptt's 3)
     assert [p.name for p in pngs] == ["T2.png", "T3.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert "![T2](r/T2.png)" in text

@@ -63,7 +63,8 @@ The grid format (every key optional unless said)::
         where: {task: [copy]}               #   (each seed) | spread | mean | median; filters
         exclude: {mode: [aux]}
         reference: {name: paper, values: {copy: {2: [7, 16, 17]}}}   # by row labels; a
-        wins: [[dni, tbptt]]                #   list in column order. "dni beats tbptt at"
+        wins: [[dni, tbptt]]                #   list in column order. "dni beats tbptt at":
+                                            #   by the means, and where every seed is apart
     plots:                                  # default: one `dnirnn plot` per first-axis label
       - by: [task, T]                       # one PNG per (task, T): every cell in it
       - {by: [task, T], kind: boundary, exclude: {mode: [tbptt]}}   # cos per boundary k

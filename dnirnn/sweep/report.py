@@ -268,25 +268,33 @@ def _reference(values: dict, row: tuple[str, ...], col: str, col_keys: list) -> 
 
 def _wins(a: str, b: str, rows: list[str], row_keys: list[tuple], groups: dict,
           metrics: list[Metric]) -> list[str]:
-    """``- <first row label>: a beats b at <rest> = ... (k of n; ties at ...)``, comparing the
-    means over seeds with the metric's direction."""
-    by: dict[str, list[tuple[str, str]]] = defaultdict(list)  # first label -> (rest, result)
+    """``- <first row label>: a beats b at <rest> (k of n by the means, every seed apart at
+    <rest>; ties at ...)``: the means over seeds with the metric's direction, and where
+    every seed of ``a`` beats every seed of ``b`` (at least 2 seeds each: a win by one seed
+    of either says little)."""
+    by: dict[str, list[tuple[str, str, bool]]] = defaultdict(list)  # first -> (rest, result, apart)
     for r in row_keys:
         ga, gb = groups.get(r + (a,), []), groups.get(r + (b,), [])
         m = _first_metric(ga, metrics)
         if m is None or not _values(gb, [m]) or better(m) is None:
             continue
-        va, vb = statistics.fmean(_values(ga, [m])), statistics.fmean(_values(gb, [m]))
-        res = "tie" if va == vb else "win" if (va > vb) == (better(m) == "max") else "loss"
+        xa, xb = _values(ga, [m]), _values(gb, [m])
+        va, vb = statistics.fmean(xa), statistics.fmean(xb)
+        up = better(m) == "max"
+        res = "tie" if va == vb else "win" if (va > vb) == up else "loss"
+        apart = res == "win" and min(len(xa), len(xb)) >= 2 and (
+            min(xa) > max(xb) if up else max(xa) < min(xb))
         first, rest = (r[0], r[1:]) if len(r) > 1 else ("", r)
-        by[first].append((row_name(rows[len(r) - len(rest):], rest), res))
+        by[first].append((row_name(rows[len(r) - len(rest):], rest), res, apart))
     lines = []
     for first, res in by.items():
-        wins = [x for x, w in res if w == "win"]
-        ties = [x for x, w in res if w == "tie"]
+        wins = [x for x, w, _ in res if w == "win"]
+        apart = [x for x, _, ok in res if ok]
+        ties = [x for x, w, _ in res if w == "tie"]
         name = f"**{first}**: " if first else ""
         lines.append(f"- {name}{a} beats {b} at {', '.join(wins) or 'none'} "
-                     f"({len(wins)} of {len(res)}; ties at {', '.join(ties) or 'none'}).")
+                     f"({len(wins)} of {len(res)} by the means, every seed apart at "
+                     f"{', '.join(apart) or 'none'}; ties at {', '.join(ties) or 'none'}).")
     return lines
 
 
