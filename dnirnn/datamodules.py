@@ -77,6 +77,11 @@ class _TaskDataModule(L.LightningDataModule):
 
             _check_shard(self.task.batch_size, world)
         if stage == "fit" and not self.task.episodic:
+            if self.task.train_tail and not model.trains_on_tail:
+                raise ValueError(
+                    f"data.init_args.train_tail=true: {type(model).__name__} trains on whole "
+                    f"{model.chunk}-step spans only; set data.init_args.train_tail=false"
+                )
             self.task.num_batches("train", model.chunk)
 
     def val_dataloader(self) -> DataLoader:
@@ -98,6 +103,9 @@ class PTBDataModule(_TaskDataModule):
         batch_size: training columns.
         eval_batch_size: validation/test columns.
         download: allow downloading missing files.
+        train_tail: also train on each epoch's last span shorter than a training step (as
+            word_language_model does: its 33-word tail of PTB word at bptt 35), the mean
+            loss over its own tokens; else it is dropped. ``DNIModule`` only.
     """
 
     def __init__(
@@ -107,6 +115,7 @@ class PTBDataModule(_TaskDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 10,
         download: bool = True,
+        train_tail: bool = False,
     ) -> None:
         super().__init__()
         if level not in LEVELS:
@@ -115,6 +124,7 @@ class PTBDataModule(_TaskDataModule):
             if v < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {v}")
         self.level, self.root, self.download = level, root, download
+        self.train_tail = train_tail
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.task_name, self.input_size = "lm", PTB_VOCAB[level]
         self.output_size = self.input_size
@@ -134,7 +144,8 @@ class PTBDataModule(_TaskDataModule):
                     f"too few for {size} columns; lower the batch size"
                 )
         self.vocab = corpus.vocab
-        self.task = LanguageModelTask(corpus, self.batch_size, self.eval_batch_size)
+        self.task = LanguageModelTask(corpus, self.batch_size, self.eval_batch_size,
+                                      train_tail=self.train_tail)
 
     def _epoch_length(self) -> int:
         return self.task.num_batches("train", self._module().chunk)

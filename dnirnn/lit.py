@@ -123,6 +123,8 @@ class DNIModule(RecurrentModule):
         forget_bias: initial forget-gate bias of the LSTM (0: PyTorch's init, unchanged).
     """
 
+    trains_on_tail = True  # (a shorter last window is the mean over its own tokens)
+
     train_keys = {k: k for k in ("sg_loss", "aux_loss", "sg_norm", "target_norm", "sg_cos",
                                  "grad_norm")}
     fit_keys = {"sg_loss", "sg_cos"}  # means over the boundaries fitted (``fitted``)
@@ -298,7 +300,8 @@ class DNIModule(RecurrentModule):
 
     def windows(self, batch: Batch) -> list[Window]:
         """The step's windows, each with its boundary position and cDNI context."""
-        windows = split_windows(batch.x, batch.y, self.hparams.window, batch.mask)
+        windows = split_windows(batch.x, batch.y, self.hparams.window, batch.mask,
+                                self.task.loss_norm)
         contexts = self.contexts(len(windows), batch.x)
         for k, w in enumerate(windows):
             w.position = k if self.task.episodic else 0

@@ -60,6 +60,9 @@ class RecurrentModule(L.LightningModule):
     # evaluation's memory bound: each forward call of validation / test is given as many
     # steps as keep its logits (steps x batch x outputs) within this many bytes (``eval_span``)
     eval_logits_bytes: int = 16 * 2**20
+    # whether a training step may be shorter than ``chunk`` (a stream's tail, the data's
+    # ``train_tail``); a module whose steps must be whole says no, and the data check stops
+    trains_on_tail: bool = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -81,13 +81,18 @@ class LanguageModelTask:
         corpus: the encoded splits and vocabulary.
         batch_size: training columns (``batchify`` layout).
         eval_batch_size: validation/test columns.
+        train_tail: also train on each epoch's tail shorter than a training step's span, as
+            one last, shorter step (word_language_model's last ``get_batch`` slice); else it
+            is dropped.
     """
 
     episodic = False
 
-    def __init__(self, corpus: Corpus, batch_size: int, eval_batch_size: int = 10) -> None:
+    def __init__(self, corpus: Corpus, batch_size: int, eval_batch_size: int = 10,
+                 train_tail: bool = False) -> None:
         self.corpus, self.level = corpus, corpus.level
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.train_tail = train_tail
         self.streams = {
             "train": batchify(corpus.train, batch_size),  # (N, B)
             "valid": batchify(corpus.valid, eval_batch_size),
@@ -113,10 +118,10 @@ class LanguageModelTask:
         return self
 
     def num_batches(self, split: str, chunk: int) -> int:
-        """Whole ``chunk``-step spans in the split (the tail shorter than a chunk is dropped
-        in training; evaluation keeps it, see ``batch``)."""
+        """``chunk``-step spans in the split. Evaluation keeps the tail shorter than a chunk
+        as a last, shorter span (see ``batch``); training keeps it only with ``train_tail``."""
         n = self.streams[split].shape[0] - 1
-        if split == "train":
+        if split == "train" and not self.train_tail:
             if n < chunk:
                 raise ValueError(
                     f"the training stream has {n} steps per column, fewer than one training "
@@ -135,7 +140,8 @@ class LanguageModelTask:
         return Batch(stream[start:stop], stream[start + 1 : stop + 1], None, position == 0, last)
 
     def loss_norm(self, window: int) -> float:
-        """The window objective is the mean loss per token of a full window."""
+        """The window objective is the mean loss per token of the window: ``window`` is its
+        length (a shorter last window of the training tail has its own)."""
         return float(self.batch_size * window)
 
     def metrics(self, nats: Tensor, count: Tensor) -> dict[str, Tensor]:

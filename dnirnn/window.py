@@ -32,6 +32,9 @@ class Window:
         context: ``(B, C)`` conditioning context for the synthesizer at the boundary this
             window STARTS from (cDNI), or None.
         position: the index k of that boundary within its episode (0 for streams).
+        norm: the divisor of this window's summed loss where it is not the engine's
+            ``loss_norm`` (a stream's shorter last window: the mean over its own tokens),
+            else None.
     """
 
     x: Tensor
@@ -39,6 +42,7 @@ class Window:
     mask: Tensor | None = None
     context: Tensor | None = None
     position: int = 0
+    norm: float | None = None
 
 
 @dataclass
@@ -82,7 +86,8 @@ class WindowResult:
 def masked_task_loss(
     step_loss: StepLoss, loss_norm: float, logits: Tensor, window: Window
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(l, nats, count)``: the masked summed loss / ``loss_norm``, and its metric sums.
+    """``(l, nats, count)``: the masked summed loss / ``loss_norm`` (or the window's own
+    ``norm``), and its metric sums.
 
     ``nats`` is the masked sum in nats, ``count`` the number of scored steps (the mask's sum).
     """
@@ -94,20 +99,25 @@ def masked_task_loss(
         # torch.full, not torch.tensor: no host-to-device copy (a sync on CUDA)
         count = torch.full((), float(per_step.numel()), device=per_step.device)
     nats = per_step.sum()
-    return nats / loss_norm, nats, count
+    return nats / (loss_norm if window.norm is None else window.norm), nats, count
 
 
 def split_windows(
-    x: Tensor, y: Tensor, window: int, mask: Tensor | None = None
+    x: Tensor, y: Tensor, window: int, mask: Tensor | None = None,
+    loss_norm: Callable[[int], float] | None = None,
 ) -> list[Window]:
     """Cuts time-major ``(N, B, ...)`` tensors into windows of ``window`` steps (views).
 
-    The last window is shorter if ``window`` does not divide ``N``.
+    The last window is shorter if ``window`` does not divide ``N``; with ``loss_norm`` (the
+    task's, of a window's length) it gets ``norm = loss_norm(its length)``.
     """
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     n = x.shape[0]
-    return [
+    windows = [
         Window(x[i : i + window], y[i : i + window], None if mask is None else mask[i : i + window])
         for i in range(0, n, window)
     ]
+    if loss_norm is not None and n % window:
+        windows[-1].norm = float(loss_norm(n % window))
+    return windows

@@ -10,6 +10,8 @@ code is not part of this repository."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import yaml
@@ -42,11 +44,13 @@ def recipe(name: str) -> dict:
 # ---- evaluation: bounded in bytes, independent of the cut ------------------------------
 
 
-def tiny_lm(vocab: int = 37, steps: int = 204, batch: int = 3) -> LanguageModelTask:
+def tiny_lm(vocab: int = 37, steps: int = 204, batch: int = 3,
+            train_tail: bool = False) -> LanguageModelTask:
     g = torch.Generator().manual_seed(0)
     split = [torch.randint(0, vocab, (steps * batch + 1,), generator=g) for _ in range(3)]
     corpus = Corpus(*split, vocab=Vocab([str(i) for i in range(vocab)]), level="word")
-    return LanguageModelTask(corpus, batch_size=batch, eval_batch_size=batch)
+    return LanguageModelTask(corpus, batch_size=batch, eval_batch_size=batch,
+                             train_tail=train_tail)
 
 
 def evaluate(module: DNIModule, split: str = "valid") -> tuple[float, int, list[int]]:
@@ -176,7 +180,7 @@ def test_wlm_recipe_is_word_language_models_configuration():
     assert {k: cfg["model"][k] for k in WLM} == WLM
     assert cfg["data"]["init_args"] | {"class_path": cfg["data"]["class_path"]} == {
         "class_path": "dnirnn.datamodules.PTBDataModule", "level": "word", "batch_size": 20,
-        "eval_batch_size": 10}
+        "eval_batch_size": 10, "train_tail": True}
     assert cfg["seed_everything"] == 1111 and cfg["trainer"]["max_epochs"] == 6
     assert cfg["trainer"]["val_check_interval"] == 1.0  # the plateau sees one per epoch
     DNIModule(task="lm", input_size=10_000, output_size=10_000, **cfg["model"])
@@ -202,10 +206,12 @@ def test_wlm_dni_recipe_is_the_wlm_recipe_with_ptb_word_dnis_synthesizer():
 
 @needs_ptb
 def test_batches_are_word_language_models():
-    """Training windows are WLM's get_batch slices of its batchify layout, every one but its
-    shorter last (the 33-word tail, dropped here); evaluation covers every target of WLM's
-    evaluation, the tail included, in (N - 1) x 10 tokens."""
-    dm = PTBDataModule(level="word", root=PTB, batch_size=20, eval_batch_size=10)
+    """Training steps are WLM's get_batch slices of its batchify layout, every one, its
+    shorter last (the 33-word tail) included (``train_tail``; without it the tail is
+    dropped); evaluation covers every target of WLM's evaluation, the tail included, in
+    (N - 1) x 10 tokens."""
+    cfg = recipe("ptb_word_wlm")["data"]["init_args"]
+    dm = PTBDataModule(**{**cfg, "root": PTB})
     dm.setup("fit")
     task, corpus = dm.task, dm.task.corpus
     for split, bsz in (("train", 20), ("valid", 10), ("test", 10)):
@@ -217,16 +223,103 @@ def test_batches_are_word_language_models():
         n = task.num_batches(split, chunk)
         ours_x = torch.cat([task.batch(split, p, chunk).x for p in range(n)])
         ours_y = torch.cat([task.batch(split, p, chunk).y for p in range(n)])
+        assert torch.equal(ours_x, wlm[:-1]) and torch.equal(ours_y, wlm[1:])
+        assert ours_y.numel() == (wlm.shape[0] - 1) * bsz
         if split == "train":
-            assert len(starts) == n + 1 == 1328 and wlm.shape[0] - 1 - starts[-1] == 33
-            for p in (0, 1, n // 2, n - 1):
-                i = starts[p]
+            assert len(starts) == n == 1328 and wlm.shape[0] - 1 - starts[-1] == 33
+            for p in (0, 1, n // 2, n - 2, n - 1):
+                i, seq = starts[p], min(35, wlm.shape[0] - 1 - starts[p])
                 b = task.batch(split, p, chunk)
-                assert torch.equal(b.x, wlm[i : i + 35]) and torch.equal(b.y, wlm[i + 1 : i + 36])
-            assert torch.equal(ours_x, wlm[: 35 * n])
-        else:
-            assert torch.equal(ours_x, wlm[:-1]) and torch.equal(ours_y, wlm[1:])
-            assert ours_y.numel() == (wlm.shape[0] - 1) * 10
+                assert torch.equal(b.x, wlm[i : i + seq])
+                assert torch.equal(b.y, wlm[i + 1 : i + 1 + seq])
+                assert b.last == (p == n - 1)
+            task.train_tail = False
+            assert task.num_batches(split, chunk) == 1327  # (the tail dropped)
+
+
+@pytest.mark.parametrize("window,per_step", [(7, 1), (3, 3)])
+def test_training_tail_is_word_language_models_last_shorter_update(float64, window, per_step):
+    """With ``train_tail`` an epoch ends with one more, shorter step on the stream's tail, as
+    WLM's last ``get_batch`` slice; every window's objective is the mean cross-entropy over
+    its own tokens (a 1-step last window too), so the run is WLM's loop, update for update
+    (the clip off, so that the tail's normalisation shows). Without it the tail is dropped."""
+    from types import SimpleNamespace
+
+    from dnirnn.dni import Optimizers
+
+    task = tiny_lm(steps=26, train_tail=True)  # 25 targets per column: 25 = 3 * 7 + 4
+    chunk = window * per_step
+    assert tiny_lm(steps=26).num_batches("train", chunk) == 25 // chunk
+    assert task.num_batches("train", chunk) == 25 // chunk + 1
+    torch.manual_seed(0)
+    module = DNIModule(task="lm", input_size=37, output_size=37, hidden_size=6, num_layers=2,
+                       window=window, windows_per_step=per_step, boundary="tbptt",
+                       optimizer="sgd", lr=2.0, clip=None)
+    ref = copy.deepcopy(module.engine.core)
+    module.task, module._trainer = task, SimpleNamespace(world_size=1)
+    module._opts = Optimizers(module.configure_optimizers(), None, None, None)
+    module.configure_task(world=1)
+    ours = []
+    for p in range(task.num_batches("train", chunk)):
+        batch = task.batch("train", p, chunk)
+        if batch.reset:
+            module.carried = module.zero_state(3)
+        ours += [float(r.loss) for r in module.run_windows(batch)]
+
+    data, state, wlm = task.streams["train"], ref.zero_state(3), []
+    for i in range(0, data.shape[0] - 1, window):  # WLM's train(): one update per slice
+        seq = min(window, data.shape[0] - 1 - i)  # get_batch
+        ref.zero_grad()
+        logits, _, state = ref(data[i : i + seq], state)
+        state = tuple(h.detach() for h in state)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1),
+                                           data[i + 1 : i + 1 + seq].flatten())
+        loss.backward()
+        with torch.no_grad():
+            for q in ref.parameters():
+                q.add_(q.grad, alpha=-2.0)
+        wlm.append(loss.item())
+    assert len(ours) == len(wlm) == -(-25 // window)
+    assert ours == pytest.approx(wlm, rel=1e-12)
+    for (name, a), b in zip(module.engine.core.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("boundary", ["dni", "oracle"])
+def test_training_tail_with_synthetic_gradients(boundary):
+    """DNI and the oracle train on the tail too: its 2-step last window gets the same
+    boundary treatment as any stream's last window (no synthetic gradient at its end)."""
+    from types import SimpleNamespace
+
+    task = tiny_lm(steps=24, train_tail=True)  # 23 targets per column = 7 * 3 + 2
+    torch.manual_seed(0)
+    module = DNIModule(task="lm", input_size=37, output_size=37, hidden_size=6, window=3,
+                       windows_per_step=7, boundary=boundary, oracle_windows=6)
+    from dnirnn.dni import Optimizers
+
+    module.task, module._trainer = task, SimpleNamespace(world_size=1)
+    opts = module.configure_optimizers()
+    opts = opts if isinstance(opts, list) else [opts]
+    module._opts = Optimizers(opts[0], opts[1] if len(opts) > 1 else None, 1.0, 1.0)
+    module.configure_task(world=1)
+    module.carried = module.zero_state(3)
+    for p in range(2):
+        results = module.run_windows(task.batch("train", p, 21))
+    assert len(results) == 1 and results[0].count == 2 * 3
+    assert torch.isfinite(results[0].loss) and bool(results[0].finite)
+
+
+def test_train_tail_with_a_module_of_whole_spans_is_a_clear_error():
+    from dnirnn.lit_hierarchy import HierarchyModule
+
+    dm = PTBDataModule(level="word", batch_size=3, train_tail=True)
+    dm.task = tiny_lm(train_tail=True)
+    module = HierarchyModule(task="lm", input_size=37, output_size=37, hidden_size=5,
+                             slow_hidden=4, k=2)
+    with pytest.raises(ValueError, match="train_tail=true: HierarchyModule trains on whole"):
+        dm.check("fit", module)
+    dm.task.train_tail = False
+    dm.check("fit", module)
 
 
 @needs_ptb
@@ -287,9 +380,9 @@ def test_wlm_recipe_resumes_exactly_with_its_plateau_mid_epoch(tmp_path):
 
 def test_reference_grid_has_the_cells_issue_20_asks_for():
     """WLM's configuration for 6 epochs and DNI / TBPTT at T = 5 and 35 for 3, over 3 seeds;
-    the oracle at T = 5 on one; 35 words per training step everywhere (so epoch e ends at
-    step 1327 e, where the grid's per-epoch metrics read), the oracle's look-ahead the rest
-    of the step."""
+    the oracle at T = 5 on one; 35 words per training step everywhere and the epoch's tail
+    dropped, as when its cells were measured (so epoch e ends at step 1327 e, where the
+    grid's per-epoch metrics read), the oracle's look-ahead the rest of the step."""
     grid = load_grid(str(ROOT / "grids" / "ptb_reference.yaml"))
     cells = {c.name: c for c in grid.cells}
     seeds = ("s1111", "s1112", "s1113")
@@ -304,6 +397,7 @@ def test_reference_grid_has_the_cells_issue_20_asks_for():
         assert model["window"] * model["windows_per_step"] == 35, name
         assert args["trainer.max_epochs"] == ("6" if name.startswith("T35_tbptt") else "3")
         assert args["seed_everything"] == name.rsplit("_s", 1)[1]
+        assert args["data.init_args.train_tail"] == "false"
         expected = {"tbptt": ("ptb_word_wlm", "tbptt"), "dni": ("ptb_word_wlm_dni", "dni"),
                     "oracle": ("ptb_word_wlm", "oracle")}[name.split("_")[1]]
         assert (c.recipe, model["boundary"]) == expected, name
