@@ -404,3 +404,23 @@ def test_reference_grid_has_the_cells_issue_20_asks_for():
         if model["boundary"] == "oracle":
             assert model["oracle_windows"] == model["windows_per_step"] - 1
         assert c.test == "best"
+
+
+def test_wlm_grid_reads_each_epoch_at_its_last_of_1328_steps():
+    """grids/ptb_wlm.yaml runs the recipes as they stand (the tail trained: 1,328 steps per
+    epoch, ``test_batches_are_word_language_models``), so epoch e's validation is read at
+    step 1328 e; TBPTT at seeds 1111-1115, DNI at T = 35 at 1111-1113."""
+    grid = load_grid(str(ROOT / "grids" / "ptb_wlm.yaml"))
+    cells = {c.name: c for c in grid.cells}
+    assert sorted(cells) == sorted([f"tbptt_s{s}" for s in range(1111, 1116)]
+                                   + [f"dni_s{s}" for s in range(1111, 1114)])
+    for name, c in cells.items():
+        args = dict(a[2:].split("=", 1) for a in c.fit_args() if a.startswith("--")
+                    and "=" in a)
+        assert not any("train_tail" in k for k in args)
+        assert recipe(c.recipe)["data"]["init_args"]["train_tail"] is True
+        assert c.recipe == {"tbptt": "ptb_word_wlm", "dni": "ptb_word_wlm_dni"}[name[:-6]]
+        epochs = {"1111": "6", "1114": "1", "1115": "1"}.get(name[-4:], "3")
+        assert args["trainer.max_epochs"] == ("3" if name.startswith("dni") else epochs)
+    for e in range(1, 7):
+        assert grid.metrics[f"e{e}"].at == 1328 * e
