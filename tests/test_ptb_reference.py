@@ -337,3 +337,23 @@ def test_wlm_grid_reads_each_epoch_at_its_last_of_1328_steps():
         assert args["trainer.max_epochs"] == ("3" if name.startswith("dni") else epochs)
     for e in range(1, 7):
         assert grid.metrics[f"e{e}"].at == 1328 * e
+
+
+def test_t5_lr_grid_holds_the_learning_rate_per_word():
+    """grids/ptb_t5_lr.yaml: T = 5 in 35-word steps at lr 20 and at 20 / 7, the rate per
+    word of one update per 35 words; the oracle sees the rest of the step."""
+    grid = load_grid(str(ROOT / "grids" / "ptb_t5_lr.yaml"))
+    cells = {c.name: c for c in grid.cells}
+    assert sorted(cells) == sorted(["lr2.857_oracle_s1111", "lr2.857_tbptt_s1111",
+                                    "lr20_tbptt_s1111", "lr2.857_dni_s1111"])
+    for name, c in cells.items():
+        args = dict(a[2:].split("=", 1) for a in c.fit_args() if a.startswith("--")
+                    and "=" in a)
+        model = dict(recipe(c.recipe)["model"])
+        model.update({k[6:]: yaml.safe_load(v) for k, v in args.items() if k.startswith("model.")})
+        assert (model["window"], model["windows_per_step"]) == (5, 7)
+        assert model["lr"] == pytest.approx(20.0 if name.startswith("lr20_") else 20.0 / 7)
+        assert model["boundary"] == name.split("_")[1]
+        if model["boundary"] == "oracle":
+            assert model["oracle_windows"] == 6
+    assert grid.metrics["e1"].at == 1328
