@@ -288,7 +288,19 @@ def test_wlm_recipe_resumes_exactly_with_its_plateau_mid_epoch(tmp_path):
     assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == 20.0 / 4**2
 
 
-# ---- the grid of item 5 -------------------------------------------------------------------
+# ---- the grids of item 5 ------------------------------------------------------------------
+
+
+def cell_args(cell) -> dict[str, str]:
+    """A grid cell's ``--key=value`` options of its fit command."""
+    return dict(a[2:].split("=", 1) for a in cell.fit_args() if a.startswith("--") and "=" in a)
+
+
+def cell_model(cell, args: dict[str, str]) -> dict:
+    """Its model options: the recipe's, then the cell's overrides."""
+    model = dict(recipe(cell.recipe)["model"])
+    model.update({k[6:]: yaml.safe_load(v) for k, v in args.items() if k.startswith("model.")})
+    return model
 
 
 def test_reference_grid_has_the_cells_issue_20_asks_for():
@@ -303,10 +315,8 @@ def test_reference_grid_has_the_cells_issue_20_asks_for():
                                          ("35", "dni")) for s in seeds] + ["T5_oracle_s1111"]
     assert sorted(cells) == sorted(want)
     for name, c in cells.items():
-        args = dict(a[2:].split("=", 1) for a in c.fit_args() if a.startswith("--")
-                    and "=" in a)
-        model = dict(recipe(c.recipe)["model"])
-        model.update({k[6:]: yaml.safe_load(v) for k, v in args.items() if k.startswith("model.")})
+        args = cell_args(c)
+        model = cell_model(c, args)
         assert model["window"] * model["windows_per_step"] == 35, name
         assert args["trainer.max_epochs"] == ("6" if name.startswith("T35_tbptt") else "3")
         assert args["seed_everything"] == name.rsplit("_s", 1)[1]
@@ -328,8 +338,7 @@ def test_wlm_grid_reads_each_epoch_at_its_last_of_1328_steps():
     assert sorted(cells) == sorted([f"tbptt_s{s}" for s in range(1111, 1116)]
                                    + [f"dni_s{s}" for s in range(1111, 1114)])
     for name, c in cells.items():
-        args = dict(a[2:].split("=", 1) for a in c.fit_args() if a.startswith("--")
-                    and "=" in a)
+        args = cell_args(c)
         assert not any("train_tail" in k for k in args)
         assert recipe(c.recipe)["data"]["init_args"]["train_tail"] is True
         assert c.recipe == {"tbptt": "ptb_word_wlm", "dni": "ptb_word_wlm_dni"}[name[:-6]]
@@ -347,10 +356,8 @@ def test_t5_lr_grid_holds_the_learning_rate_per_word():
     assert sorted(cells) == sorted(["lr2.857_oracle_s1111", "lr2.857_tbptt_s1111",
                                     "lr20_tbptt_s1111", "lr2.857_dni_s1111"])
     for name, c in cells.items():
-        args = dict(a[2:].split("=", 1) for a in c.fit_args() if a.startswith("--")
-                    and "=" in a)
-        model = dict(recipe(c.recipe)["model"])
-        model.update({k[6:]: yaml.safe_load(v) for k, v in args.items() if k.startswith("model.")})
+        args = cell_args(c)
+        model = cell_model(c, args)
         assert (model["window"], model["windows_per_step"]) == (5, 7)
         assert model["lr"] == pytest.approx(20.0 if name.startswith("lr20_") else 20.0 / 7)
         assert model["boundary"] == name.split("_")[1]
