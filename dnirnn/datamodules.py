@@ -77,11 +77,6 @@ class _TaskDataModule(L.LightningDataModule):
 
             _check_shard(self.task.batch_size, world)
         if stage == "fit" and not self.task.episodic:
-            if self.task.train_tail and not model.trains_on_tail:
-                raise ValueError(
-                    f"data.init_args.train_tail=true: {type(model).__name__} trains on whole "
-                    f"{model.chunk}-step spans only; set data.init_args.train_tail=false"
-                )
             self.task.num_batches("train", model.chunk)
 
     def val_dataloader(self) -> DataLoader:

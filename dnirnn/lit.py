@@ -194,6 +194,7 @@ class DNIModule(RecurrentModule):
         self._opts: Optimizers | None = None
 
     def check_task(self, task: Any, world: int) -> None:
+        super().check_task(task, world)
         if self.hparams.synthesizer_context == "phase" and not isinstance(task, CopyTask):
             raise ValueError("model.synthesizer_context: 'phase' needs a copy / repeat-copy "
                              "task (it marks the input and answer phases); use 'none'")

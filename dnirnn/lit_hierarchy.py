@@ -151,6 +151,7 @@ class HierarchyModule(RecurrentModule):
 
     def check_task(self, task: Any, world: int) -> None:
         """The data fits the schedule; raises ValueError naming the field and the fix."""
+        super().check_task(task, world)
         if world > 1:
             raise ValueError("trainer.devices / num_nodes: HierarchyModule trains in one "
                              "process (no gradient synchronisation across processes yet); "

@@ -61,7 +61,7 @@ class RecurrentModule(L.LightningModule):
     # steps as keep its logits (steps x batch x outputs) within this many bytes (``eval_span``)
     eval_logits_bytes: int = 16 * 2**20
     # whether a training step may be shorter than ``chunk`` (a stream's tail, the data's
-    # ``train_tail``); a module whose steps must be whole says no, and the data check stops
+    # ``train_tail``); a module whose steps must be whole says no, and ``check_task`` stops
     trains_on_tail: bool = False
 
     def __init__(self) -> None:
@@ -95,7 +95,12 @@ class RecurrentModule(L.LightningModule):
         raise NotImplementedError
 
     def check_task(self, task: Any, world: int) -> None:
-        """Pre-flight: raises ``ValueError`` if the model cannot train on ``task``."""
+        """Pre-flight: raises ``ValueError`` if the model cannot train on ``task`` (a
+        subclass extends it, calling this first)."""
+        if getattr(task, "train_tail", False) and not self.trains_on_tail:
+            raise ValueError(
+                f"data.init_args.train_tail=true: {type(self).__name__} trains on whole "
+                f"{self.chunk}-step spans only; set data.init_args.train_tail=false")
 
     def carried_tensors(self, carried: Any) -> list[Tensor]:
         """The carried state as tensors with the batch in dim 1 (checkpoint layout)."""

@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch import nn
 
-from dnirnn.datamodules import PTBDataModule
 from dnirnn.dni import Optimizers
 from dnirnn.lit import DNIModule
 
@@ -84,13 +83,17 @@ def test_training_tail_with_synthetic_gradients(boundary):
 
 
 def test_train_tail_with_a_module_of_whole_spans_is_a_clear_error():
+    """The module's pre-flight (``check_task``, run by the CLI before anything is written and
+    by the hierarchy's set-up) refuses the tail for a module whose steps must be whole."""
+    from dnirnn.decoupled.lit import DecoupledModule
     from dnirnn.lit_hierarchy import HierarchyModule
 
-    dm = PTBDataModule(level="word", batch_size=3, train_tail=True)
-    dm.task = tiny_lm(train_tail=True)
-    module = HierarchyModule(task="lm", input_size=37, output_size=37, hidden_size=5,
-                             slow_hidden=4, k=2)
+    hier = HierarchyModule(task="lm", input_size=37, output_size=37, hidden_size=5,
+                           slow_hidden=4, k=2)
     with pytest.raises(ValueError, match="train_tail=true: HierarchyModule trains on whole"):
-        dm.check("fit", module)
-    dm.task.train_tail = False
-    dm.check("fit", module)
+        hier.check_task(tiny_lm(train_tail=True), 1)
+    hier.check_task(tiny_lm(), 1)
+    decoupled = DecoupledModule(input_size=37, output_size=37, hidden_size=5)
+    with pytest.raises(ValueError, match="train_tail=true: DecoupledModule trains on whole"):
+        decoupled.check_task(tiny_lm(train_tail=True), 1)
+    DNIModule(task="lm", input_size=37, output_size=37).check_task(tiny_lm(train_tail=True), 1)

@@ -183,6 +183,7 @@ class DecoupledModule(RecurrentModule):
     # ---- set-up -----------------------------------------------------------------------
 
     def check_task(self, task: Any, world: int) -> None:
+        super().check_task(task, world)
         if isinstance(task, CopyTask):
             raise ValueError("model: decoupled layer groups train on token streams (PTB) and "
                              "recall episodes; the copy tasks' curriculum is not supported")
