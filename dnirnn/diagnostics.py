@@ -10,7 +10,7 @@ steps, BEFORE the step updates anything (``on_train_batch_start``), it:
    span starts an episode / epoch),
 3. computes the TRUE future gradient ``dL_future / ds_k`` at every boundary k of the span
    with frozen parameters, in one forward and one backward pass
-   (``dnirnn.synthesizers.targets.lambda_targets`` with λ = 1, beta = 1, no synthesizer: the
+   (``dnirnn.engine.truth.future_gradients`` with λ = 1, beta = 1, no synthesizer: the
    same mechanism that makes the λ-return targets). Episodes: every internal boundary,
    over the whole rest of the episode (the exact future). Streams: the first boundary,
    over the next ``windows`` windows;
@@ -57,8 +57,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from dnirnn.engine.truth import future_gradients
 from dnirnn.state import detach_state, unflatten_state
-from dnirnn.synthesizers.targets import lambda_targets
 
 
 class SyntheticGradientDiagnostics(L.Callback):
@@ -122,8 +122,7 @@ class SyntheticGradientDiagnostics(L.Callback):
             with torch.random.fork_rng(devices=devices), \
                     torch.backends.cudnn.flags(enabled=False):
                 engine.eval()
-                truth = lambda_targets(engine, span, state, lam=1.0, beta=1.0, predict=None,
-                                       episode_end=True)
+                truth = future_gradients(engine, span, state)
                 boundaries = range(1, len(span)) if task.episodic else range(1, 2)
                 rows = [self._row(pl_module, span, truth, k) for k in boundaries]
         finally:

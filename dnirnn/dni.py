@@ -1,64 +1,12 @@
-r"""Truncated BPTT with Decoupled Neural Interfaces: the window update.
+r"""The single core: truncated BPTT with Decoupled Neural Interfaces (docs/design.md §1).
 
-Notation (docs/design.md §1). A stream is cut into windows of T steps. Window k starts in the
-recurrent state ``s_k`` and ends in ``s_{k+1}``; ``l_k`` is its task loss (a sum of per-step
-terms, so that the window losses add up to the loss of the whole sequence). ``M_phi`` is the
-synthesizer, ``theta`` the core (+ readout, + Aux head).
-
-One window update is ONE forward and ONE backward pass through the window::
-
-    1. s_k      <- detach(s_k), a leaf with requires_grad         (the truncation)
-    2. s_{k+1}, l_k = core_theta(x_k, s_k)                       (one nn.LSTM call)
-    3. g_{k+1}  = detach(M_phi(s_{k+1}))     (0 if the episode ends at this boundary)
-    4. backward of the surrogate   l_k + beta * <g_{k+1}, s_{k+1}>        (beta = sg_scale)
-         theta.grad = dl_k/dtheta + beta * (ds_{k+1}/dtheta)^T g_{k+1}
-         s_k.grad   = delta_k = dl_k/ds_k + beta * (ds_{k+1}/ds_k)^T g_{k+1}
-                                                       (the bootstrapped target)
-    5. fit M_phi to (s_j, G_j) for every boundary j whose target is ready:
-       L_SG = || M_phi(s_j) - G_j ||^2, by its own optimizer (Adam, the paper) or by exact
-       least squares (``rls``). With ``sg_horizon`` H = 1 (the paper) G_k = delta_k, ready at
-       once; with H > 1, G_k is the H-window truncated λ-return, ready H - 1 windows later
-       (``dnirnn.synthesizers.horizon``: the last H windows' graphs are kept, no second
-       forward pass).
-    6. step theta (core optimizer, core clip) and phi (its own optimizer, its own clip);
-       carry detach(s_{k+1}) into window k+1.
-
-The synthesizer is reached through one narrow face, ``SyntheticGradient``
-(``dnirnn.synthesizers.interface``): ``pair`` (M_phi(s_k) and g_{k+1} in one batched call),
-``observe`` (fit a ready pair), ``end_step``; the targets come from the window (H = 1) or from
-``HorizonTargets`` (H > 1), so the path through a window runs one way.
-
-Cost (``scripts/bench.py``). Steps 3 and 5 evaluate M_phi with the SAME phi (phi steps only
-at the end of step 5), so at H = 1 ``M_phi(s_k)`` and ``M_phi(s_{k+1})`` are one batched call
-of the synthesizer (the two states concatenated along the batch), made in step 3 without a
-graph; step 5 takes the gradient of L_SG by a manual backward through the synthesizer's
-Linear / ReLU layers (``dnirnn.synthesizers.fitting``: the same kernels and floats as
-autograd). The optimizer steps, clips and zero_grads are torch's fused kernels without their
-Python bookkeeping (``dnirnn.optim``). A batched GEMM may round a row differently from the
-same row computed alone (the BLAS picks its kernel by the row count and the width).
-
-With beta = 1, step 4 is the paper's update ``theta <- theta - a(sum dL/dtheta +
-delta_hat * dh_T/dtheta)`` and delta_k is exactly the paper's bootstrapped target. With
-beta < 1 the synthesizer becomes a beta-per-window *discounted* predictor of the future
-gradient: unrolling the target, M_phi(s_k) ~ sum_j beta^j (future window j's gradient).
-
-Boundaries (``boundary``):
-  - ``tbptt``:   g = 0, plain truncated BPTT (the baseline).
-  - ``dni``:     g = M_phi(s_{k+1}), as above.
-  - ``dni_aux``: as ``dni``; in addition an Aux head reads the core output o_t at every step
-                 t of the window and regresses g_{k+1} (the synthetic gradient at the END of
-                 the window, i.e. further in the future than t). Its loss
-                 ``aux_weight * mean_{t,b} ||A o_t - g_{k+1}||^2`` joins l_k in step 4, so the
-                 objective is task + aux, and delta_k is the gradient of that whole objective
-                 (the synthesizer predicts the future of the same objective).
-  - ``oracle``:  g = the TRUE gradient of the next W windows' task loss w.r.t. s_{k+1},
-                 by BPTT with frozen parameters (analysis and tests only; expensive).
-
-Positions. ``Window.position`` is the index k of the boundary a window starts from within its
-episode (0 for streams); a per-position synthesizer uses map k there, and ``M_{k+1}`` at the
-window's end.
-
-Nothing in this module syncs with the host: every diagnostic is returned as a tensor.
+``DNIRNN`` holds the core, the synthesizer (reached only through ``SyntheticGradient``), the
+optional Aux head and the objective; ``window_update`` runs the engine's one window update
+(``dnirnn.engine.update``) with the single core's forward and its injection at the window's
+end, ``beta <g_{k+1}, s_{k+1}>``. The boundary (``tbptt``, ``dni``, ``dni_aux``, ``oracle``)
+decides ``g_{k+1}``; the synthesizer's targets are the window's own ``delta_k`` (H = 1) or the
+H-window λ-return of the kept windows (``dnirnn.engine.kept``). Nothing here syncs with the
+host: every diagnostic is returned as a tensor.
 """
 
 from __future__ import annotations
@@ -70,26 +18,26 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dnirnn.model import LSTMCore
-from dnirnn.optim import Optimizers, adam_step, grad_norm, zero_grad
-from dnirnn.state import State, detach_state, flatten_state, unflatten_state
-from dnirnn.synthesizers.fitting import Prediction, synthesizer_regression
-from dnirnn.synthesizers.guard import NormGuard
-from dnirnn.synthesizers.horizon import (
-    HorizonTargets,
-    Link,
-    ParameterSnapshot,
+from dnirnn.engine.kept import KeptWindows, Link
+from dnirnn.engine.truth import future_gradients
+from dnirnn.engine.update import (
     Ready,
-    native_rnn,
-    rebuild_graphs,
-    window_record,
+    backward,
+    bootstrap_target,
+    fit,
+    state_pairs,
+    step,
+    truncate,
 )
+from dnirnn.model import LSTMCore
+from dnirnn.optim import Optimizers, zero_grad
+from dnirnn.state import State, detach_state, flatten_state, unflatten_state
+from dnirnn.synthesizers.fitting import Prediction
+from dnirnn.synthesizers.guard import NormGuard
 from dnirnn.synthesizers.interface import SyntheticGradient
-from dnirnn.window import StepLoss, Window, WindowResult, masked_task_loss, split_windows
+from dnirnn.window import StepLoss, Window, WindowResult, masked_task_loss
 
-__all__ = ["BOUNDARIES", "DNIRNN", "Optimizers", "StepLoss", "Window", "WindowResult",
-           "bootstrap_target", "grad_norm", "masked_task_loss", "split_windows",
-           "surrogate_backward", "synthesizer_regression", "window_update"]
+__all__ = ["BOUNDARIES", "DNIRNN", "WindowGradients", "train_span", "window_update"]
 
 BOUNDARIES = ("tbptt", "dni", "dni_aux", "oracle")
 
@@ -114,39 +62,6 @@ class WindowGradients:
         return bootstrap_target(self.start)
 
 
-def surrogate_backward(
-    objective: Tensor,
-    ends: Sequence[Tensor],
-    g: Sequence[Tensor] | None,
-    sg_scale: float = 1.0,
-    retain_graph: bool = False,
-) -> None:
-    """Step 4: ONE backward pass of ``objective + sg_scale * <g, ends>``.
-
-    ``g`` (one tensor per tensor of ``ends``, detached) is injected as the incoming gradient
-    of ``ends`` instead of forming the dot product. ``g=None`` or ``sg_scale=0`` is plain
-    backprop of ``objective`` (TBPTT). ``retain_graph`` keeps the graph (horizon targets).
-    """
-    if g is None or sg_scale == 0.0:
-        objective.backward(retain_graph=retain_graph)
-        return
-    # (x * 1.0 == x bit for bit: skip the multiply at the paper's beta = 1)
-    incoming = [gi.detach() if sg_scale == 1.0 else gi.detach() * sg_scale for gi in g]
-    outputs = list(ends)
-    if objective.requires_grad:  # (a layer with no loss of its own has only the g term)
-        outputs, incoming = [objective, *outputs], [None, *incoming]
-    torch.autograd.backward(outputs, incoming, retain_graph=retain_graph)
-
-
-def bootstrap_target(start: State) -> Tensor:
-    """``delta_k = dl_k/ds_k + beta (ds_{k+1}/ds_k)^T g_{k+1}``, read off the leaves' ``.grad``.
-
-    Returns ``(B, S)``; zeros if no gradient reached the start state.
-    """
-    grads = tuple(torch.zeros_like(s) if s.grad is None else s.grad for s in start)
-    return flatten_state(grads)  # type: ignore[arg-type]
-
-
 class DNIRNN(nn.Module):
     """The pure-PyTorch engine: core, synthesizer, optional Aux head, and the objective.
 
@@ -168,6 +83,8 @@ class DNIRNN(nn.Module):
         sg_horizon: with ``sg_lambda``: H >= 1 windows of the truncated λ-return (1: delta_k),
             or None: unbounded, to the episode's end (a stream: the training step's end, at
             ``end_step``), i.e. full BPTT for the synthesizer, whose memory grows with it.
+        resumable: the kept windows record what rebuilds their graphs on resume (streams,
+            whose horizons cross training steps).
     """
 
     def __init__(
@@ -183,6 +100,7 @@ class DNIRNN(nn.Module):
         guard: NormGuard | None = None,
         sg_lambda: float | None = None,
         sg_horizon: int | None = None,
+        resumable: bool = False,
     ) -> None:
         super().__init__()
         if boundary not in BOUNDARIES:
@@ -214,12 +132,12 @@ class DNIRNN(nn.Module):
         self.guard = guard
         self.sg_lambda = sg_lambda if boundary == "dni" else None
         self.sg_horizon = sg_horizon if self.sg_lambda is not None else 1
-        self.targets = (HorizonTargets(self.sg_horizon, self.sg_lambda, self.sg_scale,
-                                       core.cfg.num_layers)
-                        if self.sg_lambda is not None and self.sg_horizon != 1 else None)
         self.aux = (  # the Aux head A: o_t (H) -> predicted g_{k+1} (S)
             nn.Linear(core.cfg.hidden_size, core.state_size) if boundary == "dni_aux" else None
         )
+        self.targets = (KeptWindows(core, self.core_parameters(), self.sg_horizon,
+                                    self.sg_lambda, self.sg_scale, resumable)
+                        if self.sg_lambda is not None and self.sg_horizon != 1 else None)
 
     @property
     def trains_synthesizer(self) -> bool:
@@ -260,23 +178,12 @@ class DNIRNN(nn.Module):
         return self.sg(state_flat, context, position)
 
     def oracle_gradient(self, state: State, future: Sequence[Window]) -> Tensor:
-        """The TRUE gradient of the next windows' task loss w.r.t. ``state``: ``(B, S)``.
-
-        Full BPTT through ``future`` (the windows that follow the boundary, up to the episode
-        end) with frozen parameters: parameter ``.grad`` is untouched. Zeros if ``future``
-        is empty (the episode ends at this boundary).
-        """
+        """The TRUE gradient of the next windows' task loss w.r.t. ``state``: ``(B, S)``
+        (``dnirnn.engine.truth``, with frozen parameters: ``.grad`` is untouched). Zeros if
+        ``future`` is empty (the episode ends at this boundary)."""
         if len(future) == 0:
             return torch.zeros_like(flatten_state(state))
-        s = detach_state(state, requires_grad=True)
-        leaves, total = s, 0.0
-        with torch.enable_grad():
-            for w in future:
-                logits, _, s = self.core(w.x, s)
-                total = total + self.task_loss(logits, w)[0]
-            grads = torch.autograd.grad(total, leaves, allow_unused=True)
-        grads = tuple(torch.zeros_like(l) if g is None else g for g, l in zip(grads, leaves))
-        return flatten_state(grads)  # type: ignore[arg-type]
+        return future_gradients(self, list(future), state).targets[0]
 
     # ---- steps 1-4 ----------------------------------------------------------------------
 
@@ -306,15 +213,11 @@ class DNIRNN(nn.Module):
             predict_start: also evaluate ``M_phi(s_k)`` for step 5 (``prediction``), with
                 the same phi as g_{k+1}, batched with it into one call of the synthesizer.
             keep_graph: keep the window's graph (``link``) for horizon targets, its forward
-                run under a parameter snapshot (``dnirnn.synthesizers.horizon``).
+                run under a parameter snapshot (``dnirnn.engine.kept``).
         """
-        start = detach_state(state, requires_grad=True)  # 1.
-        record = window_record(self, window) if keep_graph and self.targets.resumable else None
-        with contextlib.ExitStack() as keep:
-            if keep_graph:  # (parameter copies in the graph; VJP-friendly CPU kernels)
-                snap = ParameterSnapshot(self.core_parameters())
-                keep.enter_context(torch.autograd.graph.saved_tensors_hooks(*snap.hooks()))
-                keep.enter_context(native_rnn(window.x.device))
+        start = truncate(state)  # 1.
+        keeping = self.targets.keeping(window) if keep_graph else contextlib.nullcontext({})
+        with keeping as record:
             logits, outputs, end = self.core(window.x, start)  # 2. (T,B,O), (T,B,H), s_{k+1}
             loss, nats, count = self.task_loss(logits, window)
         start_flat = flatten_state(start).detach() if predict_start or keep_graph else None
@@ -333,11 +236,10 @@ class DNIRNN(nn.Module):
             aux_loss = self.aux_weight * (pred - target).pow(2).sum(-1).mean()
             objective = objective + aux_loss
         g_end = None if g_next is None else unflatten_state(g_next, self.core.cfg.num_layers)
-        surrogate_backward(objective, end, g_end, self.sg_scale, retain_graph=keep_graph)  # 4.
+        backward(objective, state_pairs(end, g_end, self.sg_scale), keep_graph)  # 4.
         link = None
         if keep_graph:
-            link = Link(start, end, g_next, start_flat, window.context, window.position,
-                        record or {})
+            link = Link(start, end, g_next, start_flat, window.context, window.position, record)
         return WindowGradients(
             start=start, state=detach_state(end), g_next=g_next,
             loss=loss.detach(), nats=nats.detach(), count=count, aux_loss=aux_loss.detach(),
@@ -353,30 +255,17 @@ class DNIRNN(nn.Module):
 
     def rebuild_targets(self) -> None:
         """After a resume with horizon targets in flight: rebuilds the waiting windows'
-        graphs (``dnirnn.synthesizers.horizon.rebuild_graphs``)."""
+        graphs (``KeptWindows.rebuild``)."""
         if self.targets is not None and self.targets.needs_rebuild:
-            rebuild_graphs(self)
+            self.targets.rebuild()
 
     # ---- step 5 and the training step's end ---------------------------------------------
 
     def fit_ready(self, opts: Optimizers, ready: Sequence[Ready],
                   prediction: Prediction | None = None) -> tuple[Tensor, Tensor, int]:
-        """Step 5 for each ready boundary, oldest first: ``(mean L_SG, mean cos, count)``
-        (zeros if none; a non-finite target makes L_SG non-finite). ``prediction`` is
-        M_phi(s) of a single ready pair, made with the current phi (the H = 1 path batches it
-        with g_{k+1})."""
-        if not ready:
-            zero = torch.zeros((), device=self.core.readout.weight.device)
-            return zero, zero, 0
-        sg, losses, coses = self.sg, [], []
-        for r in ready:
-            loss, cos = sg.observe(opts, r.state, r.target, r.context, r.position,
-                                   prediction=prediction if len(ready) == 1 else None)
-            losses.append(loss)
-            coses.append(cos)
-        if len(ready) == 1:
-            return losses[0], coses[0], 1
-        return torch.stack(losses).mean(), torch.stack(coses).mean(), len(ready)
+        """Step 5 (``dnirnn.engine.update.fit``) for each ready boundary, oldest first."""
+        return fit(self.sg, opts, ready, device=self.core.readout.weight.device,
+                   prediction=prediction)
 
     def end_step(self, opts: Optimizers | None = None, all_reduce=None) -> Tensor:
         """Once per training step, after its windows: an unbounded horizon on a stream ends
@@ -432,21 +321,21 @@ def window_update(
     fit_now = net.fits_per_window and not episode_start
     keep = targets is not None and not episode_start
     zero_grad(opts._core_params)
-    wg = net.window_gradients(
+    wg = net.window_gradients(  # 1.-4.
         window, state, episode_end=episode_end, future=future, next_context=next_context,
         predict_start=fit_now, keep_graph=keep,
     )
-    core_norm = grad_norm(opts._core_params, opts.core_clip)
-    adam_step(opts.core)  # 6. (theta)
+    core_norm = step(opts)  # 6. (theta)
+    delta = wg.target
     if fit_now:  # 5. and 6. (phi): delta_k, with M_phi(s_k) made beside g_{k+1}
-        ready = [Ready(wg.start_flat, wg.target, window.context, window.position)]
+        ready = [Ready(wg.start_flat, delta, window.context, window.position)]
     elif keep:
         ready = targets.push(wg.link, episode_end)
     else:
         ready = targets.flush() if targets is not None and episode_end else []
     sg_loss, sg_cos, fitted = net.fit_ready(opts, ready, wg.prediction)
     zero = torch.zeros((), device=wg.loss.device, dtype=wg.loss.dtype)
-    target_norm = torch.linalg.vector_norm(wg.target)
+    target_norm = torch.linalg.vector_norm(delta)
     sg_norm = zero if wg.g_next is None else torch.linalg.vector_norm(wg.g_next)
     finite = torch.isfinite(torch.stack([  # loss, core gradients, targets, L_SG
         wg.loss, core_norm.to(zero), target_norm.to(zero), sg_loss.to(zero)])).all()
@@ -454,5 +343,44 @@ def window_update(
         loss=wg.loss, nats=wg.nats, count=wg.count, state=wg.state,
         sg_loss=sg_loss.detach(), aux_loss=wg.aux_loss, sg_norm=sg_norm,
         target_norm=target_norm, sg_cos=sg_cos,
-        grad_norm=core_norm.detach(), finite=finite, fitted=fitted,
+        grad_norm=core_norm, finite=finite, fitted=fitted,
     )
+
+
+def train_span(
+    net: DNIRNN,
+    opts: Optimizers,
+    windows: Sequence[Window],
+    state: State,
+    *,
+    reset: bool = False,
+    last: bool = False,
+    all_reduce=None,
+) -> tuple[list[WindowResult], State]:
+    """One training step: ``window_update`` on each window of a span, then ``net.end_step``.
+
+    The one loop that drives the engine (the Lightning module, the benchmark, the scripts and
+    the tests call it). ``reset``: the span starts an episode (``state`` is zeros); ``last``:
+    the episode ends with it (``g = 0`` after its last window). The oracle looks ahead
+    through the span's later windows; each window's synthesizer context at its end is the
+    next window's. ``all_reduce``: an in-place sum over data-parallel ranks, or None.
+    Returns the windows' results (the last one's ``finite`` covers ``end_step``) and the
+    state after the span.
+    """
+    net.rebuild_targets()  # (after a resume with horizon targets in flight)
+    oracle, n = net.boundary == "oracle", len(windows)
+    results = []
+    for k, w in enumerate(windows):
+        res = window_update(
+            net, opts, w, state,
+            episode_start=reset and k == 0,
+            episode_end=last and k == n - 1,
+            future=windows[k + 1 :] if oracle else (),
+            # (after the last window: an episode's end, g = 0, or a stream: no context)
+            next_context=windows[k + 1].context if k + 1 < n else None,
+        )
+        state = res.state
+        results.append(res)
+    # an unbounded horizon on a stream ends here; the guard; the least-squares solve
+    results[-1].finite = results[-1].finite & net.end_step(opts, all_reduce)
+    return results, state

@@ -26,18 +26,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dnirnn.dni import (
-    DNIRNN,
-    Optimizers,
-    Window,
-    WindowResult,
-    split_windows,
-    window_update,
-)
+from dnirnn.dni import DNIRNN, train_span
 from dnirnn.hierarchy import init_forget_bias
 from dnirnn.lit_config import CONTEXTS, PHASE_CONTEXT, validate_dni_args
 from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.optim import (
+    Optimizers,
     adam,
     advance,
     build_optimizer,
@@ -48,6 +42,7 @@ from dnirnn.recurrent import TASKS, TOKEN_TASKS, NonFiniteLossError, RecurrentMo
 from dnirnn.state import State
 from dnirnn.synthesizers import NormGuard, build_synthesizer
 from dnirnn.tasks import Batch, CopyTask
+from dnirnn.window import Window, WindowResult, split_windows
 
 __all__ = ["CONTEXTS", "TASKS", "TOKEN_TASKS", "DNIModule", "NonFiniteLossError",
            "RecurrentModule"]
@@ -98,7 +93,7 @@ class DNIModule(RecurrentModule):
             H-window truncated λ-return, ready H - 1 windows later; the last H windows'
             graphs are kept: the memory of TBPTT over H * T steps); null: unbounded, to
             the episode's end (streams: the training step's end): full BPTT for the
-            synthesizer, whose memory grows with the episode (``dnirnn.synthesizers.horizon``).
+            synthesizer, whose memory grows with the episode (``dnirnn.engine.kept``).
         sg_guard: cap each synthetic gradient's norm at this multiple of the running RMS
             norm of its position's targets (null: no cap).
         synthesizer_hidden: hidden units of the mlp synthesizer (null: the state size,
@@ -278,25 +273,9 @@ class DNIModule(RecurrentModule):
                 for p in params]
 
     def run_windows(self, batch: Batch) -> list[WindowResult]:
-        opts, state = self._optimizers(), self.carried
-        self.engine.rebuild_targets()  # (after a resume with horizon targets in flight)
-        windows = self.windows(batch)
-        oracle, n = self.engine.boundary == "oracle", len(windows)
-        results = []
-        for k, w in enumerate(windows):
-            res = window_update(
-                self.engine, opts, w, state,
-                episode_start=batch.reset and k == 0,
-                episode_end=batch.last and k == n - 1,
-                future=windows[k + 1 :] if oracle else (),
-                # (after the last window: an episode's end, g = 0, or a stream: no context)
-                next_context=windows[k + 1].context if k + 1 < n else None,
-            )
-            state = res.state
-            results.append(res)
-        self.carried = state
-        # an unbounded horizon on a stream ends here; the guard; the least-squares solve
-        results[-1].finite = results[-1].finite & self.engine.end_step(opts, self._all_reduce())
+        results, self.carried = train_span(
+            self.engine, self._optimizers(), self.windows(batch), self.carried,
+            reset=batch.reset, last=batch.last, all_reduce=self._all_reduce())
         return results
 
     def windows(self, batch: Batch) -> list[Window]:

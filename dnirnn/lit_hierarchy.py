@@ -33,7 +33,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dnirnn.dni import Optimizers, Window, split_windows
 from dnirnn.hierarchy import (
     HierarchyConfig,
     HierarchyOptimizers,
@@ -42,10 +41,11 @@ from dnirnn.hierarchy import (
     TwoTimescaleRNN,
     hierarchy_update,
 )
-from dnirnn.optim import adam
+from dnirnn.optim import Optimizers, adam
 from dnirnn.recurrent import TASKS, TOKEN_TASKS, RecurrentModule
 from dnirnn.synthesizers import FITS, SYNTHESIZER_KINDS
 from dnirnn.tasks import Batch, CopyTask
+from dnirnn.window import Window, split_windows
 
 # train/<key>: the fast core's keys mean what DNIModule's mean for its single core.
 RESULT_KEYS = {

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from dnirnn.data import repeat_copy
-from dnirnn.dni import Window
 from dnirnn.tasks import Batch, CopyTask, LanguageModelTask, RecallTask, lm_step_loss
+from dnirnn.window import Window
 
 TASKS = {"lm": lm_step_loss, "copy": repeat_copy.step_loss, "recall": lm_step_loss}
 TOKEN_TASKS = ("lm", "recall")  # token inputs (an embedding); the others read features

@@ -10,7 +10,7 @@ random token stream of ``vocab`` symbols, Adam lr 1e-3, core gradient clip 1.0):
 
   floor            forward + backward only (zero_grad, no clip, no optimizer step)
   bare             bare PyTorch TBPTT loop: + clip + Adam step, state detached per window
-  engine_tbptt     dnirnn engine without Lightning: ``window_update`` over the windows
+  engine_tbptt     dnirnn engine without Lightning: ``train_span`` over the windows
   engine_dni         (same, boundary="dni")
   engine_dni_aux     (same, boundary="dni_aux")
   tbptt            dnirnn ``DNIModule`` run by a ``lightning.Trainer`` (the real training path)
@@ -70,12 +70,13 @@ from torch.utils.data import DataLoader, Dataset
 from dnirnn.data.ptb import Corpus
 from dnirnn.data.vocab import Vocab
 from dnirnn.datamodules import _TaskDataModule
-from dnirnn.dni import DNIRNN, Optimizers, split_windows, window_update
+from dnirnn.dni import DNIRNN, train_span
 from dnirnn.lit import DNIModule
 from dnirnn.model import CoreConfig, LSTMCore
-from dnirnn.optim import adam
+from dnirnn.optim import Optimizers, adam
 from dnirnn.synthesizers import Synthesizer
 from dnirnn.tasks import LanguageModelTask, lm_step_loss
+from dnirnn.window import split_windows
 
 PRESETS = {
     "small": {"vocab": 50, "hidden": 128, "batch": 32},
@@ -309,7 +310,7 @@ def _engine(cfg: BenchConfig, boundary: str, T: int) -> DNIRNN:
 
 
 def run_engine(cfg: BenchConfig, T: int, device: torch.device, boundary: str) -> float:
-    """The dnirnn engine without Lightning: ``window_update`` over the stream's windows."""
+    """The dnirnn engine without Lightning: ``train_span`` over the stream's windows."""
     stream = make_stream(cfg, cfg.warmup + cfg.steps, cfg.seed).to(device)
     net = _engine(cfg, boundary, T).to(device)
     synth = net.synthesizer
@@ -324,10 +325,7 @@ def run_engine(cfg: BenchConfig, T: int, device: torch.device, boundary: str) ->
         if s0 == cfg.warmup:
             clock.start()
         windows = split_windows(stream[s0 : s0 + cfg.span], stream[s0 + 1 : s0 + cfg.span + 1], T)
-        for k, w in enumerate(windows):
-            res = window_update(net, opts, w, state, episode_start=s0 == 0 and k == 0)
-            state = res.state
-        net.end_step(opts)  # (guard statistics, least-squares solve: nothing for this one)
+        state = train_span(net, opts, windows, state, reset=s0 == 0)[1]
     clock.stop()
     return clock.elapsed
 

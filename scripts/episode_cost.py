@@ -12,8 +12,8 @@ each in a FRESH process (so one variant's allocations cannot hide another's peak
   ``cpu_ms_per_step``: the same in the process's CPU time, which another process sharing the
   machine disturbs much less (one thread: equal to the wall time on a quiet machine).
 
-The training loop is the engine's own (``window_update`` over the episode's windows, then
-``DNIRNN.end_step``), with the model built by ``DNIModule`` from the recipe's ``model:``
+The training loop is the engine's own (``dnirnn.dni.train_span``: the episode's windows,
+then ``DNIRNN.end_step``), with the model built by ``DNIModule`` from the recipe's ``model:``
 section, exactly as ``dnirnn fit`` builds it; Lightning's per-step overhead, the same for
 every variant, is left out. Run it on a quiet machine, one variant at a time (it does that).
 
@@ -110,7 +110,7 @@ def measure_one(variant: str, length: int, batch: int, window: int, steps: int,
     """In this process: builds the variant and trains it; returns its figures."""
     import torch
 
-    from dnirnn.dni import window_update
+    from dnirnn.dni import train_span
     from dnirnn.lit import DNIModule
     from dnirnn.optim import Optimizers
     from dnirnn.tasks import CopyTask
@@ -134,14 +134,8 @@ def measure_one(variant: str, length: int, batch: int, window: int, steps: int,
         batch_ = task.batch("train", step)
         windows = module.windows(batch_)
         t0, c0 = time.perf_counter(), time.process_time()
-        state, n = engine.core.zero_state(batch), len(windows)
-        for k, w in enumerate(windows):
-            future = windows[k + 1 :] if engine.boundary == "oracle" else ()
-            state = window_update(engine, opts, w, state, episode_start=k == 0,
-                                  episode_end=k == n - 1, future=future,
-                                  next_context=windows[k + 1].context if k + 1 < n else None
-                                  ).state
-        engine.end_step(opts)
+        n = len(windows)
+        train_span(engine, opts, windows, engine.core.zero_state(batch), reset=True, last=True)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     peak = peak_rss_mb()

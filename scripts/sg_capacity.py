@@ -2,7 +2,7 @@
 
 Loads a copy / repeat-copy run's checkpoint (core and synthesizer at the end of training),
 samples episodes of its current curriculum level, computes the TRUE future gradient at every
-internal boundary with frozen parameters (``lambda_targets`` with λ = 1, beta = 1: the
+internal boundary with frozen parameters (``future_gradients`` with λ = 1, beta = 1: the
 diagnostics' measurement) and fits, per boundary index k, on training episodes:
 
 - ``linear``: ridge least squares on ``[s; 1]`` (the ``rls`` synthesizer's map, fitted to
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from dnirnn.engine.truth import future_gradients
 from dnirnn.lit import DNIModule
-from dnirnn.synthesizers.targets import lambda_targets
 from dnirnn.tasks import CopyTask
 
 
@@ -59,7 +59,7 @@ def boundaries(module: DNIModule, task: CopyTask, position: int):
     windows = module.windows(batch)
     engine = module.engine
     state = engine.core.zero_state(batch.x.shape[1])
-    truth = lambda_targets(engine, windows, state, lam=1.0, beta=1.0, predict=None,
+    truth = future_gradients(engine, windows, state, lam=1.0, beta=1.0, predict=None,
                            episode_end=True)
     out = []
     for k in range(1, len(windows)):

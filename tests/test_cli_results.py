@@ -16,6 +16,7 @@ import torch
 
 import dnirnn
 import dnirnn.checkpointing
+import dnirnn.dni
 import dnirnn.lit
 import dnirnn.runs
 from dnirnn import compare
@@ -264,7 +265,7 @@ def test_full_disk_during_a_checkpoint(tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_ends_with_the_summary(tmp_path, capsys, monkeypatch):
-    real, calls = dnirnn.lit.window_update, []
+    real, calls = dnirnn.dni.window_update, []
 
     def interrupted(*a, **k):
         calls.append(1)
@@ -272,7 +273,7 @@ def test_ctrl_c_ends_with_the_summary(tmp_path, capsys, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(dnirnn.lit, "window_update", interrupted)
+    monkeypatch.setattr(dnirnn.dni, "window_update", interrupted)
     exits(130, "fit", "--config", "copy_dni", f"--trainer.default_root_dir={tmp_path / 'r'}",
           *TINY, "--trainer.max_steps=10", "--data.init_args.steps_per_epoch=2")
     s = json.loads((tmp_path / "r/version_0/summary.json").read_text())

@@ -21,10 +21,12 @@ from dnirnn.decoupled import (
     run_step,
     split_core,
 )
-from dnirnn.dni import DNIRNN, Optimizers, Window, window_update
+from dnirnn.dni import DNIRNN, window_update
 from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.optim import Optimizers
 from dnirnn.synthesizers import build_synthesizer
 from dnirnn.tasks import lm_step_loss
+from dnirnn.window import Window
 
 V, H, B, T = 6, 5, 3, 4
 

@@ -12,9 +12,9 @@ import torch
 
 from dnirnn.cli import main
 from dnirnn.diagnostics import SyntheticGradientDiagnostics
-from dnirnn.dni import split_windows
 from dnirnn.lit import DNIModule
 from dnirnn.tasks import CopyTask, LanguageModelTask
+from dnirnn.window import split_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model.hidden_size=8", "--model.synthesizer_hidden=8", "--model.embed_size=8"]

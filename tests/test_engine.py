@@ -8,18 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from dnirnn.dni import (
-    DNIRNN,
-    Optimizers,
-    Window,
-    split_windows,
-    surrogate_backward,
-    synthesizer_regression,
-    window_update,
-)
+from dnirnn.dni import DNIRNN, window_update
+from dnirnn.engine.update import backward
 from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.optim import Optimizers
 from dnirnn.state import detach_state, flatten_state, unflatten_state, zero_state
 from dnirnn.synthesizers import Synthesizer
+from dnirnn.synthesizers.fitting import synthesizer_regression
+from dnirnn.window import Window, split_windows
 
 from .conftest import mse_steps
 
@@ -357,7 +353,7 @@ def test_linear_model_with_linear_synthesizer_converges_to_least_squares(depth):
         upper = loss_of(h_leaf)  # the layers above the interface (W2 gets its true gradient)
         upper.backward()
         true_grad = h_leaf.grad * n  # true d(per-example loss)/dh
-        surrogate_backward(torch.zeros(()), [h], [g / n])  # W1 learns from the synthetic gradient
+        backward(torch.zeros(()), [(h, g / n)])  # W1 learns from the synthetic gradient
         opts.core.step()
         sg_loss, _ = synthesizer_regression(synth, h.detach(), true_grad, Y)
         opts.synthesizer.zero_grad(set_to_none=True)

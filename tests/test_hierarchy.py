@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-from dnirnn.dni import Optimizers, Window, split_windows
 from dnirnn.hierarchy import (
     HierarchyConfig,
     HierarchyOptimizers,
@@ -26,7 +25,9 @@ from dnirnn.hierarchy import (
     hierarchy_update,
     slow_window_gradients,
 )
+from dnirnn.optim import Optimizers
 from dnirnn.state import detach_state, flatten_state
+from dnirnn.window import Window, split_windows
 
 from .conftest import mse_steps
 

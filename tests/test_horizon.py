@@ -1,4 +1,4 @@
-"""Horizon targets (``sg_horizon``, ``dnirnn.synthesizers.horizon``): in float64 with frozen
+"""Horizon targets (``sg_horizon``, ``dnirnn.engine.kept``): in float64 with frozen
 parameters they equal the H-window truncated λ-return computed independently by autograd,
 a horizon covering the episode equals the span pass, keeping graphs leaves the core's
 update unchanged, the graphs held stay at H whatever the episode length (and are freed), and
@@ -11,10 +11,10 @@ import weakref
 import pytest
 import torch
 
-from dnirnn.dni import DNIRNN, Optimizers, window_update
-from dnirnn.optim import adam
+from dnirnn.dni import DNIRNN, window_update
+from dnirnn.engine.truth import future_gradients
+from dnirnn.optim import Optimizers, adam
 from dnirnn.state import flatten_state, unflatten_state
-from dnirnn.synthesizers.targets import lambda_targets
 
 from .test_synthesizers import B, episode, net_with, random_synthesizer
 from .test_training import PTB, _ckpt_name, _resume_matches, needs_ptb, rows
@@ -65,7 +65,7 @@ def truncated_lambda_return(net, windows, states, k, horizon, lam, beta):
     def predict(flat, j):
         return net.synthetic_gradient_flat(flat, None, k + j)
 
-    return lambda_targets(net, span, states[k], lam=lam, beta=beta, predict=predict,
+    return future_gradients(net, span, states[k], lam=lam, beta=beta, predict=predict,
                           episode_end=ends).targets[0]
 
 
@@ -90,7 +90,7 @@ def test_a_horizon_covering_the_episode_equals_the_span_pass(horizon, monkeypatc
     windows = episode(14, 2)
     net = net_with(random_synthesizer(2 * 5, positions=8), sg_lambda=0.8, sg_horizon=horizon)
     got = run_episode(net, frozen_opts(net), windows, monkeypatch)
-    span = lambda_targets(net, windows, net.core.zero_state(B), lam=0.8, beta=1.0,
+    span = future_gradients(net, windows, net.core.zero_state(B), lam=0.8, beta=1.0,
                           predict=lambda f, k: net.synthetic_gradient_flat(f, None, k),
                           episode_end=True)
     for k in range(1, len(windows)):

@@ -13,11 +13,12 @@ import yaml
 from torch import nn
 
 from dnirnn.cli import main
-from dnirnn.dni import DNIRNN, Optimizers, Window, window_update
+from dnirnn.dni import DNIRNN, window_update
 from dnirnn.lit import DNIModule
 from dnirnn.model import CoreConfig, LSTMCore
-from dnirnn.optim import advance, build_optimizer, build_scheduler, check_optimizer
+from dnirnn.optim import Optimizers, advance, build_optimizer, build_scheduler, check_optimizer
 from dnirnn.tasks import lm_step_loss
+from dnirnn.window import Window
 
 from .test_training import ROOT, TINY, _resume_matches, fit
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import dnirnn.checkpointing
+import dnirnn.dni
 import dnirnn.lit
 from dnirnn.checkpointing import AtomicCheckpointIO, CheckpointError, check_checkpoint
 from dnirnn.cli import main
@@ -258,7 +259,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
 # ---- 3. non-finite loss --------------------------------------------------------------------
 
 def test_non_finite_step_stops_before_its_checkpoint(capsys, tmp_path, monkeypatch):
-    real, calls = dnirnn.lit.window_update, []
+    real, calls = dnirnn.dni.window_update, []
 
     def poisoned(net, opts, window, state, **kw):
         calls.append(1)
@@ -267,7 +268,7 @@ def test_non_finite_step_stops_before_its_checkpoint(capsys, tmp_path, monkeypat
                 next(net.core.parameters()).fill_(float("nan"))
         return real(net, opts, window, state, **kw)
 
-    monkeypatch.setattr(dnirnn.lit, "window_update", poisoned)
+    monkeypatch.setattr(dnirnn.dni, "window_update", poisoned)
     saved = []  # the CLI's trainer saves through the atomic writer
     real_save = dnirnn.checkpointing.atomic_torch_save
     monkeypatch.setattr(dnirnn.checkpointing, "atomic_torch_save",

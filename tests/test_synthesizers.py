@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dnirnn.dni import DNIRNN, Optimizers, Window, split_windows, window_update
+from dnirnn.dni import DNIRNN, window_update
+from dnirnn.engine.truth import future_gradients
 from dnirnn.model import CoreConfig, LSTMCore
-from dnirnn.optim import adam
+from dnirnn.optim import Optimizers, adam
 from dnirnn.state import detach_state, flatten_state, unflatten_state
 from dnirnn.synthesizers import (
     LeastSquaresSynthesizer,
@@ -19,8 +20,8 @@ from dnirnn.synthesizers import (
     Synthesizer,
     build_synthesizer,
 )
-from dnirnn.synthesizers.targets import lambda_targets
 from dnirnn.tasks import CopyTask
+from dnirnn.window import Window, split_windows
 
 from .conftest import mse_steps
 
@@ -212,7 +213,7 @@ def independent_target(net: DNIRNN, w: Window, start: torch.Tensor, g: torch.Ten
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("lam", [0.0, 0.4, 1.0])
 @pytest.mark.parametrize("episode_end", [True, False])
-def test_lambda_targets_follow_their_recursion(lam, episode_end):
+def test_future_gradients_follow_their_recursion(lam, episode_end):
     """G_k = dl_k/ds_k + beta J_k^T [(1-λ) M(s_{k+1}) + λ G_{k+1}], G_K = 0 or M(s_K)."""
     beta = 0.7
     net = net_with(None, layers=2, beta=beta)
@@ -222,7 +223,7 @@ def test_lambda_targets_follow_their_recursion(lam, episode_end):
         return synth(flat, None, k)
 
     windows = episode(7, 2)
-    span = lambda_targets(net, windows, net.core.zero_state(B), lam=lam, beta=beta,
+    span = future_gradients(net, windows, net.core.zero_state(B), lam=lam, beta=beta,
                           predict=predict, episode_end=episode_end)
     K = len(windows)
     with torch.no_grad():
@@ -242,7 +243,7 @@ def test_lambda_targets_follow_their_recursion(lam, episode_end):
 def test_lambda_one_is_the_true_future_gradient():
     net = net_with(None, layers=2)
     windows = episode(9, 2)
-    span = lambda_targets(net, windows, net.core.zero_state(B), lam=1.0, beta=1.0,
+    span = future_gradients(net, windows, net.core.zero_state(B), lam=1.0, beta=1.0,
                           predict=lambda flat, k: torch.ones_like(flat), episode_end=True)
     for k in range(1, len(windows)):
         state = unflatten_state(span.states[k], 2)
@@ -256,7 +257,7 @@ def test_lambda_zero_is_the_online_bootstrapped_target():
     synth = random_synthesizer(2 * H, positions=4)
     net = net_with(synth)
     windows = episode(7, 2)
-    span = lambda_targets(net, windows, net.core.zero_state(B), lam=0.0, beta=1.0,
+    span = future_gradients(net, windows, net.core.zero_state(B), lam=0.0, beta=1.0,
                           predict=lambda f, k: net.synthetic_gradient_flat(f, None, k),
                           episode_end=True)
     state = net.core.zero_state(B)
@@ -350,7 +351,7 @@ def test_synthesizer_learns_the_future_gradient_on_copy():
         cos: dict[str, list[float]] = {"input": [], "answer": []}
         for position in (10**6, 10**6 + 1):  # held-out episodes
             windows = episode_windows(position)
-            truth = lambda_targets(net, windows, core.zero_state(16), lam=1.0, beta=1.0,
+            truth = future_gradients(net, windows, core.zero_state(16), lam=1.0, beta=1.0,
                                    predict=None, episode_end=True)
             for k in range(1, len(windows)):
                 g = net.synthetic_gradient_flat(truth.states[k], None, k)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from dnirnn.dni import Optimizers
 from dnirnn.lit import DNIModule
+from dnirnn.optim import Optimizers
 
 from .test_ptb_reference import tiny_lm
 

@@ -16,7 +16,7 @@ with a second injected gradient::
        ĝ_k     = I_g(o^g_k)              (T, B, H)  (I_g on every step's row; none for the last)
     4. ONE backward pass of the surrogate  [l_k] + β <g_{k+1}, s^g_{k+1}> + β_if <ĝ_k, o^g_k>
          θ_g.grad     = the group's update
-         s^g_k.grad   = δ^g_k, M_g's target (``dnirnn.dni.bootstrap_target``)
+         s^g_k.grad   = δ^g_k, M_g's target (``dnirnn.engine.update.bootstrap_target``)
          x^g_k.grad   = G^{g-1}_k, the gradient at the group's input: sent down, it is
                         I_{g-1}'s target for o^{g-1}_k
     5. fit M_g to (s^g_k, δ^g_k) now; fit I_g to (o^g_k, G^g_k) once G^g_k has come back from
@@ -56,11 +56,19 @@ import torch
 from torch import Tensor, nn
 
 from dnirnn.decoupled.stack import LayerGroup
-from dnirnn.dni import Window, bootstrap_target, surrogate_backward
-from dnirnn.optim import Optimizers, adam, adam_step, grad_norm, zero_grad
+from dnirnn.engine.update import (
+    Ready,
+    bootstrap_target,
+    fit,
+    scaled,
+    state_pairs,
+    truncate,
+    update,
+)
+from dnirnn.optim import Optimizers, adam
 from dnirnn.state import State, detach_state, flatten_state, unflatten_state
 from dnirnn.synthesizers.interface import SyntheticGradient
-from dnirnn.window import StepLoss, masked_task_loss
+from dnirnn.window import StepLoss, Window, masked_task_loss
 
 __all__ = ["CONTEXTS", "Group", "GroupForward", "GroupOptimizers", "GroupResult",
            "group_optimizers"]
@@ -144,11 +152,6 @@ class GroupResult:
     interfaced: int = 0
 
 
-def _scaled(g: Tensor, scale: float) -> Tensor:
-    # (x * 1.0 == x bit for bit: skipped at 1, as surrogate_backward does)
-    return g.detach() if scale == 1.0 else g.detach() * scale
-
-
 class Group(nn.Module):
     """One layer group: its layers, ``M_g`` and ``I_g`` (see the module docstring).
 
@@ -211,7 +214,7 @@ class Group(nn.Module):
     def forward_window(self, inputs: Tensor, state: State, window: Window) -> GroupForward:
         """Steps 1-2: ``inputs`` is ``window.x`` for group 0, else the output sequence of the
         group below (cut here: a leaf); ``window`` gives the targets and mask (last group)."""
-        start = detach_state(state, requires_grad=True)
+        start = truncate(state)
         leaf = None if self.first else inputs.detach().requires_grad_(True)
         out, end = self.layers(inputs if leaf is None else leaf, start)
         if self.last:
@@ -242,29 +245,21 @@ class Group(nn.Module):
                                               end_flat, None, 0)
         if interface_grad is None and self.interface is not None and inject:
             interface_grad = self.interface_gradient(fw.out, fw.context)
-        ends, grads = [], []
-        if g_next is not None and self.sg_scale != 0.0:
-            ends += list(fw.end)
-            grads += [_scaled(x, self.sg_scale)
-                      for x in unflatten_state(g_next, self.layers.num_layers)]
+        g_end = None if g_next is None else unflatten_state(g_next, self.layers.num_layers)
+        pairs = state_pairs(fw.end, g_end, self.sg_scale)
         if interface_grad is not None:
-            ends.append(fw.out)
-            grads.append(_scaled(interface_grad, self.interface_scale))
-        zero_grad(opts.core._core_params)
-        if fw.loss.requires_grad or ends:  # 4. (a group with nothing injected learns nothing)
-            surrogate_backward(fw.loss, ends, grads or None, 1.0)
+            pairs.append((fw.out, scaled(interface_grad, self.interface_scale)))
+        norm = update(opts.core, fw.loss, pairs)  # 4. and 6. (θ_g)
         target = bootstrap_target(fw.start)  # δ^g_k, (B, S_g)
         input_grad = None
         if fw.inputs is not None:
             input_grad = (torch.zeros_like(fw.inputs) if fw.inputs.grad is None
                           else fw.inputs.grad)
-        norm = grad_norm(opts.core._core_params, opts.core.core_clip)
-        adam_step(opts.core.core)  # 6. (θ_g)
         zero = torch.zeros((), device=fw.out.device, dtype=fw.out.dtype)
         sg_loss = sg_cos = zero
         if fit_now:  # 5. (M_g, on its own target at once)
-            sg_loss, sg_cos = self.sg.observe(opts.core, start_flat, target,
-                                              prediction=prediction)
+            sg_loss, sg_cos, _ = fit(self.sg, opts.core, [Ready(start_flat, target)],
+                                     device=zero.device, prediction=prediction)
         target_norm = torch.linalg.vector_norm(target)
         finite = torch.isfinite(torch.stack([fw.loss.detach(), norm.to(zero),
                                              target_norm.to(zero), sg_loss.to(zero)])).all()
@@ -272,7 +267,7 @@ class Group(nn.Module):
             loss=fw.loss.detach(), nats=fw.nats.detach(), count=fw.count,
             state=detach_state(fw.end), out=fw.out.detach(), context=fw.context,
             input_grad=input_grad,
-            grad_norm=norm.detach(), sg_loss=sg_loss.detach(), sg_cos=sg_cos,
+            grad_norm=norm, sg_loss=sg_loss.detach(), sg_cos=sg_cos,
             target_norm=target_norm,
             sg_norm=zero if g_next is None else torch.linalg.vector_norm(g_next),
             interface_norm=(zero if interface_grad is None
@@ -285,8 +280,8 @@ class Group(nn.Module):
         """Step 5 for ``I_g``: fits it to ``(o^g_k, G^g_k)``, ``(T, B, H)`` each, one row per
         step and sequence (``context``: the window's, as ``GroupResult.context``). Returns
         ``(L_SG, cosine)`` of the prediction before the fit."""
-        fit = opts.interface if opts.interface is not None else Optimizers(None)
-        return self.interface_sg.observe(fit, out.flatten(0, 1), target.flatten(0, 1),
+        opt = opts.interface if opts.interface is not None else Optimizers(None)
+        return self.interface_sg.observe(opt, out.flatten(0, 1), target.flatten(0, 1),
                                          context)
 
     def end_step(self) -> Tensor:

@@ -1,46 +1,32 @@
-r"""Synthesizer targets with a bounded horizon, computed as the data goes (``sg_horizon``).
+r"""Kept windows: the graphs of the last H windows, held for a later backward (``KeptWindows``).
 
-The target of boundary k looks H windows ahead and bootstraps with the synthesizer at
-``s_{k+H}`` (the H-window truncated λ-return; ``J_j = ds_{j+1}/ds_j``, ``g_j`` the synthetic
-gradient injected at ``s_j``, capped as the core received it)::
+The synthesizer's horizon targets (``targets.horizon`` H > 1, docs/design.md §1) look H
+windows ahead and bootstrap with the synthesizer at ``s_{k+H}``; ``J_j = ds_{j+1}/ds_j``,
+``g_j`` the synthetic gradient injected at ``s_j`` as the core received it::
 
     G_{k+H} = g_{k+H}                       (0 if the episode ends at s_{k+H})
     G_j     = dl_j/ds_j + beta J_j^T [ (1 - λ) g_{j+1} + λ G_{j+1} ]      (j = k+H-1 .. k)
 
-- H = 1: ``G_k = delta_k``, the window's own bootstrapped target (``s_k.grad`` after its update):
-  nothing is kept; this is the paper's DNI.
-- H reaching the end of the episode: the λ-return over the rest of the episode (λ = 1: its
-  true gradient). ``sg_horizon: null`` asks for that: full BPTT run for the synthesizer, whose
-  memory grows with the episode (for streams, the horizon ends with the training step).
-
-How (no second forward pass). After window j's update, the graph from ``s_j`` to ``s_{j+1}``
-is kept (``Link``) instead of freed; the loss's branch is not needed, since a VJP through
-window j follows from its own target by linearity (``HorizonTargets._vjp``). ``delta_j``
-heads the chain of boundary ``k = j - H + 1``: H - 1 vector-Jacobian products back through
-windows j-1 .. k, each mixing in the synthetic gradient at the boundary it crosses, give
-``G_k``; window k's graph is then dropped. At an episode's end one chain from the last
-window gives every boundary still waiting its target (their horizons reach the end). So at
-most H window graphs are held, the graph memory of TBPTT over H·T steps; the cost is H - 1
-VJPs per window, with respect to the states only (no parameter gradient is formed).
+No second forward pass: after window j's update its graph from ``s_j`` to ``s_{j+1}`` is kept
+(``Link``; the loss's branch is not needed: ``KeptWindows._vjp``). ``delta_j`` heads the chain
+of boundary ``k = j - H + 1``: H - 1 state-only vector-Jacobian products back through windows
+j-1 .. k give ``G_k``, and window k's graph is dropped. At an episode's end one chain from the
+last window gives every waiting boundary its target. So at most H window graphs are held (the
+graph memory of TBPTT over H·T steps), at a cost of H - 1 VJPs per window. H = None keeps the
+whole episode (a stream: the training step): full BPTT for the synthesizer.
 
 Parameters. The core steps after every window, in place, while a kept graph still needs the
-parameters its forward used. Each kept window's forward therefore runs under
-``ParameterSnapshot``, a saved-tensor hook that stores a copy of each parameter autograd saves
-(one copy per parameter per window, shared by the window's steps): a later VJP through window
-j uses the Jacobian of the core as it was when window j's data went through, as an online
-learner has it. With parameters frozen this equals ``lambda_targets`` over the same windows
-(``tests/test_horizon.py``).
+parameters its forward used: each kept forward runs under ``ParameterSnapshot`` (a saved-
+tensor hook storing a copy of each parameter autograd saves), so a later VJP through window j
+uses the core as it was when window j's data went through. With parameters frozen the chain
+equals ``dnirnn.engine.truth.future_gradients`` over the same windows (tests/test_horizon.py).
 
-Kernels. On the CPU, ``nn.LSTM`` runs oneDNN's fused RNN, whose backward computes every
-weight gradient whether asked or not: a state-only VJP through it costs a full backward. The
-kept windows therefore run PyTorch's native per-step LSTM kernels on the CPU
-(``native_rnn``), whose graph lets a VJP skip the weight GEMMs (measured at batch 256, T = 2:
-a VJP 3.5 ms against 11 ms through oneDNN). cuDNN's backward takes an output mask and needs
-no such care.
+Kernels. On the CPU the kept forwards run PyTorch's native LSTM kernels (``native_rnn``):
+oneDNN's fused RNN backward computes every weight gradient whether asked or not, so a
+state-only VJP through it costs a full backward. cuDNN's backward takes an output mask.
 
-Streams with a finite H carry unfinished chains across training steps; ``state_dict`` holds
-what rebuilds their graphs on resume (each window's data, start state, parameter copies and
-RNG state), so resume is exact with targets in flight.
+Streams carry unfinished chains across training steps: ``state_dict`` holds what rebuilds
+their graphs on resume (each window's data, start state, parameter copies and RNG state).
 """
 
 from __future__ import annotations
@@ -48,13 +34,14 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from dnirnn.engine.update import Ready
 from dnirnn.state import State, flatten_state, unflatten_state
 
 
@@ -136,38 +123,48 @@ class Link:
                                    for s in self.start))
 
 
-@dataclass
-class Ready:
-    """A boundary whose target is ready: fit the synthesizer to ``(state, target)``."""
-
-    state: Tensor
-    target: Tensor
-    context: Tensor | None
-    position: int
-
-
-class HorizonTargets:
-    """Keeps the last H windows and hands out H-window λ-return targets as they become ready.
+class KeptWindows:
+    """Keeps the last H windows' graphs and hands out the H-window λ-return targets as they
+    become ready (see the module docstring): the one object behind kept graphs.
 
     Args:
+        core: the recurrent core whose windows are kept (``core(x, s) -> (logits, out, s)``).
+        params: the parameters the core optimizer steps (snapshotted in each kept graph).
         horizon: H >= 2 windows, or None (unbounded: until the episode ends, or ``flush``).
         lam: λ in [0, 1].
-        beta: the synthetic gradient's weight (``sg_scale``).
-        layers: the core's layer count (to unflatten states).
+        beta: the synthetic gradient's weight.
+        resumable: each kept window records what rebuilds its graph on resume (streams,
+            whose chains cross training steps).
     """
 
-    def __init__(self, horizon: int | None, lam: float, beta: float, layers: int) -> None:
+    def __init__(self, core: nn.Module, params: list[Tensor], horizon: int | None,
+                 lam: float, beta: float, resumable: bool = False) -> None:
         if horizon is not None and horizon < 2:
-            raise ValueError(f"HorizonTargets needs a horizon >= 2 (or None), got {horizon}; "
+            raise ValueError(f"KeptWindows needs a horizon >= 2 (or None), got {horizon}; "
                              "H = 1 is the window's own target")
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"lambda must be in [0, 1], got {lam}")
-        self.horizon, self.lam, self.beta, self.layers = horizon, float(lam), float(beta), layers
+        self.core, self.params = core, params
+        self.horizon, self.lam, self.beta = horizon, float(lam), float(beta)
+        self.layers = core.cfg.num_layers
         self.links: deque[Link] = deque()
         self.max_held = 0  # the most window graphs held at once (a diagnostic)
-        # streams set this: each kept window records what rebuilds its graph (state_dict)
-        self.resumable = False
+        self.resumable = resumable
         self._pending: list[dict[str, Any]] = []
+
+    @contextlib.contextmanager
+    def keeping(self, window):
+        """Around a kept window's forward: parameter copies in its graph, the CPU's native
+        kernels; yields the record that rebuilds it on resume (empty unless ``resumable``)."""
+        record = {}
+        if self.resumable:
+            record = {"x": window.x, "y": window.y, "mask": window.mask,
+                      "params": [p.detach().clone() for p in self.params],
+                      "rng": torch.get_rng_state()}
+        snap = ParameterSnapshot(self.params)
+        with torch.autograd.graph.saved_tensors_hooks(*snap.hooks()), \
+                native_rnn(window.x.device):
+            yield record
 
     def __len__(self) -> int:
         return len(self.links)
@@ -256,18 +253,19 @@ class HorizonTargets:
     def needs_rebuild(self) -> bool:
         return bool(self._pending)
 
-    def rebuild(self, forward: Callable[[dict, State], State], device: torch.device) -> None:
-        """Re-runs the waiting windows' forwards after a resume, oldest first.
-        ``forward(record, start)`` runs one window's core from the leaves ``start`` with the
-        record's parameters and RNG state, returning ``s_{j+1}`` in a graph."""
+    def rebuild(self) -> None:
+        """Re-runs the waiting windows' forwards after a resume, oldest first, each with the
+        parameters and RNG state it had (both restored after), so their graphs are as
+        before the checkpoint."""
         pending, self._pending = self._pending, []
+        device = self.params[0].device
 
         def dev(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device)
 
         for rec in pending:
             start = tuple(s.to(device).requires_grad_(True) for s in rec["start"])
-            end = forward(rec, start)
+            end = self._forward_as_recorded(rec, start)
             for s, d in zip(start, unflatten_state(rec["delta"].to(device), self.layers)):
                 s.grad = d.clone()
             record = {k: rec[k] for k in ("x", "y", "mask", "params", "rng")}
@@ -275,24 +273,8 @@ class HorizonTargets:
                                    flatten_state(start).detach(), dev(rec["context"]),
                                    rec["position"], record))
 
-
-# ---- the engine's side of exact resume ------------------------------------------------------
-
-def window_record(net, window) -> dict[str, Any]:
-    """What rebuilds a kept window's graph after a resume: its data, the core's parameters
-    and the RNG state before its forward (streams only: ``HorizonTargets.resumable``)."""
-    return {"x": window.x, "y": window.y, "mask": window.mask,
-            "params": [p.detach().clone() for p in net.core_parameters()],
-            "rng": torch.get_rng_state()}
-
-
-def rebuild_graphs(net) -> None:
-    """Re-runs the waiting windows' forwards of ``net.targets`` with the parameters and RNG
-    state they had, so their graphs are as before the checkpoint (then restores both)."""
-    params = net.core_parameters()
-    device = params[0].device
-
-    def forward(rec: dict, start: State) -> State:
+    def _forward_as_recorded(self, rec: dict, start: State) -> State:
+        params, device = self.params, self.params[0].device
         now = [p.detach().clone() for p in params]
         rng = torch.get_rng_state()
         try:
@@ -303,12 +285,10 @@ def rebuild_graphs(net) -> None:
             snap = ParameterSnapshot(params)
             with torch.enable_grad(), native_rnn(device), \
                     torch.autograd.graph.saved_tensors_hooks(*snap.hooks()):
-                _, _, end = net.core(rec["x"].to(device), start)
+                _, _, end = self.core(rec["x"].to(device), start)
         finally:
             with torch.no_grad():
                 for p, v in zip(params, now):
                     p.copy_(v)
             torch.set_rng_state(rng)
         return end
-
-    net.targets.rebuild(forward, device)

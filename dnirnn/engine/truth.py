@@ -1,35 +1,34 @@
-r"""λ-return targets for the synthesizer (BP(λ), Pemberton & Costa, TMLR 2024).
+r"""The one true future gradient: the λ-return over a span, with frozen parameters.
 
-The one-window bootstrapped target (``dnirnn.dni``) is the λ = 0 end of a family. Over a
-span of windows 0..K-1 starting in ``s_0`` (boundaries k = 0..K; ``J_k = ds_{k+1}/ds_k``)::
+Over windows 0..K-1 starting in ``s_0`` (boundaries k = 0..K; ``J_k = ds_{k+1}/ds_k``)::
 
     G_K = 0  if the episode ends at s_K,  else  M(s_K)
     G_k = dl_k/ds_k + beta J_k^T [ (1 - λ) M(s_{k+1}) + λ G_{k+1} ]        (k = K-1 .. 0)
 
-- λ = 0: ``G_k = dl_k/ds_k + beta J_k^T M(s_{k+1})``, today's bootstrapped target ``delta_k``;
-- λ = 1, beta = 1: ``G_k`` is the TRUE gradient of the span's remaining loss (plus, for a
-  stream, the bootstrap ``M(s_K)`` at its end): the oracle target, no bootstrapping
-  through the span;
-- in between, a geometric mix of n-window bootstrapped targets.
+With its defaults (λ = 1, beta = 1, no synthesizer, the episode ending at s_K) ``G_k`` is the
+TRUE gradient of the span's remaining loss at every boundary k: the ``oracle`` boundary, the
+diagnostics and the probes use it so. Its other settings are the λ-return family of BP(λ)
+(Pemberton & Costa 2024; λ = 0: the window's own bootstrapped target), the reference the
+kept-window chains of ``dnirnn.engine.kept`` are tested against.
 
-All G_k come from ONE forward and ONE backward pass over the span with frozen parameters:
-at each internal boundary a tensor hook reads the gradient arriving at ``s_k`` (that is
-``G_k``) and passes ``beta [(1 - λ) M(s_k) + λ G_k]`` on into window k-1. Parameter
-``.grad`` is untouched (``torch.autograd.grad`` w.r.t. ``s_0`` only).
-
-The same pass with ``lam=1, beta=1`` gives the true future gradient at every boundary: the
-diagnostics use it (one mechanism for targets and measurement).
+All G_k come from ONE forward and ONE backward pass over the span: at each internal boundary
+a tensor hook reads the gradient arriving at ``s_k`` (that is ``G_k``) and passes
+``beta [(1 - λ) M(s_k) + λ G_k]`` on into window k-1. Parameter ``.grad`` is untouched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from dnirnn.state import State, detach_state, flatten_state, unflatten_state
+
+if TYPE_CHECKING:
+    from dnirnn.dni import DNIRNN
 
 Predict = Callable[[Tensor, int], Tensor]
 """``predict(s_flat (B, S), k) -> M_k(s_k) (B, S)``, no graph: the synthesizer at boundary k."""
@@ -48,26 +47,27 @@ class SpanTargets:
     predictions: list[Tensor]
 
 
-def lambda_targets(
-    net,
+def future_gradients(
+    net: DNIRNN,
     windows: Sequence,
     state: State,
     *,
-    lam: float,
-    beta: float,
-    predict: Predict | None,
-    episode_end: bool,
+    lam: float = 1.0,
+    beta: float = 1.0,
+    predict: Predict | None = None,
+    episode_end: bool = True,
 ) -> SpanTargets:
-    """``G_k`` for every window start k of ``windows`` (see the module docstring).
+    """``G_k`` for every window start k of ``windows`` (see the module docstring); with the
+    defaults, the true gradient of the rest of the span's loss at each boundary.
 
     Args:
-        net: the engine (``net.core`` and ``net.task_loss``); its parameters are not stepped
-            and their ``.grad`` is not touched.
+        net: the engine (its core and its objective); its parameters are not stepped and
+            their ``.grad`` is not touched.
         windows: the span's windows, in order.
         state: ``s_0``.
         lam: λ in [0, 1].
         beta: the synthetic gradient's weight (``sg_scale``).
-        predict: the synthesizer (None: zero, e.g. for the true gradient with λ = 1).
+        predict: the synthesizer (None: zero).
         episode_end: the episode ends at ``s_K`` (``G_K = 0``); else ``G_K = M(s_K)``.
     """
     if not 0.0 <= lam <= 1.0:

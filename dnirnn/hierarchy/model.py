@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dnirnn.dni import StepLoss, Window, masked_task_loss
 from dnirnn.state import State, detach_state, zero_state
 from dnirnn.synthesizers import FITS, SYNTHESIZER_KINDS, build_synthesizer
+from dnirnn.synthesizers.interface import SyntheticGradient
+from dnirnn.window import StepLoss, Window, masked_task_loss
 
 
 @dataclass
@@ -178,7 +179,7 @@ class TwoTimescaleRNN(nn.Module):
                             self.interface_synthesizer) if m is not None]
 
     def end_step(self, all_reduce=None) -> Tensor:
-        """Closes a training step for every synthesizer (``dnirnn.synthesizers.end_step``):
+        """Closes a training step for every synthesizer (``SyntheticGradient.end_step``):
         least-squares ones solve here. Returns a 0-dim bool tensor: all are finite."""
         ok = torch.ones((), dtype=torch.bool, device=self.readout.weight.device)
         for m in self.synthesizers():
@@ -238,7 +239,5 @@ class TwoTimescaleRNN(nn.Module):
         """``M(inputs)`` with no graph, ``(..., S) -> (..., S)``; None without a synthesizer."""
         if synthesizer is None:
             return None
-        with torch.no_grad():
-            flat = inputs.detach().reshape(-1, inputs.shape[-1])
-            return synthesizer(flat).view_as(inputs)
+        return SyntheticGradient(synthesizer)(inputs.reshape(-1, inputs.shape[-1])).view_as(inputs)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dnirnn.dni import Window, split_windows
+from dnirnn.engine.update import Ready, fit, step
 from dnirnn.hierarchy.model import HierarchyState, TwoTimescaleRNN
 from dnirnn.hierarchy.windows import (
     HierarchyOracle,
@@ -16,9 +16,10 @@ from dnirnn.hierarchy.windows import (
     fast_window_gradients,
     slow_window_gradients,
 )
-from dnirnn.optim import Optimizers, adam, adam_step, grad_norm, zero_grad
+from dnirnn.optim import Optimizers, adam, zero_grad
 from dnirnn.state import State, flatten_state
-from dnirnn.synthesizers.fitting import fit_boundary
+from dnirnn.synthesizers.interface import SyntheticGradient
+from dnirnn.window import Window, split_windows
 
 
 @dataclass
@@ -78,21 +79,14 @@ def adam_optimizers(
     )
 
 
-def _step(opts: Optimizers) -> Tensor:
-    """Clips (if ``core_clip``) and steps the core's optimizer with the engine's lean calls
-    (``dnirnn.optim``: the same update as ``opt.step()``); returns the norm before clipping."""
-    norm = grad_norm(opts._core_params, opts.core_clip)
-    adam_step(opts.core)
-    return norm.detach()
-
-
 def _fit(synthesizer: nn.Module | None, opts: Optimizers, inputs: Tensor,
          target: Tensor) -> tuple[Tensor, Tensor] | None:
-    """``fit_boundary`` (the DNI engine's step 5, any fitting method) on ``(inputs, target)``;
-    None without a synthesizer or samples. Returns ``(L_SG, cosine)`` before the fit."""
+    """The engine's step 5 (``dnirnn.engine.update.fit``) on ``(inputs, target)``; None
+    without a synthesizer or samples. Returns ``(L_SG, cosine)`` before the fit."""
     if synthesizer is None or inputs.shape[0] == 0:
         return None
-    return fit_boundary(synthesizer, opts, inputs, target)
+    return fit(SyntheticGradient(synthesizer), opts, [Ready(inputs, target)],
+               device=inputs.device)[:2]
 
 
 @dataclass
@@ -171,7 +165,7 @@ def hierarchy_update(
             oracle_end=None if oracle is None else oracle.fast[w],
             oracle_interface=None if oracle is None else oracle.interface[w * per:(w + 1) * per],
         )
-        stats["norm"].append(_step(opts.fast))
+        stats["norm"].append(step(opts.fast))
         target = fw.target  # delta_w, (B, S_f)
         stats["target"].append(torch.linalg.vector_norm(target))
         if not (episode_start and w == 0):
@@ -193,7 +187,7 @@ def _slow_update(
     """The span's slow window update (theta_s, M_s, M_if) and the result."""
     zero_grad(opts.slow._core_params)
     sw = slow_window_gradients(net, slow, episode_end=episode_end, oracle_end=oracle_end)
-    slow_norm = _step(opts.slow)
+    slow_norm = step(opts.slow)
     loss = torch.stack(stats["loss"]).sum()
     zero = torch.zeros_like(loss)
     slow_sg = None if episode_start else _fit(

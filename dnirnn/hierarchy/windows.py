@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from dnirnn.dni import Window, bootstrap_target, surrogate_backward
+from dnirnn.engine.update import backward, bootstrap_target, scaled, state_pairs, truncate
 from dnirnn.hierarchy.model import TwoTimescaleRNN
 from dnirnn.state import State, detach_state, flatten_state, unflatten_state
+from dnirnn.window import Window
 
 
 @dataclass
@@ -107,7 +108,7 @@ def fast_window_gradients(
         oracle_end, oracle_interface: true gradients replacing ``g_f`` ``(B, S_f)`` and
             ``ĝ`` ``(T_f / k, B, H_f)`` (see ``HierarchyOracle``).
     """
-    start = detach_state(state, requires_grad=True)
+    start = truncate(state)
     s, outputs, m_leaves, us = start, [], [], []
     for emb in net.encoder(window.x).split(net.cfg.k):  # (k, B, E): one nn.LSTM call each
         m_leaves.append(slow.m[-1].detach().requires_grad_(True))  # m̄_j, (B, H_s)
@@ -118,8 +119,7 @@ def fast_window_gradients(
     logits = net.readout(torch.cat(outputs))  # (T_f, B, O)
     loss, nats, count = net.task_loss(logits, window)
     u = torch.stack(us)  # (T_f / k, B, H_f)
-    ends, grads = _fast_injections(net, s, u, episode_end, oracle_end, oracle_interface)
-    surrogate_backward(loss, ends, grads or None)
+    backward(loss, _fast_injections(net, s, u, episode_end, oracle_end, oracle_interface))
     slow.G.extend(_grad_or_zero(m) for m in m_leaves)
     return FastWindowGradients(start, detach_state(s), loss.detach(), nats.detach(), count)
 
@@ -127,8 +127,8 @@ def fast_window_gradients(
 def _fast_injections(
     net: TwoTimescaleRNN, end: State, u: Tensor, episode_end: bool,
     oracle_end: Tensor | None, oracle_interface: Tensor | None,
-) -> tuple[list[Tensor], list[Tensor]]:
-    """The ``(ends, incoming)`` pairs of ``beta <g_f, s_{w+1}> + beta_if sum_i <ĝ_i, u_i>``."""
+) -> list[tuple[Tensor, Tensor]]:
+    """The injections of ``beta <g_f, s_{w+1}> + beta_if sum_i <ĝ_i, u_i>``."""
     cfg = net.cfg
     g_f = oracle_end
     if g_f is None and not episode_end:
@@ -138,14 +138,12 @@ def _fast_injections(
         g_u = net.synthetic_gradient(net.interface_synthesizer, u)  # (n, B, H_f)
         if g_u is not None and episode_end:
             g_u = torch.cat([g_u[:-1], torch.zeros_like(g_u[-1:])])
-    ends, grads = [], []
+    pairs = []
     if g_f is not None:
-        ends += list(end)
-        grads += [cfg.sg_scale * g for g in unflatten_state(g_f, cfg.fast_layers)]
+        pairs += state_pairs(end, unflatten_state(g_f, cfg.fast_layers), cfg.sg_scale)
     if g_u is not None:
-        ends.append(u)
-        grads.append(cfg.interface_sg_scale * g_u)
-    return ends, grads
+        pairs.append((u, scaled(g_u, cfg.interface_sg_scale)))
+    return pairs
 
 
 @dataclass
@@ -185,7 +183,7 @@ def slow_window_gradients(
     if g_s is None and not episode_end:
         g_s = net.synthetic_gradient(net.slow_synthesizer, flatten_state(slow.state))
     g_end = None if g_s is None else unflatten_state(g_s, net.cfg.slow_layers)
-    surrogate_backward(objective, slow.state, g_end, net.cfg.sg_scale)
+    backward(objective, state_pairs(slow.state, g_end, net.cfg.sg_scale))
     return SlowWindowGradients(
         start=slow.start, state=detach_state(slow.state),
         messages=torch.stack(slow.u).detach(),

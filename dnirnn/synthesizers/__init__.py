@@ -1,15 +1,12 @@
 """The synthesizer side of DNI: what predicts the future gradient, and how it is fitted.
 
-One module per concept (the window update itself stays in ``dnirnn.dni``):
+One module per concept (the window update itself is ``dnirnn.engine.update``; the targets
+that need kept graphs or a second pass are ``dnirnn.engine.kept`` and ``dnirnn.engine.truth``):
 
 - ``network``: ``Synthesizer``, a linear or mlp network fitted by an optimizer (Adam: the
   paper), optionally one map per boundary position;
 - ``least_squares``: ``LeastSquaresSynthesizer``, linear maps refitted exactly each training
   step by ridge least squares with exponential forgetting (``synthesizer_fit: rls``);
-- ``targets``: λ-return targets over a span by one autograd pass (BP(λ)); λ = 1 is the true
-  future gradient (the diagnostics' measurement, and the tests' reference);
-- ``horizon``: ``HorizonTargets``, the H-window truncated λ-return computed as the data goes
-  from the last H windows' graphs (``sg_horizon``): what the synthesizer is fitted to;
 - ``interface``: ``SyntheticGradient``, the synthesizer's narrow face to the window update
   (``pair``, ``observe``, ``end_step``);
 - ``guard``: ``NormGuard``, caps the synthetic gradient relative to its targets' running RMS;
@@ -30,7 +27,7 @@ from dnirnn.synthesizers.network import SYNTHESIZER_KINDS, Synthesizer
 FITS = ("adam", "rls")
 
 __all__ = ["FITS", "SYNTHESIZER_KINDS", "LeastSquaresSynthesizer", "NormGuard", "Synthesizer",
-           "build_synthesizer", "end_step"]
+           "build_synthesizer"]
 
 
 def build_synthesizer(
@@ -58,8 +55,3 @@ def build_synthesizer(
                                        inputs, share)
     return Synthesizer(state_size, kind, hidden_size, hidden_layers, context_size, positions)
 
-
-def end_step(net, all_reduce=None, opts=None):
-    """``net.end_step(opts, all_reduce)``: once per training step (see ``DNIRNN.end_step``).
-    Returns a 0-dim bool tensor: the new synthesizer is finite."""
-    return net.end_step(opts, all_reduce)

@@ -11,7 +11,7 @@ Either way the guard (if any) sees the targets, and ``(L_SG, cosine)`` of the pr
 BEFORE this fit is returned for logging.
 
 Where the targets come from (the window's own ``delta_k``, or the λ-return over a horizon,
-``dnirnn.synthesizers.horizon``) is the caller's business: this module fits a pair it is given.
+``dnirnn.engine.kept``) is the caller's business: this module fits a pair it is given.
 """
 
 from __future__ import annotations

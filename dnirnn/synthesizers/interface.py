@@ -9,7 +9,7 @@ r"""The synthesizer as the window update sees it: three calls, one way through a
 
 ``g`` is always capped by the guard (the gradient the core receives); the guard sees every
 target the synthesizer is fitted to. Whatever computes the targets (the window itself at
-H = 1, ``HorizonTargets`` for H > 1) calls ``observe`` when they are ready.
+H = 1, ``dnirnn.engine.kept.KeptWindows`` for H > 1) calls ``observe`` when they are ready.
 """
 
 from __future__ import annotations
