@@ -163,13 +163,17 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(130) from None
         meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         (grid.runs / "sweep.json").write_text(json.dumps(meta, indent=1) + "\n")
+    from dnirnn.sweep.cells import cell_data
     from dnirnn.sweep.report import write_csv, write_report
 
     out, pngs = write_report(grid)
+    data = cell_data(grid)
     table = write_csv(grid, out.with_suffix("") / "cells.csv")
-    states = [state(c) for c in grid.cells]
+    states = [d.state for d in data]
+    recorded = sum(d.recorded is not None for d in data)
     print(f"wrote {out}, {len(pngs)} plots and {table}: "
           f"{states.count('done')} of {len(states)} cells done"
+          + (f" ({recorded} as recorded in {table}: no folder here)" if recorded else "")
           + "".join(f", {states.count(s)} {s}" for s in ("failed", "partial", "new", "stale")
                     if states.count(s)), flush=True)
     if not a.report and any(state(c) == "failed" for c in cells):
