@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from dnirnn.sweep.cells import CellData, better, cell_data
-from dnirnn.sweep.grid import selected
+from dnirnn.sweep.grid import grid_dir, selected
 from dnirnn.sweep.parts import Grid, Metric, row_name, shown
 from dnirnn.sweep.plots import plots
 from dnirnn.sweep.runner import read_json
@@ -228,17 +228,22 @@ def _made_by(grid: Grid, data: list[CellData], before: str) -> str:
     if recorded == counts["done"] and not meta and line:  # (no cell's folder here)
         return line.group(0)  # (how the recorded cells were made: their machine, jobs, torch)
     if recorded and not meta:
-        return (f"Made by `dnirnn sweep {grid.path}` from real runs: {counts['done']} of "
+        return (f"Made by `dnirnn sweep {_named(grid)}` from real runs: {counts['done']} of "
                 f"{len(data)} cells done{f' ({states})' if states else ''}, OMP_NUM_THREADS="
                 f"{'/'.join(map(str, threads))}; sum of cell wall times {total / 60:.1f} min. "
                 f"Numbers of {recorded} cells as recorded in "
                 f"{grid.out.with_suffix('') / 'cells.csv'} (their folders are not here).")
-    return (f"Made by `dnirnn sweep {meta.get('grid', grid.path)} --jobs {meta.get('jobs', 1)}`"
+    return (f"Made by `dnirnn sweep {meta.get('grid', _named(grid))} --jobs {meta.get('jobs', 1)}`"
             f" from real runs: {counts['done']} of {len(data)} cells done"
             f"{f' ({states})' if states else ''}. One `dnirnn fit` process per cell, "
             f"OMP_NUM_THREADS={'/'.join(map(str, threads))}, {meta.get('jobs', 1)} at a time, "
             f"on {platform.machine()} ({meta.get('host', platform.node())}), torch {torch}; "
             f"sum of cell wall times {total / 60:.1f} min.")
+
+
+def _named(grid: Grid) -> str:
+    """The grid as one types it: a shipped grid's name, else its path."""
+    return grid.name if grid.path.parent.resolve() == grid_dir().resolve() else str(grid.path)
 
 
 def cells_table(grid: Grid, data: list[CellData]) -> list[str]:
