@@ -50,8 +50,3 @@ def unflatten_state(flat: Tensor, layers: int) -> State:
     """``(B, 2*L*H)``  ->  ``(h, c)`` each ``(L, B, H)``; the inverse of ``flatten_state``."""
     both = rearrange(flat, "b (two l h) -> two l b h", two=2, l=layers)
     return both[0], both[1]
-
-
-def state_dot(a: State, b: State) -> Tensor:
-    """``<a, b>``: the inner product summed over both tensors of the state (a scalar)."""
-    return (a[0] * b[0]).sum() + (a[1] * b[1]).sum()

@@ -50,16 +50,23 @@ def model_options(cell) -> dict:
 
 
 def test_every_shipped_grid_loads_with_existing_recipes():
+    """grids/X.yaml writes results/X.md; a cell runs on one thread unless its grid declares
+    more with its own `threads:` (the most any of its cells uses)."""
     grids = list_grids()
     assert {"table1_cpu", "table1_paper", "synthetic_gradients", "hierarchy",
-            "copy_cpu"} <= set(grids)
-    for path in grids.values():
+            "copy_cpu", "decoupled"} <= set(grids)
+    for name, path in grids.items():
         g = load_grid(path)
         assert g.cells and len({c.name for c in g.cells}) == len(g.cells)
-        assert g.runs.parts[0] == "runs" and g.out.parts[0] == "results"
+        assert g.runs.parts[0] == "runs" and g.out == Path("results") / f"{name}.md"
+        assert max(c.threads for c in g.cells) == g.threads, name
         for c in g.cells:
             assert (recipe_dir() / f"{c.recipe}.yaml").is_file()
-            assert c.args.get("wandb") == "false" and c.threads == 1
+            assert c.args.get("wandb") == "false"
+
+
+def test_scripts_hold_no_grid():
+    assert not list((ROOT / "scripts").glob("*.yaml"))
 
 
 def test_a_grid_is_found_by_name_and_a_typo_names_the_shipped_ones():

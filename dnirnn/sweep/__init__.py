@@ -27,7 +27,8 @@ The grid format (every key optional unless said)::
       wandb: false
     callbacks:                              # --trainer.callbacks+=CLASS --trainer.callbacks.K=V
       dnirnn.diagnostics.SyntheticGradientDiagnostics: {every_n_steps: 100}
-    threads: 1                              # OMP_NUM_THREADS per cell (default 1)
+    threads: 1                              # OMP_NUM_THREADS per cell (default 1; a
+                                            #   shipped grid's is the most a cell uses)
     test: best                              # also `dnirnn test` best.ckpt (or last) per cell
     seeds: [0, 1, 2]                        # the axis `seed`; sets seed_everything={seed}
     axes:                                   # the product of the axes is the cells
@@ -69,6 +70,12 @@ The grid format (every key optional unless said)::
       - by: [task, T]                       # one PNG per (task, T): every cell in it
       - {by: [task, T], kind: boundary, exclude: {mode: [tbptt]}}   # cos per boundary k
       - {by: [task], x: time/train_s}       # the panels against a logged series (WallClock)
+    sections:                               # report sections before the tables (see
+      - kind: speed                         #   dnirnn.sweep.sections): tokens/s, the metric
+        axis: mode                          #   at equal tokens and at equal wall time, goals
+        metric: val/bpc
+        tokens_per_step: 2048
+        goals: [{measure: throughput, of: dni, against: tbptt, at_least: 1.5}]
 
 Cell names join the labels (``copy_T2_dni_s0``; numbers carry their axis) and name the
 folders ``<runs>/<cell>/``: ``version_0/`` (the run), ``fit.log``, ``cell.json``, then
@@ -76,7 +83,8 @@ folders ``<runs>/<cell>/``: ``version_0/`` (the run), ``fit.log``, ``cell.json``
 takes the run's best value for the task metrics of ``dnirnn plot`` (max level solved, min
 validation BPC / perplexity / bits) and the last value otherwise; ``wall_s`` is the cell's
 wall time. Numbers are read from the cells' files when the report is written
-(``dnirnn.sweep.report``), so ``--report`` after editing ``metrics:`` needs no rerun.
+(``dnirnn.sweep.report``), so ``--report`` after editing ``metrics:`` needs no rerun; a cell
+without a folder is read from its row of the report's committed ``cells.csv``.
 """
 
 from __future__ import annotations
@@ -163,13 +171,17 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(130) from None
         meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         (grid.runs / "sweep.json").write_text(json.dumps(meta, indent=1) + "\n")
+    from dnirnn.sweep.cells import cell_data
     from dnirnn.sweep.report import write_csv, write_report
 
     out, pngs = write_report(grid)
+    data = cell_data(grid)
     table = write_csv(grid, out.with_suffix("") / "cells.csv")
-    states = [state(c) for c in grid.cells]
+    states = [d.state for d in data]
+    recorded = sum(d.recorded is not None for d in data)
     print(f"wrote {out}, {len(pngs)} plots and {table}: "
           f"{states.count('done')} of {len(states)} cells done"
+          + (f" ({recorded} as recorded in {table}: no folder here)" if recorded else "")
           + "".join(f", {states.count(s)} {s}" for s in ("failed", "partial", "new", "stale")
                     if states.count(s)), flush=True)
     if not a.report and any(state(c) == "failed" for c in cells):

@@ -16,10 +16,12 @@ from typing import Any
 import yaml
 
 from dnirnn.recipe import list_recipes, recipe_dir
-from dnirnn.sweep.parts import Cell, Grid, Metric, Settings, cli_value, name_part
+from dnirnn.sweep.parts import Cell, Grid, GridError, Metric, Settings, cli_value, name_part
+from dnirnn.sweep.sections import check_section
 
 GRID_KEYS = {"title", "description", "runs", "out", "recipe", "overlays", "args", "callbacks",
-             "threads", "test", "seeds", "axes", "blocks", "metrics", "tables", "plots"}
+             "threads", "test", "seeds", "axes", "blocks", "metrics", "tables", "plots",
+             "sections"}
 BLOCK_KEYS = {"recipe", "overlays", "args", "callbacks", "threads", "test", "seeds", "axes"}
 VARIANT_KEYS = {"recipe", "overlays", "args", "callbacks", "threads", "test", "about"}
 METRIC_KEYS = {"key", "name", "file", "stage", "reduce", "from", "at", "where", "better",
@@ -35,10 +37,6 @@ _LABEL = re.compile(r"[\w.+=-]+")
 
 SOURCE_GRIDS = Path(__file__).resolve().parents[2] / "grids"  # a checkout, pip install -e .
 INSTALLED_GRIDS = Path(__file__).resolve().parents[1] / "grids"  # a wheel (package data)
-
-
-class GridError(ValueError):
-    """A grid file that cannot run; the message says where and what to write instead."""
 
 
 def grid_dir() -> Path:
@@ -251,7 +249,7 @@ def _metric(name: str, d: Any) -> Metric:
                file=str(d.get("file", "metrics.csv")), stage=str(d.get("stage", "fit")),
                reduce=d.get("reduce"), start=d.get("from"), at=d.get("at"),
                where=dict(d.get("where") or {}), better=d.get("better"),
-               format=d.get("format"))
+               format=d.get("format"), column=name)
     if m.start is not None and not (isinstance(m.start, int | float) and 0 <= m.start < 1):
         raise GridError(f"{where}: from is a fraction of the run's steps in [0, 1), got "
                         f"{m.start!r}.")
@@ -352,10 +350,12 @@ def load_grid(path: str | Path, runs: str | None = None, out: str | None = None)
     tables = [_table(t, i, metrics, axes_order) for i, t in enumerate(
         _as_list(raw.get("tables")) or [{}])]
     plots = [_plot(p, i, axes_order) for i, p in enumerate(_as_list(raw.get("plots")))]
+    sections = [check_section(s, i, axes_order, label_order) for i, s in enumerate(
+        _as_list(raw.get("sections")))]
     out_path = Path(out or raw.get("out") or runs_dir / "report.md")
     return Grid(path, name, str(raw.get("title") or name), str(raw.get("description") or ""),
                 runs_dir, out_path, cells, metrics, tables, plots, axes_order, label_order,
-                about)
+                about, top.threads, sections)
 
 
 def _axes_list(v: Any, where: str, axes: list[str]) -> list[str]:

@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import Any
 
 
+class GridError(ValueError):
+    """A grid file that cannot run; the message says where and what to write instead."""
+
+
 @dataclass
 class Settings:
     """What one level (the grid, a block, an axis label) contributes to a cell."""
@@ -47,6 +51,7 @@ class Metric:
     where: dict = field(default_factory=dict)
     better: str | None = None
     format: str | None = None
+    column: str | None = None  # its column in the report's cells.csv (its key under metrics:)
 
 
 @dataclass
@@ -106,6 +111,8 @@ class Grid:
     axes: list[str]  # every axis, in order of first appearance (the seed last)
     labels: dict[str, list[str]]  # axis -> its labels: as defined under axes:, then as met
     about: dict[str, dict[str, str]]  # axis -> label -> description
+    threads: int = 1  # the grid's own ``threads:``: its cells' default (shipped grids: most)
+    sections: list[dict] = field(default_factory=list)  # report sections (sweep.sections)
 
     def rank(self, axes: list[str], labels: tuple[str, ...]) -> tuple[int, ...]:
         """Sorts label tuples in the grid's order of labels (as defined, then as met)."""

@@ -14,7 +14,7 @@ from dnirnn.sweep.grid import selected
 from dnirnn.sweep.parts import Grid, name_part, row_name
 
 if TYPE_CHECKING:
-    from dnirnn.sweep.report import CellData
+    from dnirnn.sweep.cells import CellData
 
 
 def plots(grid: Grid, data: list[CellData], folder: Path) -> list[Path]:
@@ -24,19 +24,22 @@ def plots(grid: Grid, data: list[CellData], folder: Path) -> list[Path]:
         by, kind = spec["by"], spec.get("kind", "compare")
         groups: dict[tuple, list[CellData]] = defaultdict(list)
         for d in data:
-            if d.done is not None and d.run is not None and selected(d.cell, spec):
+            if d.done is not None and selected(d.cell, spec):
                 groups[tuple(d.cell.labels.get(a, "–") for a in by)].append(d)
         for labels, members in sorted(groups.items(), key=lambda kv: grid.rank(by, kv[0])):
             stem = "_".join(name_part(a, x) for a, x in zip(by, labels)) or grid.name
-            if kind == "boundary":
-                path = _boundary_plot(members, folder / f"boundary_cos_{stem}.png",
-                                      row_name(by, labels))
+            x = spec.get("x")
+            name = (f"boundary_cos_{stem}" if kind == "boundary" else stem if x is None
+                    else f"{stem}_by_{re.sub(r'[^A-Za-z0-9]+', '_', x)}")
+            path: Path | None = folder / f"{name}.png"
+            members = [d for d in members if d.run is not None]
+            if not members:  # (cells recorded in cells.csv only: the committed PNG stays)
+                path = path if path.is_file() else None
+            elif kind == "boundary":
+                path = _boundary_plot(members, path, row_name(by, labels))
             else:
-                x = spec.get("x")
-                name = stem if x is None else f"{stem}_by_{re.sub(r'[^A-Za-z0-9]+', '_', x)}"
                 path = compare.plot([compare.load_run(d.run) for d in members
-                                     if (d.run / "metrics.csv").is_file()],
-                                    folder / f"{name}.png", x=x)
+                                     if (d.run / "metrics.csv").is_file()], path, x=x)
             if path:
                 written.append(path)
     return written

@@ -10,13 +10,17 @@ of an episode (``diagnostics.jsonl`` of the diagnostics callback).
 The part of the Markdown file between ``<!-- notes -->`` and ``<!-- /notes -->`` is written by
 hand and kept when the file is regenerated. An existing file without that block is copied to
 ``<name>.before-sweep.md`` first.
+
+The run folders (``runs/``) are not committed; ``cells.csv`` beside the report is. A cell
+without a folder whose row is in that file is read from it (its numbers as recorded when the
+report was last written), so ``--report`` in a fresh checkout rewrites the tables as they
+were. What needs the folders keeps what the previous file has: a plot of cells without
+folders its PNG, a section (``dnirnn.sweep.sections``) with no curves its text.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import math
 import platform
 import re
 import shutil
@@ -27,128 +31,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dnirnn import compare
-from dnirnn.sweep.grid import selected
-from dnirnn.sweep.parts import Cell, Grid, Metric, row_name, shown
+from dnirnn.sweep.cells import CellData, better, cell_data
+from dnirnn.sweep.grid import grid_dir, selected
+from dnirnn.sweep.parts import Grid, Metric, row_name, shown
 from dnirnn.sweep.plots import plots
-from dnirnn.sweep.runner import read_json, run_folder, state
+from dnirnn.sweep.runner import read_json
+from dnirnn.sweep.sections import SECTIONS
 
 NOTES = ("<!-- notes -->", "<!-- /notes -->")
-BETTER = dict(compare.HEADLINE)  # metric -> "max" | "min"
-# a least-squares synthesizer's statistics, not weights (b stands for the maps W: same shape)
-LS_STATISTICS = ("A", "A_upper", "age", "W")
-
-
-# ---- reading one cell -----------------------------------------------------------------------
-
-class CellData:
-    """A cell's files, read once each."""
-
-    def __init__(self, cell: Cell) -> None:
-        self.cell = cell
-        self.state = state(cell)
-        self.done = read_json(cell.root / "done.json") if self.state == "done" else None
-        self.failed = read_json(cell.root / "failed.json")
-        self.run = run_folder(cell.root)
-        self._cache: dict[str, Any] = {}
-
-    def series(self) -> dict[str, list[tuple[int, float]]]:
-        if "series" not in self._cache:
-            path = self.run / "metrics.csv" if self.run else None
-            self._cache["series"] = compare.load_run(self.run).series if (
-                path and path.is_file()) else {}
-        return self._cache["series"]
-
-    def last_step(self) -> int:
-        steps = [s for pts in self.series().values() for s, _ in pts]
-        return max(steps, default=0)
-
-    def reached(self) -> int:
-        """The training steps the run took: its summary's global step, else the last logged."""
-        step = self.summary("fit").get("global_step")
-        return step if isinstance(step, int) else self.last_step()
-
-    def rows(self, name: str) -> list[dict]:
-        if name not in self._cache:
-            path = self.run / name if self.run else None
-            self._cache[name] = [json.loads(line) for line in path.open() if line.strip()] \
-                if path and path.is_file() else []
-        return self._cache[name]
-
-    def summary(self, stage: str) -> dict:
-        root = self.cell.root / "test" if stage == "test" else self.cell.root
-        run = run_folder(root)
-        return (read_json(run / "summary.json") or {}) if run else {}
-
-    def params(self) -> dict[str, int]:
-        """Weights in ``last.ckpt``: the core (with readout) and the synthesizers. A
-        least-squares synthesizer counts its maps ``W``, which the checkpoint does not hold
-        (they are re-solved on load) but which have the shape of its statistic ``b``; its
-        other statistics (``A``, ``A_upper``, ``age``) and the guard's count nowhere."""
-        if "params" not in self._cache:
-            import torch
-
-            ckpt = self.run / "checkpoints" / "last.ckpt" if self.run else None
-            core = synth = 0
-            if ckpt and ckpt.is_file():
-                sd = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-                for k, v in sd.items():
-                    if "synthesizer" in k:
-                        synth += 0 if k.rsplit(".", 1)[-1] in LS_STATISTICS else v.numel()
-                    elif ".guard." not in f".{k}":
-                        core += v.numel()
-            self._cache["params"] = {"params/core": core, "params/synthesizer": synth}
-        return self._cache["params"]
-
-    def value(self, m: Metric) -> float | None:
-        """The metric's number for this cell, or None where it has none."""
-        if self.done is None:
-            return None
-        if m.key == "wall_s" and m.file == "metrics.csv":
-            return self.done.get("seconds")
-        if m.stage == "test" or m.file == "summary.json":
-            node: Any = self.summary(m.stage)
-            for part in (["metrics", m.key] if m.stage == "test" and m.file != "summary.json"
-                         else m.key.split(".")):
-                node = node.get(part) if isinstance(node, dict) else None
-            return _finite(node)
-        if m.file == "checkpoint":
-            return self.params().get(m.key)
-        if m.file.endswith(".jsonl"):
-            points = [(int(r.get("step", 0)), r[m.key]) for r in self.rows(m.file)
-                      if m.key in r and all(r.get(k) == v for k, v in m.where.items())]
-            reduce = m.reduce or "mean"
-        else:
-            points = self.series().get(m.key, [])
-            reduce = m.reduce or ("best" if m.key in BETTER else "last")
-        points = sorted(((s, float(v)) for s, v in points if _finite(v) is not None),
-                        key=lambda p: p[0])  # (stable: rows of one step keep their order)
-        if m.start is not None:
-            first = m.start * self.last_step()
-            points = [(s, v) for s, v in points if s >= first]
-        if m.at is not None:
-            if self.reached() < m.at:
-                return None  # the run stopped before step `at`: its last value is not that step's
-            points = [(s, v) for s, v in points if s <= m.at][-1:]
-        if not points:
-            return None
-        values = [v for _, v in points]
-        if reduce == "best":
-            reduce = BETTER.get(m.key, "last")
-        return {"last": values[-1], "first": values[0], "min": min(values), "max": max(values),
-                "mean": statistics.fmean(values)}[reduce]
-
-
-def _finite(v: Any) -> float | None:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def better(m: Metric) -> str | None:
-    return m.better or (m.reduce if m.reduce in ("min", "max") else None) or BETTER.get(m.key)
 
 
 # ---- formatting -----------------------------------------------------------------------------
@@ -300,13 +190,19 @@ def _wins(a: str, b: str, rows: list[str], row_keys: list[tuple], groups: dict,
 
 # ---- the file -------------------------------------------------------------------------------
 
+def kept(text: str, start: str, end: str) -> str | None:
+    """The block of ``text`` from the line ``start`` to the line ``end``, both included."""
+    m = re.search(re.escape(start) + ".*?" + re.escape(end), text, re.S)
+    return m.group(0) if m else None
+
+
 def notes_block(out: Path) -> str:
     """The hand-written block of ``out`` (``NOTES``), kept when a report rewrites ``out``; a
     placeholder block if it has none (a file without one is first copied aside)."""
     text = out.read_text() if out.is_file() else ""
-    m = re.search(re.escape(NOTES[0]) + ".*?" + re.escape(NOTES[1]), text, re.S)
-    if m:
-        return m.group(0)
+    block = kept(text, *NOTES)
+    if block:
+        return block
     if text:
         backup = out.with_name(f"{out.stem}.before-sweep.md")
         shutil.copyfile(out, backup)
@@ -315,7 +211,7 @@ def notes_block(out: Path) -> str:
            f"{NOTES[1]}"
 
 
-def _made_by(grid: Grid, data: list[CellData]) -> str:
+def _made_by(grid: Grid, data: list[CellData], before: str) -> str:
     meta = read_json(grid.runs / "sweep.json") or {}
     counts = defaultdict(int)
     for d in data:
@@ -327,12 +223,27 @@ def _made_by(grid: Grid, data: list[CellData]) -> str:
         torch = "?"
     total = sum(_wall(d) or 0 for d in data)
     states = ", ".join(f"{n} {s}" for s, n in counts.items() if s != "done")
-    return (f"Made by `dnirnn sweep {meta.get('grid', grid.path)} --jobs {meta.get('jobs', 1)}`"
+    recorded = sum(d.recorded is not None for d in data)
+    line = re.search(r"^Made by `dnirnn sweep .*$", before, re.M)
+    if recorded == counts["done"] and not meta and line:  # (no cell's folder here)
+        return line.group(0)  # (how the recorded cells were made: their machine, jobs, torch)
+    if recorded and not meta:
+        return (f"Made by `dnirnn sweep {_named(grid)}` from real runs: {counts['done']} of "
+                f"{len(data)} cells done{f' ({states})' if states else ''}, OMP_NUM_THREADS="
+                f"{'/'.join(map(str, threads))}; sum of cell wall times {total / 60:.1f} min. "
+                f"Numbers of {recorded} cells as recorded in "
+                f"{grid.out.with_suffix('') / 'cells.csv'} (their folders are not here).")
+    return (f"Made by `dnirnn sweep {meta.get('grid', _named(grid))} --jobs {meta.get('jobs', 1)}`"
             f" from real runs: {counts['done']} of {len(data)} cells done"
             f"{f' ({states})' if states else ''}. One `dnirnn fit` process per cell, "
             f"OMP_NUM_THREADS={'/'.join(map(str, threads))}, {meta.get('jobs', 1)} at a time, "
             f"on {platform.machine()} ({meta.get('host', platform.node())}), torch {torch}; "
             f"sum of cell wall times {total / 60:.1f} min.")
+
+
+def _named(grid: Grid) -> str:
+    """The grid as one types it: a shipped grid's name, else its path."""
+    return grid.name if grid.path.parent.resolve() == grid_dir().resolve() else str(grid.path)
 
 
 def cells_table(grid: Grid, data: list[CellData]) -> list[str]:
@@ -357,20 +268,28 @@ def cells_table(grid: Grid, data: list[CellData]) -> list[str]:
 
 def write_report(grid: Grid) -> tuple[Path, list[Path]]:
     """Writes ``grid.out`` and its plots (in the folder of the same name); returns them."""
-    data = [CellData(c) for c in grid.cells]
+    data = cell_data(grid)
     out = grid.out
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = out.with_suffix("")
+    before = out.read_text() if out.is_file() else ""
     pngs = plots(grid, data, folder)
     lines = [f"# {grid.title}", ""]
     if grid.description.strip():
         lines += [grid.description.strip(), ""]
-    lines += [_made_by(grid, data), "", notes_block(out), ""]
+    lines += [_made_by(grid, data, before), "", notes_block(out), ""]
     if grid.about:
         lines += ["Labels:", ""]
         for axis, labels in grid.about.items():
             lines += [f"- {axis} `{label}`: {text}" for label, text in labels.items()]
         lines.append("")
+    for i, spec in enumerate(grid.sections):
+        marks = (f"<!-- section {i + 1}: {spec['kind']} -->",
+                 f"<!-- /section {i + 1}: {spec['kind']} -->")
+        body = SECTIONS[spec["kind"]](grid, spec, data, folder)
+        block = "\n".join([marks[0], *body, marks[1]]) if body is not None else kept(
+            before, *marks)
+        lines += [block or f"{marks[0]}\n(no cell has curves yet)\n{marks[1]}", ""]
     for spec in grid.tables:
         lines += table(grid, spec, data)
     missing = [d.cell.name for d in data if d.state != "done"]
@@ -387,7 +306,7 @@ def write_report(grid: Grid) -> tuple[Path, list[Path]]:
 
 def write_csv(grid: Grid, path: Path) -> Path:
     """Every done cell's labels and metric values, one row each (for your own analysis)."""
-    data = [CellData(c) for c in grid.cells]
+    data = cell_data(grid)
     names = list(grid.metrics)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
