@@ -14,7 +14,7 @@ from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.optim import Optimizers
 from dnirnn.state import detach_state, flatten_state, unflatten_state, zero_state
 from dnirnn.synthesizers import Synthesizer
-from dnirnn.synthesizers.fitting import synthesizer_regression
+from dnirnn.synthesizers.interface import synthesizer_regression
 from dnirnn.window import Window, split_windows
 
 from .conftest import mse_steps
@@ -374,7 +374,7 @@ def test_linear_model_with_linear_synthesizer_converges_to_least_squares(depth):
 @pytest.mark.parametrize("kind,layers,context", [("mlp", 1, 0), ("mlp", 2, 3), ("linear", 1, 0)])
 def test_manual_synthesizer_backward_equals_autograd(dtype, kind, layers, context):
     """fit_boundary's gradient of L_SG (no graph) is autograd's, bit for bit."""
-    from dnirnn.synthesizers.fitting import _manual_backward, predict
+    from dnirnn.synthesizers.interface import _manual_backward, predict
 
     torch.manual_seed(0)
     synth = Synthesizer(10, kind, 9, layers, context).to(dtype)

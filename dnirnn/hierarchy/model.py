@@ -183,7 +183,7 @@ class TwoTimescaleRNN(nn.Module):
         least-squares ones solve here. Returns a 0-dim bool tensor: all are finite."""
         ok = torch.ones((), dtype=torch.bool, device=self.readout.weight.device)
         for m in self.synthesizers():
-            ok = ok & m.end_step(all_reduce)
+            ok = ok & SyntheticGradient(m).end_step(all_reduce)
         return ok
 
     def fast_parameters(self) -> list[nn.Parameter]:

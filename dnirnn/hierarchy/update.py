@@ -51,7 +51,7 @@ class HierarchyOptimizers:
 
     @property
     def interface_fit(self) -> Optimizers:
-        """``M_if``'s optimizer and clip as ``fit_boundary`` takes them (no core of its own)."""
+        """``M_if``'s optimizer and clip as the engine's ``fit`` takes them (no core of its own)."""
         return Optimizers(None, self.interface, None, self.interface_clip)
 
 

@@ -8,9 +8,8 @@ that need kept graphs or a second pass are ``dnirnn.engine.kept`` and ``dnirnn.e
 - ``least_squares``: ``LeastSquaresSynthesizer``, linear maps refitted exactly each training
   step by ridge least squares with exponential forgetting (``synthesizer_fit: rls``);
 - ``interface``: ``SyntheticGradient``, the synthesizer's narrow face to the window update
-  (``pair``, ``observe``, ``end_step``);
-- ``guard``: ``NormGuard``, caps the synthetic gradient relative to its targets' running RMS;
-- ``fitting``: step 5 for every method (``fit_boundary``).
+  (``pair``, ``observe``, ``end_step``): its prediction, its fit (step 5 for every method)
+  and ``NormGuard``, which caps the synthetic gradient relative to its targets' running RMS.
 
 ``build_synthesizer`` makes the one a configuration names; ``DNIRNN.end_step`` closes a
 training step (guard statistics, least-squares solve).
@@ -20,7 +19,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from dnirnn.synthesizers.guard import NormGuard
+from dnirnn.synthesizers.interface import NormGuard
 from dnirnn.synthesizers.least_squares import LeastSquaresSynthesizer
 from dnirnn.synthesizers.network import SYNTHESIZER_KINDS, Synthesizer
 

@@ -13,11 +13,10 @@ far (each boundary sample of each window), with the old ones forgotten geometric
     r_p = ridge * mean(diag A_p)
 
 where ``a_i`` counts the training steps since pair ``i`` was seen (``forget = f`` per step).
-Why: the map s -> future gradient drifts with a half-life of about 5 training steps, while an
-Adam-fitted synthesizer needs 100+ updates to follow it (docs/design.md, "Keeping up"); the
-exact fit follows the core at once and forgets at a chosen rate. The ridge is relative to the
-data's scale, so ``W`` does not change when ``A`` and ``b`` are scaled together (which is why
-forgetting every position every step, seen or not, leaves the unseen maps as they were).
+Why an exact fit: docs/design.md §1, "The synthesizer"; it follows the core at once and
+forgets at a chosen rate. The ridge is relative to the data's scale, so ``W`` does not change
+when ``A`` and ``b`` are scaled together (which is why forgetting every position every step,
+seen or not, leaves the unseen maps as they were).
 
 ``observe`` adds a step's pairs straight into ``A_p, b_p``; ``end_step`` sums them across
 data-parallel ranks (so every rank holds the same ``A, b, W``) and re-solves by Cholesky the

@@ -43,7 +43,7 @@ class Synthesizer(nn.Module):
         positions: P, independent maps, one per boundary index (1: one shared map).
     """
 
-    fit = "adam"  # fitted by an optimizer on L_SG (see dnirnn.synthesizers.fitting)
+    fit = "adam"  # fitted by an optimizer on L_SG (see dnirnn.synthesizers.interface)
 
     def __init__(
         self,
