@@ -32,9 +32,7 @@ from dnirnn.engine.update import (
 from dnirnn.model import LSTMCore
 from dnirnn.optim import Optimizers, zero_grad
 from dnirnn.state import State, detach_state, flatten_state, unflatten_state
-from dnirnn.synthesizers.fitting import Prediction
-from dnirnn.synthesizers.guard import NormGuard
-from dnirnn.synthesizers.interface import SyntheticGradient
+from dnirnn.synthesizers.interface import NormGuard, Prediction, SyntheticGradient
 from dnirnn.window import StepLoss, Window, WindowResult, masked_task_loss
 
 __all__ = ["BOUNDARIES", "DNIRNN", "WindowGradients", "train_span", "window_update"]
@@ -85,6 +83,12 @@ class DNIRNN(nn.Module):
             ``end_step``), i.e. full BPTT for the synthesizer, whose memory grows with it.
         resumable: the kept windows record what rebuilds their graphs on resume (streams,
             whose horizons cross training steps).
+        depth: K, the windows the core's backward runs through: 1 (the window's own), or
+            K > 1, TBPTT(T, K·T) (Williams & Peng 1990): each update's loss is backpropagated
+            through the last K windows' kept graphs. With a synthesizer (``dni``) or the
+            ``oracle``, ``g_{k+1}`` then stands only for the credit the K windows do not
+            reach: it is carried back through the states and credits the oldest of the K
+            windows alone (the hybrid; ``dnirnn.engine.kept.KeptWindows.deepen``).
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class DNIRNN(nn.Module):
         sg_lambda: float | None = None,
         sg_horizon: int | None = None,
         resumable: bool = False,
+        depth: int = 1,
     ) -> None:
         super().__init__()
         if boundary not in BOUNDARIES:
@@ -121,6 +126,13 @@ class DNIRNN(nn.Module):
             raise ValueError(f"sg_horizon must be >= 1 or None, got {sg_horizon}")
         if sg_lambda is None and sg_horizon not in (None, 1):
             raise ValueError("sg_horizon > 1 needs sg_lambda (the λ of the λ-return)")
+        if not (isinstance(depth, int) and depth >= 1):
+            raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+        if depth > 1 and boundary == "dni_aux":
+            raise ValueError("a deeper backward (depth > 1) is not defined for dni_aux: use "
+                             "boundary 'dni' (the hybrid) or 'tbptt'")
+        if depth > 1 and sg_lambda is not None and sg_horizon is None:
+            raise ValueError("a deeper backward (depth > 1) needs a bounded sg_horizon")
         if sg_lambda is not None and boundary == "dni_aux":
             raise ValueError("sg_lambda (λ-return targets) is not defined for dni_aux (its "
                              "targets include the Aux loss): use boundary='dni'")
@@ -135,9 +147,12 @@ class DNIRNN(nn.Module):
         self.aux = (  # the Aux head A: o_t (H) -> predicted g_{k+1} (S)
             nn.Linear(core.cfg.hidden_size, core.state_size) if boundary == "dni_aux" else None
         )
+        self.depth = depth
         self.targets = (KeptWindows(core, self.core_parameters(), self.sg_horizon,
-                                    self.sg_lambda, self.sg_scale, resumable)
-                        if self.sg_lambda is not None and self.sg_horizon != 1 else None)
+                                    1.0 if self.sg_lambda is None else self.sg_lambda,
+                                    self.sg_scale, resumable, depth)
+                        if depth > 1 or (self.sg_lambda is not None and self.sg_horizon != 1)
+                        else None)
 
     @property
     def trains_synthesizer(self) -> bool:
@@ -146,7 +161,7 @@ class DNIRNN(nn.Module):
     @property
     def fits_per_window(self) -> bool:
         """The target is the window's own delta_k (H = 1), fitted inside its update."""
-        return self.trains_synthesizer and self.targets is None
+        return self.trains_synthesizer and self.sg_horizon == 1
 
     @property
     def sg(self) -> SyntheticGradient:
@@ -197,6 +212,7 @@ class DNIRNN(nn.Module):
         next_context: Tensor | None = None,
         predict_start: bool = False,
         keep_graph: bool = False,
+        inject: bool = True,
     ) -> WindowGradients:
         """Steps 1-4: forward the window, inject g_{k+1}, ONE backward pass.
 
@@ -214,6 +230,8 @@ class DNIRNN(nn.Module):
                 the same phi as g_{k+1}, batched with it into one call of the synthesizer.
             keep_graph: keep the window's graph (``link``) for horizon targets, its forward
                 run under a parameter snapshot (``dnirnn.engine.kept``).
+            inject: inject ``g_{k+1}`` in the backward (False: the deeper backward's
+                ``KeptWindows.deepen_window`` carries it instead).
         """
         start = truncate(state)  # 1.
         keeping = self.targets.keeping(window) if keep_graph else contextlib.nullcontext({})
@@ -236,7 +254,8 @@ class DNIRNN(nn.Module):
             aux_loss = self.aux_weight * (pred - target).pow(2).sum(-1).mean()
             objective = objective + aux_loss
         g_end = None if g_next is None else unflatten_state(g_next, self.core.cfg.num_layers)
-        backward(objective, state_pairs(end, g_end, self.sg_scale), keep_graph)  # 4.
+        pairs = state_pairs(end, g_end, self.sg_scale) if inject else ()
+        backward(objective, pairs, keep_graph)  # 4.
         link = None
         if keep_graph:
             link = Link(start, end, g_next, start_flat, window.context, window.position, record)
@@ -315,24 +334,31 @@ def window_update(
     Returns:
         A ``WindowResult`` of detached tensors; carry ``result.state`` into the next window.
     """
-    targets = net.targets if net.trains_synthesizer else None
+    deep = net.depth > 1
+    targets = net.targets if net.trains_synthesizer or deep else None
     if targets is not None and episode_start:
         targets.clear()  # (nothing waits across an episode start)
     fit_now = net.fits_per_window and not episode_start
-    keep = targets is not None and not episode_start
+    keep = targets is not None and (deep or not episode_start)
     zero_grad(opts._core_params)
     wg = net.window_gradients(  # 1.-4.
         window, state, episode_end=episode_end, future=future, next_context=next_context,
-        predict_start=fit_now, keep_graph=keep,
+        predict_start=fit_now, keep_graph=keep, inject=not deep,
     )
-    core_norm = step(opts)  # 6. (theta)
     delta = wg.target
+    if deep:  # 4. continued through the kept windows; g_{k+1} reaches the oldest only
+        wg.link.waiting = not episode_start
+        delta = targets.deepen_window(wg.link)
+    core_norm = step(opts)  # 6. (theta)
+    ready = []
+    if keep:
+        ready = targets.push(wg.link, episode_end)
+    elif targets is not None and episode_end:
+        ready = targets.flush()
     if fit_now:  # 5. and 6. (phi): delta_k, with M_phi(s_k) made beside g_{k+1}
         ready = [Ready(wg.start_flat, delta, window.context, window.position)]
-    elif keep:
-        ready = targets.push(wg.link, episode_end)
-    else:
-        ready = targets.flush() if targets is not None and episode_end else []
+    if not net.trains_synthesizer:
+        ready = []
     sg_loss, sg_cos, fitted = net.fit_ready(opts, ready, wg.prediction)
     zero = torch.zeros((), device=wg.loss.device, dtype=wg.loss.dtype)
     target_norm = torch.linalg.vector_norm(delta)
@@ -345,6 +371,7 @@ def window_update(
         target_norm=target_norm, sg_cos=sg_cos,
         grad_norm=core_norm, finite=finite, fitted=fitted,
     )
+
 
 
 def train_span(

@@ -32,7 +32,6 @@ their graphs on resume (each window's data, start state, parameter copies and RN
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dnirnn.engine.update import Ready
+from dnirnn.engine.update import Ready, scaled
 from dnirnn.state import State, flatten_state, unflatten_state
 
 
@@ -94,7 +93,8 @@ def _identity(t: Tensor) -> Tensor:
 
 @dataclass
 class Link:
-    """One window's graph, kept for the targets of the boundaries before it.
+    """One window's graph, kept for the targets of the boundaries before it and for the
+    deeper backward of the windows after it.
 
     Attributes:
         start: ``s_j``, the graph's leaves (their ``.grad`` is ``delta_j``).
@@ -105,6 +105,11 @@ class Link:
         position: boundary j's index within its episode.
         record: what rebuilds the graph on resume (streams): the window's data, the
             parameter copies and the RNG state before its forward.
+        delta: ``delta_j = dl_j/ds_j + beta J_j^T g_{j+1}`` ``(B, S)``, the window's own
+            bootstrapped target (default: read off the start leaves' ``.grad``, after the
+            window's backward).
+        waiting: boundary j's target is still to come (False for an episode's start, kept
+            only for the deeper backward).
     """
 
     start: State
@@ -114,13 +119,13 @@ class Link:
     context: Tensor | None
     position: int
     record: dict[str, Any] = field(default_factory=dict)
+    delta: Tensor | None = None
+    waiting: bool = True
 
-    @functools.cached_property
-    def delta(self) -> Tensor:
-        """``delta_j`` ``(B, S)``: the window's own bootstrapped target (read once, after the
-        window's update: every chain through the window uses it)."""
-        return flatten_state(tuple(torch.zeros_like(s) if s.grad is None else s.grad
-                                   for s in self.start))
+    def __post_init__(self) -> None:
+        if self.delta is None:
+            self.delta = flatten_state(tuple(torch.zeros_like(s) if s.grad is None else s.grad
+                                             for s in self.start))
 
 
 class KeptWindows:
@@ -130,21 +135,26 @@ class KeptWindows:
     Args:
         core: the recurrent core whose windows are kept (``core(x, s) -> (logits, out, s)``).
         params: the parameters the core optimizer steps (snapshotted in each kept graph).
-        horizon: H >= 2 windows, or None (unbounded: until the episode ends, or ``flush``).
+        horizon: H windows of the synthesizer's targets: >= 2, or None (unbounded: until the
+            episode ends, or ``flush``); 1: no targets are made here (the window's own).
         lam: λ in [0, 1].
         beta: the synthetic gradient's weight.
         resumable: each kept window records what rebuilds its graph on resume (streams,
             whose chains cross training steps).
+        depth: K, the windows the core's backward runs through (``deepen``): TBPTT(T, K·T).
     """
 
     def __init__(self, core: nn.Module, params: list[Tensor], horizon: int | None,
-                 lam: float, beta: float, resumable: bool = False) -> None:
-        if horizon is not None and horizon < 2:
-            raise ValueError(f"KeptWindows needs a horizon >= 2 (or None), got {horizon}; "
-                             "H = 1 is the window's own target")
+                 lam: float, beta: float, resumable: bool = False, depth: int = 1) -> None:
+        if horizon is not None and horizon < 2 and depth < 2:
+            raise ValueError(f"KeptWindows needs a horizon >= 2 (or None) or a depth >= 2, "
+                             f"got {horizon} and {depth}; H = 1 is the window's own target")
+        if depth > 1 and horizon is None:
+            raise ValueError("a deeper backward needs a bounded horizon (the kept windows "
+                             "must not be flushed at a stream's step end)")
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"lambda must be in [0, 1], got {lam}")
-        self.core, self.params = core, params
+        self.core, self.params, self.depth = core, params, depth
         self.horizon, self.lam, self.beta = horizon, float(lam), float(beta)
         self.layers = core.cfg.num_layers
         self.links: deque[Link] = deque()
@@ -171,27 +181,83 @@ class KeptWindows:
 
     def push(self, link: Link, episode_end: bool) -> list[Ready]:
         """Adds window j's link (after its update) and returns the targets now ready:
-        boundary ``j - H + 1``'s, or at an episode end every waiting boundary's."""
+        boundary ``j - H + 1``'s, or at an episode end every waiting boundary's. Keeps the
+        windows still needed: those waiting for their target, and the last K - 1 for the
+        next window's deeper backward."""
         self.links.append(link)
         self.max_held = max(self.max_held, len(self.links))
         if episode_end:
             return self.flush()
-        if self.horizon is None or len(self.links) < self.horizon:
-            return []
-        oldest = self.links[0]
-        target = self._chain(list(self.links), keep=False)[-1]
-        self.links.popleft()
-        return [Ready(oldest.state, target, oldest.context, oldest.position)]
+        ready = []
+        h = self.horizon
+        if h is not None and 1 < h <= len(self.links) and self.links[-h].waiting:
+            oldest = self.links[-h]
+            target = self._chain(list(self.links)[-h:], keep=False)[-1]
+            oldest.waiting = False
+            ready = [Ready(oldest.state, target, oldest.context, oldest.position)]
+        while self.links and not self.links[0].waiting and len(self.links) > self.depth - 1:
+            self.links.popleft()
+        return ready
 
     def flush(self) -> list[Ready]:
         """Every waiting boundary's target, with its horizon cut at the newest window (whose
         own target ``delta_j`` heads the chain): oldest first. Frees every graph."""
         links = list(self.links)
         self.links.clear()
-        if not links:
+        first = next((i for i, l in enumerate(links) if l.waiting), None)
+        if first is None or self.horizon == 1:
             return []
+        links = links[first:]
         targets = self._chain(links, keep=True)[::-1]
         return [Ready(l.state, t, l.context, l.position) for l, t in zip(links, targets)]
+
+    # ---- the deeper backward: TBPTT(T, K·T), and the hybrid's synthetic gradient --------
+
+    def transport(self, start: State, end: State, v: Tensor) -> Tensor:
+        """``J^T v`` through one window's graph, states only: ``(B, S)``."""
+        got = torch.autograd.grad(list(end), start, unflatten_state(v, self.layers),
+                                  retain_graph=True, allow_unused=True)
+        return flatten_state(tuple(torch.zeros_like(s) if g is None else g
+                                   for g, s in zip(got, start)))
+
+    def deepen_window(self, link: Link) -> Tensor:
+        """After window t's backward of its loss alone (``link``, not yet pushed): the
+        deeper backward (``deepen``) with ``v_g = J_t^T beta g_{t+1}``. Returns (and sets as
+        ``link.delta``) the window's own bootstrapped target ``delta_t = v_loss + v_g``."""
+        v_loss, v_g = link.delta, None
+        if link.g_end is not None and self.beta != 0.0:
+            v_g = self.transport(link.start, link.end, scaled(link.g_end, self.beta))
+        self.deepen(v_loss, v_g)
+        link.delta = v_loss if v_g is None else v_loss + v_g
+        return link.delta
+
+    def deepen(self, v_loss: Tensor, v_g: Tensor | None = None) -> None:
+        """The core's backward continued through the last K - 1 kept windows (before the
+        current one is pushed), accumulating into the parameters' ``.grad``.
+
+        ``v_loss`` ``(B, S)``: the gradient of the current window's loss at its start state;
+        it credits every window it passes (TBPTT(T, K·T)). ``v_g``: the synthetic gradient's
+        part at the same state, ``J_t^T beta g_{t+1}``; it is carried back through the states
+        only and credits the parameters of the OLDEST of the K windows alone, once that one
+        is K - 1 windows back (so each window receives it exactly once: the hybrid, whose
+        synthetic gradient stands for the credit the K windows do not reach).
+        """
+        prev = list(self.links)[-(self.depth - 1):] if self.depth > 1 else []
+        if len(prev) < self.depth - 1:
+            v_g = None  # (the oldest of the K windows is before the episode's start)
+        for i, link in enumerate(reversed(prev)):
+            oldest = i == len(prev) - 1
+            v = v_loss if v_g is None or not oldest else v_loss + v_g
+            inputs = [*link.start, *self.params]
+            got = torch.autograd.grad(list(link.end), inputs, unflatten_state(v, self.layers),
+                                      retain_graph=True, allow_unused=True)
+            for p, g in zip(self.params, got[len(link.start):]):
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad + g
+            v_loss = flatten_state(tuple(torch.zeros_like(s) if g is None else g
+                                         for g, s in zip(got[:len(link.start)], link.start)))
+            if v_g is not None and not oldest:
+                v_g = self.transport(link.start, link.end, v_g)
 
     def clear(self) -> None:
         self.links.clear()
@@ -238,7 +304,7 @@ class KeptWindows:
                    for k, val in l.record.items()}
             links.append({**rec, "start": [cpu(s) for s in l.start], "delta": cpu(l.delta),
                           "g_end": cpu(l.g_end), "context": cpu(l.context),
-                          "position": l.position})
+                          "position": l.position, "waiting": l.waiting})
         return {"links": links, "max_held": self.max_held}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -266,12 +332,11 @@ class KeptWindows:
         for rec in pending:
             start = tuple(s.to(device).requires_grad_(True) for s in rec["start"])
             end = self._forward_as_recorded(rec, start)
-            for s, d in zip(start, unflatten_state(rec["delta"].to(device), self.layers)):
-                s.grad = d.clone()
             record = {k: rec[k] for k in ("x", "y", "mask", "params", "rng")}
             self.links.append(Link(start, end, dev(rec["g_end"]),
                                    flatten_state(start).detach(), dev(rec["context"]),
-                                   rec["position"], record))
+                                   rec["position"], record, delta=rec["delta"].to(device),
+                                   waiting=rec.get("waiting", True)))
 
     def _forward_as_recorded(self, rec: dict, start: State) -> State:
         params, device = self.params, self.params[0].device

@@ -25,8 +25,7 @@ from torch import Tensor
 
 from dnirnn.optim import Optimizers, adam_step, grad_norm, zero_grad
 from dnirnn.state import State, detach_state, flatten_state
-from dnirnn.synthesizers.fitting import Prediction
-from dnirnn.synthesizers.interface import SyntheticGradient
+from dnirnn.synthesizers.interface import Prediction, SyntheticGradient
 
 Pairs = Sequence[tuple[Tensor, Tensor]]
 """``(tensor in the window's graph, its incoming gradient)``: the injections of a surrogate."""

@@ -1,0 +1,135 @@
+"""The deeper backward (``depth`` K > 1, docs/design.md §1), in float64 with frozen parameters:
+TBPTT(T, K·T) from kept graphs equals its definition by recomputation, and the hybrid with
+the true residual in place of the synthesizer sums, over an episode, to full BPTT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dnirnn.dni import DNIRNN, window_update
+from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.optim import Optimizers
+from dnirnn.synthesizers import Synthesizer
+from dnirnn.window import Window, split_windows
+
+from .conftest import mse_steps
+from .test_engine import IN, OUT, B, H, data, random_state
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+
+class Recorder(torch.optim.Optimizer):
+    """Steps nothing (frozen parameters); sums every update's gradients."""
+
+    def __init__(self, params) -> None:
+        super().__init__(list(params), {})
+        self.total = [torch.zeros_like(p) for g in self.param_groups for p in g["params"]]
+
+    def step(self, closure=None) -> None:
+        params = [p for g in self.param_groups for p in g["params"]]
+        for p, t in zip(params, self.total):
+            if p.grad is not None:
+                t += p.grad
+
+
+def make(boundary: str, depth: int, **kw) -> DNIRNN:
+    torch.manual_seed(0)
+    core = LSTMCore(CoreConfig(input_size=IN, output_size=OUT, hidden_size=H, num_layers=2))
+    synth = Synthesizer(core.state_size, kind="linear") if boundary == "dni" else None
+    return DNIRNN(core, mse_steps, loss_norm=B, boundary=boundary, synthesizer=synth,
+                  depth=depth, **kw)
+
+
+def episode(net: DNIRNN, windows, state, **kw) -> list[torch.Tensor]:
+    """One episode of window updates with frozen parameters: the summed core gradients."""
+    rec = Recorder(net.core_parameters())
+    opts = Optimizers(rec, torch.optim.SGD(net.synthesizer.parameters(), lr=0.0)
+                      if net.synthesizer is not None else None)
+    n = len(windows)
+    for k, w in enumerate(windows):
+        state = window_update(net, opts, w, state, episode_start=k == 0,
+                              episode_end=k == n - 1, future=windows[k + 1:], **kw).state
+    return rec.total
+
+
+@pytest.mark.parametrize("depth, window", [(2, 2), (3, 2), (4, 1), (3, 4)])
+def test_kept_graphs_give_tbptt_k1_k2(depth, window):
+    """Each update: the window's loss backpropagated through it and the K - 1 windows
+    before it (fewer at the episode's start), as a recomputation from K windows back."""
+    x, y = data(12)
+    windows = split_windows(x, y, window)
+    net, s0 = make("tbptt", depth), None
+    s0 = random_state(net)
+    got = episode(net, windows, s0)
+
+    params, want = net.core_parameters(), [torch.zeros_like(p) for p in net.core_parameters()]
+    states = [s0]
+    for w in windows:  # the detached state at each window's start
+        states.append(tuple(t.detach() for t in net.core(w.x, states[-1])[2]))
+    for t, w in enumerate(windows):
+        first = max(0, t - depth + 1)
+        s = states[first]
+        for u in windows[first:t]:
+            s = net.core(u.x, s)[2]
+        loss = net.task_loss(net.core(w.x, s)[0], w)[0]
+        for acc, g in zip(want, torch.autograd.grad(loss, params, allow_unused=True)):
+            if g is not None:
+                acc += g
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("depth, window", [(2, 2), (3, 2), (4, 1), (6, 2)])
+def test_hybrid_with_the_true_residual_sums_to_full_bptt(depth, window):
+    """The oracle as the synthetic gradient (the true gradient of the rest of the episode at
+    each boundary): the loss of the K windows credits them, the residual credits only the
+    oldest, and the episode's updates add up to full BPTT's gradient."""
+    x, y = data(12)
+    windows = split_windows(x, y, window)
+    net = make("oracle", depth, oracle_windows=len(windows))
+    s0 = random_state(net)
+    got = episode(net, windows, s0)
+    full = torch.autograd.grad(net.task_loss(net.core(x, s0)[0], Window(x, y))[0],
+                               net.core_parameters(), allow_unused=True)
+    for a, b in zip(got, full):
+        torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b,
+                                   rtol=1e-9, atol=1e-11)
+
+
+def test_hybrid_fits_dnis_targets():
+    """With a synthesizer, the hybrid's targets are DNI's: the window's own bootstrapped
+    ``delta_k = dl_k/ds_k + beta J_k^T g_{k+1}`` (H = 1), whatever the depth."""
+    x, y = data(8)
+    windows = split_windows(x, y, 2)
+    shallow, deep = make("dni", 1, sg_scale=0.7), make("dni", 3, sg_scale=0.7)
+    for net in (shallow, deep):
+        with torch.no_grad():
+            torch.manual_seed(5)
+            for p in net.synthesizer.parameters():
+                p.copy_(0.3 * torch.randn_like(p))
+    seen = {}
+    for name, net in (("shallow", shallow), ("deep", deep)):
+        targets = []
+        real = type(net).fit_ready
+
+        def record(self, opts, ready, prediction=None, targets=targets, real=real):
+            targets += [r.target.clone() for r in ready]
+            return real(self, opts, ready, prediction)
+
+        type(net).fit_ready = record
+        try:
+            episode(net, windows, random_state(net))
+        finally:
+            type(net).fit_ready = real
+        seen[name] = targets
+    assert len(seen["deep"]) == len(windows) - 1
+    for a, b in zip(seen["deep"], seen["shallow"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_depth_is_validated():
+    with pytest.raises(ValueError, match="depth"):
+        make("tbptt", 0)
+    with pytest.raises(ValueError, match="dni_aux"):
+        make("dni_aux", 2)
