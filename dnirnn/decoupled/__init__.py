@@ -1,12 +1,12 @@
 r"""Decoupled layers: a stacked LSTM cut between layer groups, each group updated without
-waiting for the backward pass of the groups above it (docs/design.md, "Decoupled layers").
+waiting for the backward pass of the groups above it (docs/design.md §7).
 
 Between group ``g`` and ``g + 1`` an interface synthesizer ``I_g`` predicts the gradient of
 the loss at group g's output sequence, at every step of the window; group g updates with it
 at once, and ``I_g`` is fitted to the true gradient that group g + 1 sends back, late. Each
-group also keeps its own temporal DNI at its truncation boundary (``dnirnn.dni``'s window
-update). The groups can run in one process (a simulation of the schedule) or one per process
-(``torch.distributed`` point-to-point), with the same floats.
+group also keeps its own temporal DNI at its truncation boundary (the engine's one window
+update, ``dnirnn.engine.update``). The groups can run in one process (a simulation of the
+schedule) or one per process (``torch.distributed`` point-to-point), with the same floats.
 
 Modules, one concept each (the first four know nothing of Lightning):
 

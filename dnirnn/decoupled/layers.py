@@ -1,51 +1,22 @@
 r"""One layer group's window update, with a temporal and an interface synthetic gradient.
 
-Notation (docs/design.md, "Decoupled layers"). Group ``g`` holds layers ``a_g .. a_{g+1}-1``
-of a stacked LSTM (``dnirnn.decoupled.stack``). In window ``k`` it reads ``x^g_k`` (the tokens
-for ``g = 0``; for ``g > 0`` the output sequence of group ``g - 1``, ``(T, B, H)``), starts in
-its state ``s^g_k`` and produces its output sequence ``o^g_k`` ``(T, B, H)`` and ``s^g_{k+1}``;
-the last group also produces the window's task loss ``l_k``. ``M_g`` is the group's temporal
-synthesizer (on its flat state, as in ``dnirnn.dni``), ``I_g`` its interface synthesizer
-(groups below the last): it maps each step's output ``o_t`` ``(H)`` to a prediction of
-``dL/do_t`` ``(H)``. One window update of group ``g`` is the window update of ``dnirnn.dni``
-with a second injected gradient::
+The method is docs/design.md §7 (its surrogate, and what each synthesizer regresses); this
+module is one group's side of it, with no processes or messages (``dnirnn.decoupled.pipeline``
+has those). Group ``g`` holds consecutive layers of a stacked LSTM
+(``dnirnn.decoupled.stack``). In window ``k`` it reads ``x^g_k`` (the tokens for ``g = 0``,
+else group ``g - 1``'s output sequence ``(T, B, H)``, cut here as a leaf), starts in
+``s^g_k`` and produces ``o^g_k`` ``(T, B, H)`` and ``s^g_{k+1}``; the last group also the
+window's task loss ``l_k``. ``M_g`` is its temporal synthesizer (on its flat state),
+``I_g`` its interface synthesizer (groups below the last: ``o_t`` ``(H)``, with an optional
+one-hot target context, to a prediction of ``dL/do_t`` ``(H)``).
 
-    1. s^g_k, x^g_k <- detached leaves             (the truncation, and the cut below)
-    2. o^g_k, s^g_{k+1} = LSTM_g(x^g_k, s^g_k);     l_k = loss(readout(o^g_k))   (last group)
-    3. g_{k+1} = M_g(s^g_{k+1})          (B, S_g)   (0 at an episode's end)
-       ĝ_k     = I_g(o^g_k)              (T, B, H)  (I_g on every step's row; none for the last)
-    4. ONE backward pass of the surrogate  [l_k] + β <g_{k+1}, s^g_{k+1}> + β_if <ĝ_k, o^g_k>
-         θ_g.grad     = the group's update
-         s^g_k.grad   = δ^g_k, M_g's target (``dnirnn.engine.update.bootstrap_target``)
-         x^g_k.grad   = G^{g-1}_k, the gradient at the group's input: sent down, it is
-                        I_{g-1}'s target for o^{g-1}_k
-    5. fit M_g to (s^g_k, δ^g_k) now; fit I_g to (o^g_k, G^g_k) once G^g_k has come back from
-       group g + 1, late (``fit_interface``; when: ``dnirnn.decoupled.schedule``)
-    6. step θ_g (its own optimizer and clip); carry detach(s^g_{k+1})
-
-Conditioning (cDNI, ``context = "target"``): ``I_g`` also reads the step's target token as a
-one-hot ``(V)``, ``ĝ_t = I_g([o_t; onehot(y_t)])``. The loss's gradient at step t turns on
-``y_t`` (the cross-entropy's ``softmax − onehot(y_t)``), which ``o_t`` alone cannot know: the
-unconditioned ``I_g`` can at best predict its expectation given ``o_t``.
-
-``G^g_k = ∂/∂o^g_k`` of group ``g + 1``'s surrogate: the loss's gradient within the window,
-through the groups above, bootstrapped with THEIR synthetic gradients (as ``δ`` bootstraps
-with ``M``). With every synthetic gradient above ``g`` exact, it is exactly ``∂L/∂o^g_k``.
-β = ``sg_scale`` (as in ``dnirnn.dni``), β_if = ``interface_scale`` (1: ĝ stands for the
-gradient itself). Each synthesizer is reached through ``SyntheticGradient`` (``pair``,
-``observe``, ``end_step``) and fitted by the engine's own fits (Adam, or least squares with
-its statistics solved at ``end_step``); each has its own optimizer and clip, never θ_g's.
-
-Properties (float64, ``tests/test_decoupled.py``): with a fresh (zero) ``I_g`` and no delay,
-the last group's gradients are the locked model's on its parameters, the groups below get
-none, and the gradient the last group sends down is the locked model's gradient of the
-window loss at its input (the groups below it, given zero, send zero); with ``ĝ`` replaced
-by ``G^g_k`` of the same window (the oracle: group g + 1's backward first) and TBPTT
-boundaries, the groups' gradients and (SGD) steps are the locked model's TBPTT window
-updates.
-
-Nothing here knows of processes or messages (``dnirnn.decoupled.pipeline``), and nothing
-syncs with the host.
+``Group.forward_window`` is steps 1-2 of the engine's window update
+(``dnirnn.engine.update``); ``Group.update`` steps 3-6: it injects
+``(s^g_{k+1}, β M_g(s^g_{k+1}))`` and ``(o^g_k, β_if I_g(o^g_k))``, runs ONE backward, steps
+θ_g and fits ``M_g`` to ``δ^g_k``; afterwards ``x^g_k.grad`` is ``G^{g-1}_k``, the gradient
+sent down. ``fit_interface`` fits ``I_g`` to ``(o^g_k, G^g_k)`` once ``G^g_k`` has come back
+from group ``g + 1``, late. Every synthesizer is reached through ``SyntheticGradient`` and has
+its own optimizer and clip, never θ_g's. Nothing here syncs with the host.
 """
 
 from __future__ import annotations
