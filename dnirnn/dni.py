@@ -168,6 +168,8 @@ class DNIRNN(nn.Module):
         sg_horizon: with ``sg_lambda``: H >= 1 windows of the truncated λ-return (1: delta_k),
             or None: unbounded, to the episode's end (a stream: the training step's end, at
             ``end_step``), i.e. full BPTT for the synthesizer, whose memory grows with it.
+        aux: the Aux head, already made (``dni_aux``; None: a new ``nn.Linear``).
+        resumable: horizon targets record what rebuilds their windows' graphs (streams).
     """
 
     def __init__(
@@ -183,6 +185,8 @@ class DNIRNN(nn.Module):
         guard: NormGuard | None = None,
         sg_lambda: float | None = None,
         sg_horizon: int | None = None,
+        aux: nn.Module | None = None,
+        resumable: bool = False,
     ) -> None:
         super().__init__()
         if boundary not in BOUNDARIES:
@@ -217,7 +221,9 @@ class DNIRNN(nn.Module):
         self.targets = (HorizonTargets(self.sg_horizon, self.sg_lambda, self.sg_scale,
                                        core.cfg.num_layers)
                         if self.sg_lambda is not None and self.sg_horizon != 1 else None)
-        self.aux = (  # the Aux head A: o_t (H) -> predicted g_{k+1} (S)
+        if self.targets is not None:  # (streams: the chains cross training steps)
+            self.targets.resumable = resumable
+        self.aux = aux if aux is not None else (  # the Aux head A: o_t (H) -> g_{k+1} (S)
             nn.Linear(core.cfg.hidden_size, core.state_size) if boundary == "dni_aux" else None
         )
 
