@@ -27,8 +27,12 @@ needs_ptb = pytest.mark.skipif(
     not (Path(PTB) / "ptb.train.txt").exists(), reason=f"no PTB files at {PTB}"
 )
 TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--model.core.embed_size=8"]
-# (DecoupledModule keeps its flat option names for now)
-DECOUPLED_TINY = ["--model.hidden_size=8", "--model.synthesizer_hidden=8", "--model.embed_size=8"]
+# (HierarchyModule and DecoupledModule keep their flat option names for now)
+FLAT_TINY = ["--model.hidden_size=8", "--model.synthesizer_hidden=8", "--model.embed_size=8"]
+
+
+def tiny(recipe: str) -> list[str]:
+    return FLAT_TINY if "hier" in recipe or "decoupled" in recipe else TINY
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +72,7 @@ def test_every_recipe_runs_end_to_end(recipe, tmp_path):
     if recipe.startswith("ptb") and not (Path(PTB) / "ptb.train.txt").exists():
         pytest.skip(f"no PTB files at {PTB}")
     extra = ["--trainer.max_steps=3", "--trainer.log_every_n_steps=1",
-             *(TINY if "decoupled" not in recipe else DECOUPLED_TINY)]
+             *tiny(recipe)]
     if recipe.startswith("ptb"):
         extra += ["--trainer.limit_val_batches=2", "--trainer.val_check_interval=3",
                   "--model.eval_chunk=64", "--model.windows_per_step=2"]
@@ -161,7 +165,8 @@ def test_wandb_offline_run_is_written_and_readable(tmp_path):
 
 
 def _resume_matches(recipe: str, tmp_path: Path, total: int, at: int, *extra: str) -> None:
-    common = [f"--trainer.max_steps={total}", "--trainer.log_every_n_steps=1", *TINY, *extra]
+    common = [f"--trainer.max_steps={total}", "--trainer.log_every_n_steps=1", *tiny(recipe),
+              *extra]
     full = fit(recipe, tmp_path / "full", f"--checkpoint_every={at}", *common)
     ckpt = full / "checkpoints" / f"{_ckpt_name(full, at)}"
     resumed = fit(recipe, tmp_path / "resumed", f"--ckpt_path={ckpt}", *common)
