@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from dnirnn.options import old_checkpoint
+
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be used; the message names the file and the fix."""
@@ -124,11 +126,17 @@ def check_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module,
     can resume ``model``; returns the checkpoint.
 
     Raises:
-        CheckpointError: see ``read_checkpoint``; or the checkpoint's tensors do not fit this
-            model (another config): the message lists the hyperparameters that differ.
+        CheckpointError: see ``read_checkpoint``; or the checkpoint was written before the
+            model's options were grouped (``dnirnn.options.old_checkpoint``); or its tensors
+            do not fit this model (another config): the message lists the hyperparameters
+            that differ.
     """
     p = Path(path)
     ckpt = read_checkpoint(path) if ckpt is None else ckpt
+    old = old_checkpoint(p, ckpt.get("hyper_parameters") or {},
+                         dict(getattr(model, "hparams", {})))
+    if old:  # (its config names options of before the groups: dnirnn.options)
+        raise CheckpointError(old)
     own, theirs = model.state_dict(), ckpt["state_dict"]
     bad = sorted(set(own) ^ set(theirs))
     bad += [k for k in own if k in theirs and tuple(own[k].shape) != tuple(theirs[k].shape)]

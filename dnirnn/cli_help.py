@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -106,8 +107,25 @@ def class_options(path: str) -> tuple[str, list[tuple[str, Any, str]]]:
             value = ast.literal_eval(d) if d is not None else None
         except ValueError:
             value = ast.unparse(d)
-        out.append((p.arg, value, docs.get(p.arg, "")))
+        group = re.fullmatch(r"(\w+Options)\((.*)\)", value) if isinstance(value, str) else None
+        out += (group_options(p.arg, group.group(1)) if group
+                else [(p.arg, value, docs.get(p.arg, ""))])
     return name, out
+
+
+def group_options(name: str, cls_name: str) -> list[tuple[str, Any, str]]:
+    """An option group's fields as ``(group.field, default, text)`` (``dnirnn.options``:
+    pure Python, so the short help stays fast)."""
+    import dataclasses
+
+    from dnirnn import options
+
+    cls = getattr(options, cls_name)
+    docs = {}
+    for klass in reversed(cls.__mro__):
+        docs.update(arg_docs(inspect.cleandoc(klass.__doc__ or "")))
+    return [(f"{name}.{f.name}", f.default, docs.get(f.name, ""))
+            for f in dataclasses.fields(cls)]
 
 
 def _yaml(value: Any) -> str:
@@ -168,7 +186,10 @@ def print_help(args: list[str]) -> None:
     model_path = cfg["model"].get("class_path") or "dnirnn.lit.DNIModule"
     name, options = class_options(model_path)
     lines.append(f"Model: {name} (--model.NAME=VALUE; a recipe's model: section)")
-    lines += _rows("--model.", options, cfg["model"], width)
+    values = {}
+    for k, v in cfg["model"].items():  # (a group's values as dotted keys: synthesizer.fit)
+        values.update({f"{k}.{f}": x for f, x in v.items()} if isinstance(v, dict) else {k: v})
+    lines += _rows("--model.", options, values, width)
     data_path = cfg["data"].get("class_path")
     if data_path:
         name, options = class_options(data_path)

@@ -18,10 +18,16 @@ import inspect
 import re
 from typing import Any
 
+from jsonargparse import set_parsing_settings
 from jsonargparse._formatters import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
 
 from dnirnn.cli_help import arg_docs
+from dnirnn.options import GROUPS, Group, group_given_a_value, renamed
+
+# the option groups are plain nested groups (--model.synthesizer.fit=rls), not class_path
+# choices among subclasses (SlowSynthesizerOptions, InterfaceOptions only rename the prefix)
+set_parsing_settings(subclasses_disabled=[Group])
 
 MODEL_CLASSES = ("dnirnn.lit.DNIModule", "dnirnn.lit_hierarchy.HierarchyModule")
 DATA_CLASSES = tuple(f"dnirnn.datamodules.{c}" for c in
@@ -72,6 +78,9 @@ def concise(message: str, parser: argparse.ArgumentParser) -> str:
         key = unknown.group(1)
         if not key.startswith("-"):
             key = f"--{group}.{key}" if group == "model" else f"--{group}.init_args.{key}"
+        old = re.fullmatch(r"--model\.(?:init_args\.)?(\w+)(?:\.[\w.]+)?", key)
+        if old and renamed(old.group(1)):  # a name of before the option groups
+            return renamed(old.group(1))
         known = candidates(parser, group)
         if key in known:  # a real option that the parser could not place
             return (f"option {key} is not accepted here: it belongs to a class chosen by a "
@@ -80,6 +89,9 @@ def concise(message: str, parser: argparse.ArgumentParser) -> str:
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else "."
         return f"unknown option {key}{hint}"
+    value = re.search(r'Parser key "(\w+)":\s*\n\s*Unable to load config \'([^\']*)\'', message)
+    if group == "model" and value and value.group(1) in GROUPS:  # --model.synthesizer=linear
+        return group_given_a_value(value.group(1), value.group(2))
     inner = re.search(r'Parser key "(\w+)":\s*\n\s*(.+)', message.split("\n", 1)[-1])
     if inner and group:
         return f"{group}.{inner.group(1)}: {inner.group(2).strip()}"

@@ -81,6 +81,7 @@ class DNIRNN(nn.Module):
         sg_horizon: with ``sg_lambda``: H >= 1 windows of the truncated λ-return (1: delta_k),
             or None: unbounded, to the episode's end (a stream: the training step's end, at
             ``end_step``), i.e. full BPTT for the synthesizer, whose memory grows with it.
+        aux: the Aux head, already made (``dni_aux``; None: a new ``nn.Linear``).
         resumable: the kept windows record what rebuilds their graphs on resume (streams,
             whose horizons cross training steps).
         depth: K, the windows the core's backward runs through: 1 (the window's own), or
@@ -104,6 +105,7 @@ class DNIRNN(nn.Module):
         guard: NormGuard | None = None,
         sg_lambda: float | None = None,
         sg_horizon: int | None = None,
+        aux: nn.Module | None = None,
         resumable: bool = False,
         depth: int = 1,
     ) -> None:
@@ -144,7 +146,7 @@ class DNIRNN(nn.Module):
         self.guard = guard
         self.sg_lambda = sg_lambda if boundary == "dni" else None
         self.sg_horizon = sg_horizon if self.sg_lambda is not None else 1
-        self.aux = (  # the Aux head A: o_t (H) -> predicted g_{k+1} (S)
+        self.aux = aux if aux is not None else (  # the Aux head A: o_t (H) -> g_{k+1} (S)
             nn.Linear(core.cfg.hidden_size, core.state_size) if boundary == "dni_aux" else None
         )
         self.depth = depth

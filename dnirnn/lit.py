@@ -24,11 +24,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dnirnn.dni import DNIRNN, train_span
 from dnirnn.hierarchy import init_forget_bias
-from dnirnn.lit_config import CONTEXTS, PHASE_CONTEXT, validate_dni_args
 from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.optim import (
     Optimizers,
@@ -38,18 +37,33 @@ from dnirnn.optim import (
     build_scheduler,
     on_validation,
 )
+from dnirnn.options import (
+    PHASE_CONTEXT,
+    CoreOptions,
+    OptimOptions,
+    SynthesizerOptions,
+    TargetOptions,
+    as_hparams,
+    check_dni,
+    check_flat,
+    need,
+)
 from dnirnn.recurrent import TASKS, TOKEN_TASKS, NonFiniteLossError, RecurrentModule
 from dnirnn.state import State
 from dnirnn.synthesizers import NormGuard, build_synthesizer
 from dnirnn.tasks import Batch, CopyTask
 from dnirnn.window import Window, WindowResult, split_windows
 
-__all__ = ["CONTEXTS", "TASKS", "TOKEN_TASKS", "DNIModule", "NonFiniteLossError",
+__all__ = ["TASKS", "TOKEN_TASKS", "DNIModule", "NonFiniteLossError",
            "RecurrentModule"]
 
 
 class DNIModule(RecurrentModule):
     """Trains an LSTM with truncated BPTT and synthetic gradients.
+
+    The flat options are the ones typed most; the others are in groups (``dnirnn.options``):
+    ``core`` (``CoreOptions``), ``synthesizer`` (``SynthesizerOptions``), ``targets``
+    (``TargetOptions``) and ``optim`` (``OptimOptions``): ``--model.synthesizer.fit=rls``.
 
     Args:
         task: "lm" (token streams), "copy" (episodes) or "recall" (token episodes); linked
@@ -58,64 +72,21 @@ class DNIModule(RecurrentModule):
         output_size: vocabulary size (lm, recall) or target channels (copy); linked.
         hidden_size: LSTM units per layer.
         num_layers: stacked LSTM layers.
-        embed_size: embedding width (token tasks); defaults to hidden_size.
-        dropout: dropout on embedding, between layers and before the readout.
-        tied: the readout's weight is the embedding's (token tasks; needs embed_size ==
-            hidden_size), as word_language_model's ``--tied``.
-        init_range: embedding and readout weights uniform in +-init_range, readout bias 0
-            (word_language_model: 0.1); null: PyTorch's initialisation.
         boundary: "tbptt", "dni", "dni_aux" or "oracle" (see ``dnirnn.dni``).
         window: T, the truncation window in steps.
         windows_per_step: K, windows per ``training_step`` for streams (episodes always run
             all their windows in one step).
-        sg_scale: beta, the weight of the synthetic gradient (1 = the paper).
-        aux_weight: weight of the Aux loss (``dni_aux``).
-        oracle_windows: W, windows of look-ahead of the ``oracle`` boundary.
-        synthesizer: "linear" or "mlp" (``synthesizer_fit: rls`` needs "linear").
-        synthesizer_fit: how the synthesizer is fitted: "adam" (its own Adam on L_SG, per
-            window: the paper) or "rls" (exact ridge least squares with exponential
-            forgetting, re-solved once per training step: ``dnirnn.synthesizers``).
-        synthesizer_positions: P, one synthesizer map per boundary index k within an episode
-            (k >= P share map P-1); 1: one shared map (streams always use map 0).
-        synthesizer_context: cDNI context appended to the synthesizer's input: "none", or
-            "phase" (copy tasks: [input phase, answer phase, k / K] of the boundary).
-        rls_forget: ``rls``: weight of a regression pair one training step older, in (0, 1].
-        rls_ridge: ``rls``: ridge, relative to the mean diagonal of the normal matrix.
-        rls_input: ``rls``: what the maps regress on: "state" (h and c) or "h" (the hidden
-            half only: a quarter of the normal matrix, for fewer samples per unknown).
-        rls_share: ``rls``: weight in [0, 1] with which a boundary's pairs also join the
-            statistics of the neighbouring positions (0: none).
-        sg_lambda: null: the synthesizer regresses the one-window bootstrapped target
-            delta_k, per window (the paper); λ in [0, 1]: it regresses λ-return targets
-            over ``sg_horizon`` windows (λ = 1: the true gradient of those windows' loss,
-            bootstrapped with the synthesizer at the horizon).
-        sg_horizon: with ``sg_lambda``: H windows of exact credit in the target (the
-            H-window truncated λ-return, ready H - 1 windows later; the last H windows'
-            graphs are kept: the memory of TBPTT over H * T steps); null: unbounded, to
-            the episode's end (streams: the training step's end): full BPTT for the
-            synthesizer, whose memory grows with the episode (``dnirnn.engine.kept``).
-        sg_guard: cap each synthetic gradient's norm at this multiple of the running RMS
-            norm of its position's targets (null: no cap).
-        synthesizer_hidden: hidden units of the mlp synthesizer (null: the state size,
-            2 * num_layers * hidden_size, so the synthesizer never outgrows the core).
-        synthesizer_layers: hidden layers of the mlp synthesizer.
-        lr: core learning rate (of ``optimizer``; the schedule anneals it).
-        optimizer: the core's optimizer: adam (fused), sgd, any torch.optim class by name
-            (AdamW, rmsprop) or a dotted class path (torch.optim.SGD); ``dnirnn.optim``.
-        optimizer_args: its keyword arguments but lr ({momentum: 0.9} for sgd), or null.
-        lr_scheduler: the core's learning-rate schedule: null (constant), plateau (lr / 4
-            when the validation loss does not improve on its best: word_language_model's
-            anneal), or a torch.optim.lr_scheduler class by name or class path.
-        lr_scheduler_args: its keyword arguments (plateau's defaults: factor 0.25,
-            patience 0, threshold 0).
-        lr_scheduler_interval: "epoch" or "step": when a schedule other than plateau steps
-            (plateau steps after each validation of a fit).
-        synthesizer_lr: synthesizer learning rate (its own Adam).
-        clip: core gradient-norm clip (null: none).
-        synthesizer_clip: synthesizer gradient-norm clip (null: none), never shared with the core.
+        depth: the windows each update's backward runs through (docs/design.md §1): 1, the
+            window's own; K > 1, TBPTT(T, K·T), and with ``dni`` or ``oracle`` the hybrid,
+            whose synthetic gradient credits only what the K windows do not reach. Holds K
+            windows' graphs (as ``targets.horizon`` K does).
+        lr: core learning rate (of ``optim.optimizer``; the schedule anneals it).
         eval_chunk: steps per validation/test batch; each runs in forward calls whose logits
             fit ``eval_logits_bytes`` (the result is independent of both).
-        forget_bias: initial forget-gate bias of the LSTM (0: PyTorch's init, unchanged).
+        core: the core's construction (``CoreOptions``).
+        synthesizer: the synthesizer M and its fit (``SynthesizerOptions``; ``dni``, ``dni_aux``).
+        targets: what the boundary injects and M regresses (``TargetOptions``).
+        optim: the core's optimizer, schedule and clip (``OptimOptions``).
     """
 
     trains_on_tail = True  # (a shorter last window is the mean over its own tokens)
@@ -131,90 +102,95 @@ class DNIModule(RecurrentModule):
         output_size: int = 1,
         hidden_size: int = 256,
         num_layers: int = 1,
-        embed_size: int | None = None,
-        dropout: float = 0.0,
-        tied: bool = False,
-        init_range: float | None = None,
         boundary: str = "dni",
         window: int = 8,
         windows_per_step: int = 8,
-        sg_scale: float = 1.0,
-        aux_weight: float = 1.0,
-        oracle_windows: int = 1,
-        synthesizer: str = "mlp",
-        synthesizer_fit: str = "adam",
-        synthesizer_positions: int = 1,
-        synthesizer_context: str = "none",
-        rls_forget: float = 0.8,
-        rls_ridge: float = 0.1,
-        rls_input: str = "state",
-        rls_share: float = 0.0,
-        sg_lambda: float | None = None,
-        sg_horizon: int | None = None,
-        sg_guard: float | None = None,
-        synthesizer_hidden: int | None = None,
-        synthesizer_layers: int = 1,
+        depth: int = 1,
         lr: float = 1e-3,
-        optimizer: str = "adam",
-        optimizer_args: dict[str, Any] | None = None,
-        lr_scheduler: str | None = None,
-        lr_scheduler_args: dict[str, Any] | None = None,
-        lr_scheduler_interval: str = "epoch",
-        synthesizer_lr: float = 1e-4,
-        clip: float | None = 1.0,
-        synthesizer_clip: float | None = 1.0,
         eval_chunk: int = 256,
-        forget_bias: float = 0.0,
+        core: CoreOptions = CoreOptions(),
+        synthesizer: SynthesizerOptions = SynthesizerOptions(),
+        targets: TargetOptions = TargetOptions(),
+        optim: OptimOptions = OptimOptions(),
     ) -> None:
         super().__init__()
-        validate_dni_args(locals())
-        self.save_hyperparameters()
-        core = LSTMCore(CoreConfig(input_size, output_size, hidden_size, num_layers,
-                                   embed=task in TOKEN_TASKS, embed_size=embed_size,
-                                   dropout=dropout, tied=tied, init_range=init_range))
-        init_forget_bias(core.lstm, forget_bias)
-        synth = guard = None
+        core, synthesizer = CoreOptions.of(core), SynthesizerOptions.of(synthesizer)
+        targets, optim = TargetOptions.of(targets), OptimOptions.of(optim)
+        need(task in TASKS, "model.task", task, f"must be one of {tuple(TASKS)}")
+        check_flat(locals(), ("window", "windows_per_step", "depth", "hidden_size",
+                              "num_layers", "eval_chunk", "input_size", "output_size"))
+        check_dni(boundary, synthesizer, targets, depth)
+        self.core_options, self.synthesizer_options = core, synthesizer
+        self.targets_options, self.optim_options = targets, optim
+        self.save_hyperparameters(as_hparams(locals()))
+        lstm = LSTMCore(CoreConfig(input_size, output_size, hidden_size, num_layers,
+                                   embed=task in TOKEN_TASKS, embed_size=core.embed_size,
+                                   dropout=core.dropout, tied=core.tied,
+                                   init_range=core.init_range))
+        init_forget_bias(lstm.lstm, core.forget_bias)
+        synth = guard = aux = None
         if boundary in ("dni", "dni_aux"):
-            width = core.state_size if synthesizer_hidden is None else synthesizer_hidden
-            context = PHASE_CONTEXT if synthesizer_context == "phase" else 0
+            s = synthesizer
             synth = build_synthesizer(
-                core.state_size, fit=synthesizer_fit, kind=synthesizer, hidden_size=width,
-                hidden_layers=synthesizer_layers, context_size=context,
-                positions=synthesizer_positions, forget=rls_forget, ridge=rls_ridge,
-                inputs=rls_input, share=rls_share)
-            if sg_guard is not None:
-                guard = NormGuard(synthesizer_positions, sg_guard)
-        self.engine = DNIRNN(core, TASKS[task], 1.0, boundary, synth, sg_scale, aux_weight,
-                             oracle_windows, guard, sg_lambda, sg_horizon)
+                lstm.state_size, fit=s.fit, kind=s.kind,
+                hidden_size=lstm.state_size if s.hidden is None else s.hidden,
+                hidden_layers=s.layers, context_size=PHASE_CONTEXT if s.context == "phase" else 0,
+                positions=s.positions, forget=s.rls_forget, ridge=s.rls_ridge,
+                inputs=s.rls_input, share=s.rls_share)
+            if s.guard is not None:
+                guard = NormGuard(s.positions, s.guard)
+        if boundary == "dni_aux":  # the Aux head A: o_t (H) -> predicted g_{k+1} (S)
+            aux = nn.Linear(hidden_size, lstm.state_size)
+        # Outside a Trainer (tests, scripts) the engine has the loss scale 1; ``setup`` builds
+        # it again, whole, from the same parts once the task and the processes are known.
+        self.engine = self.build_engine(lstm, synth, guard, aux)
         self._opts: Optimizers | None = None
+
+    def build_engine(self, core: LSTMCore, synthesizer: nn.Module | None,
+                     guard: NormGuard | None, aux: nn.Module | None, loss_norm: float = 1.0,
+                     world: int = 1, resumable: bool = False, rank: int = 0) -> DNIRNN:
+        """The engine from its parts (no new parameters: the RNG is not drawn). Under DDP
+        the Aux weight is divided by the world size (see the module docstring) and a
+        least-squares synthesizer knows its rank."""
+        t = self.targets_options
+        if hasattr(synthesizer, "rank"):
+            synthesizer.rank = rank
+        return DNIRNN(core, TASKS[self.hparams.task], loss_norm, self.hparams.boundary,
+                      synthesizer, t.scale, t.aux_weight / world, t.oracle_windows, guard,
+                      t.lam, t.horizon, aux=aux, resumable=resumable,
+                      depth=self.hparams.depth)
 
     def check_task(self, task: Any, world: int) -> None:
         super().check_task(task, world)
-        if self.hparams.synthesizer_context == "phase" and not isinstance(task, CopyTask):
-            raise ValueError("model.synthesizer_context: 'phase' needs a copy / repeat-copy "
+        if self.synthesizer_options.context == "phase" and not isinstance(task, CopyTask):
+            raise ValueError("model.synthesizer.context: 'phase' needs a copy / repeat-copy "
                              "task (it marks the input and answer phases); use 'none'")
+        if self.hparams.depth > 1 and world > 1:
+            raise ValueError("model.depth > 1 runs in one process (its deeper backward adds "
+                             "gradients that the data-parallel all-reduce does not see): use "
+                             "--trainer.devices=1, or --model.depth=1")
 
     def configure_task(self, world: int) -> None:
-        self.engine.aux_weight = self.hparams.aux_weight / world  # see the module docstring
-        self.engine.loss_norm = self.task.loss_norm(self.hparams.window)  # global batch
-        if self.engine.targets is not None:  # chains cross training steps on streams only
-            self.engine.targets.resumable = not self.task.episodic
-        if world > 1 and hasattr(self.engine.synthesizer, "rank"):  # least squares under DDP
-            self.engine.synthesizer.rank = self.trainer.global_rank
+        e = self.engine  # (the parts made in __init__; the loss scale of the global batch)
+        self.engine = self.build_engine(
+            e.core, e.synthesizer, e.guard, e.aux, self.task.loss_norm(self.hparams.window),
+            world, resumable=not self.task.episodic,  # (horizon chains cross steps: streams)
+            rank=self.trainer.global_rank if world > 1 else 0)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        core = build_optimizer(self.engine.core_parameters(), hp.optimizer, hp.lr,
-                               hp.optimizer_args)
+        o = self.optim_options
+        core = build_optimizer(self.engine.core_parameters(), o.optimizer, self.hparams.lr,
+                               o.optimizer_args)
         opts = [core]
         if self.engine.synthesizer is not None and list(self.engine.synthesizer.parameters()):
             # (none for tbptt / oracle, or a synthesizer solved in closed form)
-            opts.append(adam(self.engine.synthesizer.parameters(), hp.synthesizer_lr))
-        schedule = build_scheduler(core, hp.lr_scheduler, hp.lr_scheduler_args)
+            opts.append(adam(self.engine.synthesizer.parameters(),
+                             self.synthesizer_options.lr))
+        schedule = build_scheduler(core, o.lr_scheduler, o.lr_scheduler_args)
         if schedule is None:
             return opts if len(opts) > 1 else core
         # (Lightning saves and restores it; it is stepped here, by the hooks below)
-        return opts, [{"scheduler": schedule, "interval": hp.lr_scheduler_interval}]
+        return opts, [{"scheduler": schedule, "interval": o.lr_scheduler_interval}]
 
     def _schedule(self) -> Any:
         """The core's learning-rate schedule, or None."""
@@ -227,7 +203,7 @@ class DNIModule(RecurrentModule):
         schedule = self._schedule()
         if schedule is not None and not on_validation(schedule):
             t = self.trainer
-            advance(schedule, t.current_epoch if self.hparams.lr_scheduler_interval == "epoch"
+            advance(schedule, t.current_epoch if self.optim_options.lr_scheduler_interval == "epoch"
                     else t.global_step)
 
     def on_validation_epoch_end(self) -> None:
@@ -245,7 +221,7 @@ class DNIModule(RecurrentModule):
             opts = opts if isinstance(opts, list) else [opts]
             raw = [o.optimizer for o in opts]  # the engine steps them; no Lightning wrapper
             self._opts = Optimizers(raw[0], raw[1] if len(raw) > 1 else None,
-                                    self.hparams.clip, self.hparams.synthesizer_clip)
+                                    self.optim_options.clip, self.synthesizer_options.clip)
         return self._opts
 
     # ---- engine hooks -------------------------------------------------------------------
@@ -296,7 +272,7 @@ class DNIModule(RecurrentModule):
         past the first answer step). Built from Python numbers with one host-to-device copy
         per step; each window gets a view.
         """
-        if self.hparams.synthesizer_context == "none" or self.engine.synthesizer is None:
+        if self.synthesizer_options.context == "none" or self.engine.synthesizer is None:
             return None
         rows = []
         for k in range(windows):

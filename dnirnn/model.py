@@ -41,27 +41,28 @@ class CoreConfig:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+            raise ValueError(f"model.core.dropout must be in [0, 1), got {self.dropout!r}")
         if self.embed_size is not None and self.embed_size < 1:
-            raise ValueError(f"model.embed_size must be >= 1 or null, got {self.embed_size!r}")
+            raise ValueError(f"model.core.embed_size must be >= 1 or null, got "
+                             f"{self.embed_size!r}")
         if self.init_range is not None and not self.init_range > 0:
-            raise ValueError(f"model.init_range: must be > 0 (word_language_model: 0.1), or "
+            raise ValueError(f"model.core.init_range: must be > 0 (word_language_model: 0.1), or "
                              f"null for PyTorch's initialisation (got {self.init_range!r})")
         if self.tied:
             width = self.embed_size or self.hidden_size
             if not self.embed:
-                raise ValueError("model.tied: tying the embedding to the readout needs token "
-                                 "inputs (a language model); set model.tied=false")
+                raise ValueError("model.core.tied: tying the embedding to the readout needs "
+                                 "token inputs (a language model); set model.core.tied=false")
             if self.input_size != self.output_size:
-                raise ValueError(f"model.tied: the input vocabulary ({self.input_size}) and "
-                                 f"the output vocabulary ({self.output_size}) differ; set "
-                                 f"model.tied=false")
+                raise ValueError(f"model.core.tied: the input vocabulary ({self.input_size}) "
+                                 f"and the output vocabulary ({self.output_size}) differ; set "
+                                 f"model.core.tied=false")
             if width != self.hidden_size:
-                raise ValueError(f"model.tied: the tied weight is both the embedding "
+                raise ValueError(f"model.core.tied: the tied weight is both the embedding "
                                  f"(embed_size={width}) and the readout (hidden_size="
                                  f"{self.hidden_size} inputs), so they must be equal; set "
-                                 f"model.embed_size={self.hidden_size} (or null), or "
-                                 f"model.tied=false")
+                                 f"model.core.embed_size={self.hidden_size} (or null), or "
+                                 f"model.core.tied=false")
 
 
 class LSTMCore(nn.Module):

@@ -169,7 +169,8 @@ def _by_path(path: str, field: str) -> Any:
                          f"(sgd, adam)") from None
 
 
-def optimizer_class(name: str, field: str = "model.optimizer") -> type[torch.optim.Optimizer]:
+def optimizer_class(name: str,
+                    field: str = "model.optim.optimizer") -> type[torch.optim.Optimizer]:
     """``adam``, ``sgd``, any ``torch.optim`` class by name (any case) or a dotted class path;
     raises ``ValueError`` naming ``field`` and the fix."""
     cls = None
@@ -201,7 +202,7 @@ def build_optimizer(params: Iterable[nn.Parameter], name: str, lr: float,
     return cls(params, lr=lr, **args)
 
 
-def scheduler_class(name: str, field: str = "model.lr_scheduler") -> type:
+def scheduler_class(name: str, field: str = "model.optim.lr_scheduler") -> type:
     """``plateau``, any ``torch.optim.lr_scheduler`` class by name (any case) or class path."""
     if name == PLATEAU:
         return _sched.ReduceLROnPlateau
@@ -258,39 +259,39 @@ def check_optimizer(name: str, lr: float, args: dict[str, Any] | None,
                     scheduler_args: dict[str, Any] | None = None,
                     interval: str = "epoch") -> None:
     """Config check of the core's optimizer and schedule: builds them on dummy parameters and
-    raises ``ValueError`` naming the field (``model.optimizer_args`` ...) and the fix."""
-    cls = optimizer_class(name)
+    raises ``ValueError`` naming the field (``model.optim.optimizer_args`` ...) and the fix."""
+    cls, g = optimizer_class(name), "model.optim"
     for f, a in (("optimizer_args", args), ("lr_scheduler_args", scheduler_args)):
         if a is not None and not isinstance(a, dict):
-            raise ValueError(f"model.{f}: must be a mapping of keyword arguments, e.g. "
+            raise ValueError(f"{g}.{f}: must be a mapping of keyword arguments, e.g. "
                              f"'{{momentum: 0.9}}', or null (got {a!r})")
     if "lr" in (args or {}):
-        raise ValueError(f"model.optimizer_args: the learning rate is its own option, model.lr "
+        raise ValueError(f"{g}.optimizer_args: the learning rate is its own option, model.lr "
                          f"(the schedule anneals it); remove lr from optimizer_args and set "
                          f"--model.lr={args['lr']}")
     if interval not in INTERVALS:
-        raise ValueError(f"model.lr_scheduler_interval: must be one of {INTERVALS} (when a "
+        raise ValueError(f"{g}.lr_scheduler_interval: must be one of {INTERVALS} (when a "
                          f"schedule other than plateau steps), got {interval!r}")
     params = [nn.Parameter(torch.zeros(2, 2)), nn.Parameter(torch.zeros(2))]
     try:
         opt = build_optimizer(params, name, lr, args)
     except (TypeError, ValueError) as e:
         accepted = [p for p in inspect.signature(cls).parameters if p not in ("params", "lr")]
-        raise ValueError(f"model.optimizer_args: {cls.__name__} with {args or {}!r} failed: "
+        raise ValueError(f"{g}.optimizer_args: {cls.__name__} with {args or {}!r} failed: "
                          f"{e}. Its arguments besides lr: {', '.join(accepted)}; e.g. "
-                         f"--model.optimizer_args='{{momentum: 0.9}}' for sgd") from None
+                         f"--{g}.optimizer_args='{{momentum: 0.9}}' for sgd") from None
     if scheduler is None:
         if scheduler_args:
-            raise ValueError("model.lr_scheduler_args: given without model.lr_scheduler; set "
-                             "--model.lr_scheduler=plateau (or a schedule's class), or remove "
-                             "them")
+            raise ValueError(f"{g}.lr_scheduler_args: given without {g}.lr_scheduler; set "
+                             f"--{g}.lr_scheduler=plateau (or a schedule's class), or remove "
+                             f"them")
         return
     sched = scheduler_class(scheduler)
     try:
         build_scheduler(opt, scheduler, scheduler_args)
     except (TypeError, ValueError, KeyError) as e:
         accepted = [p for p in inspect.signature(sched).parameters if p != "optimizer"]
-        raise ValueError(f"model.lr_scheduler_args: {sched.__name__} with "
+        raise ValueError(f"{g}.lr_scheduler_args: {sched.__name__} with "
                          f"{scheduler_args or {}!r} failed: {e}. Its arguments: "
-                         f"{', '.join(accepted)}; e.g. --model.lr_scheduler_args='{{step_size: 2, "
-                         f"gamma: 0.5}}' for steplr") from None
+                         f"{', '.join(accepted)}; e.g. --{g}.lr_scheduler_args="
+                         f"'{{step_size: 2, gamma: 0.5}}' for steplr") from None

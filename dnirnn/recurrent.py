@@ -177,8 +177,10 @@ class RecurrentModule(L.LightningModule):
         raise NonFiniteLossError(
             f"training step {step} (trainer.global_step, the 'step' of metrics.csv) produced a "
             f"non-finite loss, gradient, synthetic-gradient target or synthesizer loss; "
-            f"training stopped before saving it. {kept} Fixes: lower model.lr, set model.clip "
-            f"/ model.synthesizer_clip, set model.sg_guard (caps the synthetic gradient), or "
+            f"training stopped before saving it. {kept} Fixes: lower model.lr, set "
+            f"model.optim.clip "
+            f"/ model.synthesizer.clip, set model.synthesizer.guard (caps the synthetic "
+            f"gradient), or "
             f"check the data."
         )
 

@@ -18,7 +18,7 @@ random token stream of ``vocab`` symbols, Adam lr 1e-3, core gradient clip 1.0):
   dni_aux            (same, boundary="dni_aux")
   dni_linear         (same as dni, linear synthesizer fitted by Adam)
   dni_rls            (same as dni, linear synthesizer fitted by exact least squares:
-                     synthesizer_fit="rls", synthesizer_positions=1)
+                     synthesizer.fit="rls", synthesizer.positions=1)
   dni_rls_h4         (same as dni_rls, with the 4-window λ-return target, λ = 1, and the guard
                      2: the copy recipes' bounded-memory synthesizer on a stream; the last 4
                      windows' graphs are kept and 3 state-only VJPs run per window)
@@ -362,9 +362,10 @@ def run_dnimodule(cfg: BenchConfig, T: int, device: torch.device, boundary: str,
     task = make_task(cfg, cfg.warmup + cfg.steps, cfg.seed)
     module = DNIModule(task="lm", input_size=cfg.vocab, output_size=cfg.vocab,
                        hidden_size=cfg.hidden, boundary=boundary, window=T,
-                       windows_per_step=cfg.span // T, lr=LR, clip=CLIP,
-                       synthesizer=synthesizer, synthesizer_hidden=cfg.synthesizer_hidden,
-                       synthesizer_fit=fit, synthesizer_positions=1, **options)
+                       windows_per_step=cfg.span // T, lr=LR, optim={"clip": CLIP},
+                       synthesizer={"kind": synthesizer, "hidden": cfg.synthesizer_hidden,
+                                    "fit": fit, "positions": 1, **options.pop("synth", {})},
+                       **options)
     timer = _TimerCallback(device, cfg.warmup // cfg.span)
     trainer = _trainer(device, (cfg.warmup + cfg.steps) // cfg.span, timer)
     trainer.fit(module, datamodule=_TaskData(task))
@@ -431,11 +432,12 @@ def runner(name: str) -> Callable[[BenchConfig, int, torch.device], float]:
                                                  fit="rls")
     if name == "dni_rls_h4":
         return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
-                                                 fit="rls", sg_lambda=1.0, sg_horizon=4,
-                                                 sg_guard=2.0)
+                                                 fit="rls", synth={"guard": 2.0},
+                                                 targets={"lam": 1.0, "horizon": 4})
     if name == "dni_rls_lambda":
         return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
-                                                 fit="rls", sg_lambda=1.0, sg_guard=2.0)
+                                                 fit="rls", synth={"guard": 2.0},
+                                                 targets={"lam": 1.0})
     if name == "naive_lightning":
         return run_naive_lightning
     raise ValueError(name)

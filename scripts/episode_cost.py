@@ -46,24 +46,25 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-LS = {"synthesizer": "linear", "synthesizer_fit": "rls", "synthesizer_positions": 32,
-      "rls_forget": 0.8, "rls_ridge": 0.1, "sg_guard": 2.0}
-PAPER = {"synthesizer": "mlp", "synthesizer_fit": "adam", "synthesizer_positions": 1,
-         "synthesizer_context": "none", "sg_lambda": None, "sg_horizon": None, "sg_guard": None}
-# name: (recipe, model overrides; "{T}" is the window)
+LS = {"synthesizer.kind": "linear", "synthesizer.fit": "rls", "synthesizer.positions": 32,
+      "synthesizer.rls_forget": 0.8, "synthesizer.rls_ridge": 0.1, "synthesizer.guard": 2.0}
+PAPER = {"synthesizer.kind": "mlp", "synthesizer.fit": "adam", "synthesizer.positions": 1,
+         "synthesizer.context": "none", "targets.lam": None, "targets.horizon": None,
+         "synthesizer.guard": None}
+ONE = {"targets.lam": None, "targets.horizon": None}  # the window's own target
+# name: (recipe, model overrides, dotted as on the command line; "2T" is twice the window)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "tbptt": ("copy_tbptt", {}),
     "tbptt_2T": ("copy_tbptt", {"window": "2T"}),
     "tbptt_4T": ("copy_tbptt", {"window": "4T"}),
     "full_bptt": ("copy_tbptt", {"window": 1000}),
     "dni_paper": ("copy_dni", PAPER),
-    "dni_ls_1map": ("copy_dni", {**LS, "synthesizer_positions": 1, "sg_lambda": None,
-                                 "sg_horizon": None}),
-    "dni_h1": ("copy_dni", {**LS, "sg_lambda": None, "sg_horizon": None}),
-    "dni_h2": ("copy_dni", {**LS, "sg_lambda": 1.0, "sg_horizon": 2}),
-    "dni_h4": ("copy_dni", {**LS, "sg_lambda": 1.0, "sg_horizon": 4}),
-    "dni_span": ("copy_dni", {**LS, "sg_lambda": 1.0, "sg_horizon": None}),
-    "oracle": ("copy_tbptt", {"boundary": "oracle", "oracle_windows": 1000}),
+    "dni_ls_1map": ("copy_dni", {**LS, "synthesizer.positions": 1, **ONE}),
+    "dni_h1": ("copy_dni", {**LS, **ONE}),
+    "dni_h2": ("copy_dni", {**LS, "targets.lam": 1.0, "targets.horizon": 2}),
+    "dni_h4": ("copy_dni", {**LS, "targets.lam": 1.0, "targets.horizon": 4}),
+    "dni_span": ("copy_dni", {**LS, "targets.lam": 1.0, "targets.horizon": None}),
+    "oracle": ("copy_tbptt", {"boundary": "oracle", "targets.oracle_windows": 1000}),
     "recipe": ("copy_dni", {}),  # the shipped copy_dni recipe as it stands
 }
 STYLE = {  # variant: (marker, label) for the plot
@@ -77,13 +78,22 @@ STYLE = {  # variant: (marker, label) for the plot
 
 def model_args(recipe: str, overrides: dict, window: int) -> dict:
     cfg = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
-    args = dict(cfg["model"])
+    args = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg["model"].items()}
     args["window"] = window
     for k, v in overrides.items():
         if k == "window" and isinstance(v, str) and v.endswith("T"):
             v = int(v[:-1]) * window
-        args[k] = v
+        group, _, name = k.rpartition(".")
+        (args.setdefault(group, {}) if group else args)[name] = v
     return args
+
+
+def shown(args: dict) -> dict:
+    """The options a row records, dotted: window, boundary, the synthesizer and targets."""
+    out = {k: args[k] for k in ("window", "boundary") if k in args}
+    for group in ("synthesizer", "targets"):
+        out.update({f"{group}.{k}": v for k, v in args.get(group, {}).items()})
+    return dict(sorted(out.items()))
 
 
 def rss_mb() -> float:
@@ -126,8 +136,8 @@ def measure_one(variant: str, length: int, batch: int, window: int, steps: int,
     engine = module.engine
     opts = module.configure_optimizers()
     opts = opts if isinstance(opts, list) else [opts]
-    opts = Optimizers(opts[0], opts[1] if len(opts) > 1 else None, args.get("clip"),
-                      args.get("synthesizer_clip"))
+    opts = Optimizers(opts[0], opts[1] if len(opts) > 1 else None, module.optim_options.clip,
+                      module.synthesizer_options.clip)
     base = rss_mb()
     times, cpu = [], []
     for step in range(steps):
@@ -144,8 +154,7 @@ def measure_one(variant: str, length: int, batch: int, window: int, steps: int,
             "base_rss_mb": round(base, 1), "train_mb": round(peak - base, 1),
             "ms_per_step": round(1e3 * statistics.median(times[warmup:]), 2),
             "cpu_ms_per_step": round(1e3 * statistics.median(cpu[warmup:]), 2),
-            "model": {k: args[k] for k in sorted(args) if k.startswith(("sg_", "synth", "window",
-                                                                         "boundary", "rls"))}}
+            "model": shown(args)}
 
 
 def run(variants, lengths, batch, window, steps, warmup) -> list[dict]:

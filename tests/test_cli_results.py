@@ -29,7 +29,7 @@ from dnirnn.tasks import CopyTask
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
-TINY = ["--model.hidden_size=8", "--model.synthesizer_hidden=8", "--data.init_args.batch_size=4",
+TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--data.init_args.batch_size=4",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         "--wandb=false", "--trainer.log_every_n_steps=1"]
 
@@ -216,7 +216,7 @@ def test_fit_help_is_short_model_first_with_seeds(capsys):
     assert out.index("--model.") < out.index("--data.") < out.index("--trainer.")
     main(["fit", "--config", "copy_dni", "--config", "dni_paper", "--help"])
     out = capsys.readouterr().out
-    assert "--model.window=2 " in out and "--model.synthesizer_fit=adam " in out  # recipes'
+    assert "--model.window=2 " in out and "--model.synthesizer.fit=adam " in out  # recipes'
     assert "Data: CopyDataModule" in out and "--trainer.max_steps=3000 " in out
     exits(0, "fit", "--help-all")  # the parser's full listing, the model's options included
     out = capsys.readouterr().out

@@ -16,7 +16,7 @@ from dnirnn.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 PTB = os.environ.get("DNIRNN_DATA") or str(ROOT.parent / "shared" / "data" / "ptb")
 HAVE_PTB = (Path(PTB) / "ptb.train.txt").exists()
-TINY = ["--model.hidden_size=8", "--model.synthesizer_hidden=8", "--model.embed_size=8"]
+TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--model.core.embed_size=8"]
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
 CASES = {
@@ -27,9 +27,9 @@ CASES = {
     # solves the same maps (the state dict holds A, b, W: compared below)
     "repeat_copy_dni": ["--trainer.max_steps=4", "--data.init_args.steps_per_epoch=4",
                         "--data.init_args.batch_size=4", "--data.init_args.start_length=2",
-                        "--model.synthesizer=linear", "--model.synthesizer_fit=rls",
-                        "--model.synthesizer_positions=8", "--model.sg_lambda=1",
-                        "--model.sg_guard=2"],
+                        "--model.synthesizer.kind=linear", "--model.synthesizer.fit=rls",
+                        "--model.synthesizer.positions=8", "--model.targets.lam=1",
+                        "--model.synthesizer.guard=2"],
     # language model: contiguous column blocks, carried state across steps and windows
     "ptb_char_dni": ["--trainer.max_steps=3", "--data.init_args.batch_size=20000",
                      f"--data.init_args.root={PTB}", "--model.windows_per_step=2",

@@ -133,3 +133,37 @@ def test_depth_is_validated():
         make("tbptt", 0)
     with pytest.raises(ValueError, match="dni_aux"):
         make("dni_aux", 2)
+
+
+@pytest.mark.parametrize("recipe", ["copy_tbptt", "copy_dni"])
+def test_depth_through_the_cli(recipe, tmp_path, cli_sandbox):
+    """``--model.depth`` reaches the engine: a few steps train, and the loss is finite."""
+    import csv
+
+    from dnirnn.cli import main
+
+    torch.set_default_dtype(torch.float32)
+    root = tmp_path / "run"
+    main(["fit", "--config", recipe, "--model.depth=3", "--model.hidden_size=8",
+          "--trainer.max_steps=4", "--trainer.log_every_n_steps=1", "--wandb=false",
+          "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
+          f"--trainer.default_root_dir={root}"])
+    (metrics,) = root.glob("version_*/metrics.csv")
+    losses = [float(r["train/loss"]) for r in csv.DictReader(open(metrics)) if r["train/loss"]]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.parametrize("extra, word", [
+    (["--model.boundary=dni_aux"], "dni_aux"),
+    (["--model.depth=0"], "model.depth"),
+])
+def test_depth_errors_name_the_option(extra, word, tmp_path, cli_sandbox, capsys):
+    from dnirnn.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", "copy_tbptt", "--model.depth=2", *extra,
+              f"--trainer.default_root_dir={tmp_path / 'run'}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert word in err and "model.depth" in err
+    assert not (tmp_path / "run").exists()

@@ -17,7 +17,7 @@ from dnirnn.tasks import CopyTask, LanguageModelTask
 from dnirnn.window import split_windows
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model.hidden_size=8", "--model.synthesizer_hidden=8", "--model.embed_size=8"]
+TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--model.core.embed_size=8"]
 DIAG = "dnirnn.diagnostics.SyntheticGradientDiagnostics"
 
 
@@ -39,11 +39,11 @@ def lm_task(batch_size: int = 4, vocab: int = 11, n: int = 400) -> LanguageModel
 def lm_module(task: LanguageModelTask, **kw) -> DNIModule:
     torch.manual_seed(0)
     args = dict(task="lm", input_size=task.input_size, output_size=task.output_size,
-                hidden_size=6, embed_size=5, window=3, windows_per_step=5,
-                synthesizer_hidden=7)
+                hidden_size=6, core={"embed_size": 5}, window=3, windows_per_step=5,
+                synthesizer={"hidden": 7})
     module = DNIModule(**(args | kw))
     module.task = task
-    module.engine.loss_norm = task.loss_norm(module.hparams.window)
+    module.configure_task(1)  # (the engine, built whole for the task)
     return module
 
 
@@ -74,7 +74,7 @@ def test_same_position_gives_the_same_data():
 
 def test_oracle_boundary_gives_cosine_one_and_the_independent_true_gradient():
     task = lm_task()
-    module = lm_module(task, boundary="oracle", oracle_windows=3)
+    module = lm_module(task, boundary="oracle", targets={"oracle_windows": 3})
     module.eval()
     module.carried = tuple(torch.randn(1, 4, 6) for _ in range(2))  # a carried, nonzero state
     diag = SyntheticGradientDiagnostics(every_n_steps=1, windows=3)
@@ -89,7 +89,7 @@ def test_oracle_boundary_gives_cosine_one_and_the_independent_true_gradient():
     module.carried = tuple(torch.randn(1, 4, 6) for _ in range(2))
     assert diag.measure(module, 2)["diag/true_grad_norm"] != m["diag/true_grad_norm"]
     # a shorter oracle than the truth's horizon: no longer the true gradient
-    short = lm_module(task, boundary="oracle", oracle_windows=1)
+    short = lm_module(task, boundary="oracle", targets={"oracle_windows": 1})
     short.carried = module.carried
     m1 = SyntheticGradientDiagnostics(1, windows=3).measure(short, 2)
     assert m1["diag/sg_true_cos"] < 0.999 and m1["diag/sg_true_norm_ratio"] < 0.999
@@ -99,8 +99,10 @@ def test_copy_episode_truth_is_the_whole_rest_of_the_episode():
     task = CopyTask(repeat=False, batch_size=3, seed=1, start_length=3)
     torch.manual_seed(0)
     module = DNIModule(task="copy", input_size=task.input_size, output_size=task.output_size,
-                       hidden_size=6, boundary="oracle", window=2, oracle_windows=100)
-    module.task, module.engine.loss_norm = task, task.loss_norm(2)
+                       hidden_size=6, boundary="oracle", window=2,
+                       targets={"oracle_windows": 100})
+    module.task = task
+    module.configure_task(1)
     module.carried = tuple(torch.randn(1, 3, 6) for _ in range(2))  # ignored: episode start
     m = SyntheticGradientDiagnostics(1, windows=1).measure(module, 0)
     n_windows = len(split_windows(task.batch("train", 0).x, task.batch("train", 0).y, 2))
@@ -122,7 +124,7 @@ def test_zero_initialised_synthesizer_has_norm_ratio_zero_and_tbptt_logs_the_nor
 
 def test_measuring_leaves_parameters_grads_rng_and_state_alone():
     task = lm_task()
-    module = lm_module(task, boundary="dni_aux", dropout=0.5)
+    module = lm_module(task, boundary="dni_aux", core={"dropout": 0.5})
     module.train()
     module.carried = tuple(torch.randn(1, 4, 6) for _ in range(2))
     for p in module.parameters():
@@ -143,7 +145,7 @@ def fit_losses(root: Path, *extra: str) -> tuple[dict[int, str], list[dict[str, 
           f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",
           "--trainer.enable_model_summary=false", "--wandb=false", "--trainer.max_steps=25",
           "--trainer.log_every_n_steps=1", "--data.init_args.steps_per_epoch=25",
-          "--data.init_args.start_length=2", "--model.dropout=0.3", *TINY, *extra])
+          "--data.init_args.start_length=2", "--model.core.dropout=0.3", *TINY, *extra])
     with open(next(root.glob("version_*")) / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     # losses as the CSV strings: bit-identical floats print identically

@@ -29,11 +29,11 @@ def test_a_variant_is_built_from_its_recipe_and_measured(cost, variant):
     assert row["peak_rss_mb"] >= row["base_rss_mb"] > 0
     assert row["ms_per_step"] > 0 and row["cpu_ms_per_step"] > 0
     if variant == "dni_h2":
-        assert row["model"]["sg_horizon"] == 2 and row["model"]["synthesizer_fit"] == "rls"
+        assert row["model"]["targets.horizon"] == 2 and row["model"]["synthesizer.fit"] == "rls"
     elif variant == "tbptt_2T":
         assert row["model"]["window"] == 4 and row["model"]["boundary"] == "tbptt"
     else:  # the one-window target, whatever the copy recipe's horizon
-        assert row["model"]["sg_lambda"] is None and row["model"]["sg_horizon"] is None
+        assert row["model"]["targets.lam"] is None and row["model"]["targets.horizon"] is None
     assert "tbptt_2T" in cost.table([{**row, "variant": "tbptt_2T"}])
 
 

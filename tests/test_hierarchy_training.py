@@ -40,7 +40,8 @@ def _sandbox(cli_sandbox):
 def tiny(recipe: str) -> list[str]:
     if "hier" in recipe:
         return HIER_TINY + (PTB_TINY if recipe.startswith("ptb") else [])
-    return ["--model.hidden_size=8", "--model.synthesizer_hidden=8", "--model.embed_size=8"]
+    return ["--model.hidden_size=8", "--model.synthesizer.hidden=8",
+            "--model.core.embed_size=8"]
 
 
 # ---- every new recipe runs, shrunk ----------------------------------------------------------

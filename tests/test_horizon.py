@@ -196,10 +196,11 @@ def test_stream_resumes_exactly_with_targets_in_flight(tmp_path):
     graphs are rebuilt on resume (data, parameters and dropout RNG as they were). The
     synthetic gradient is too small here to move the loss's floats, so the check is on the
     synthesizer's own record and final state, bit for bit."""
-    extra = ["--model.synthesizer=linear", "--model.synthesizer_fit=rls",
-             "--model.sg_lambda=0.9", "--model.sg_horizon=3", "--model.sg_guard=2.0",
+    extra = ["--model.synthesizer.kind=linear", "--model.synthesizer.fit=rls",
+             "--model.targets.lam=0.9", "--model.targets.horizon=3",
+             "--model.synthesizer.guard=2.0",
              "--data.init_args.batch_size=20000", "--model.windows_per_step=2",
-             "--trainer.limit_val_batches=2", "--model.eval_chunk=64", "--model.dropout=0.1",
+             "--trainer.limit_val_batches=2", "--model.eval_chunk=64", "--model.core.dropout=0.1",
              f"--data.init_args.root={PTB}", "--trainer.max_epochs=5"]
     _resume_matches("ptb_char_dni", tmp_path, 8, 4, *extra)
     full, resumed = (next((tmp_path / run).rglob("version_0")) for run in ("full", "resumed"))

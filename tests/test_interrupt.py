@@ -27,7 +27,7 @@ from dnirnn.recurrent import RecurrentModule
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 PER_EPOCH = 5
-TINY = ["--model.hidden_size=8", "--model.synthesizer_hidden=8", "--data.init_args.batch_size=4",
+TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--data.init_args.batch_size=4",
         f"--data.init_args.steps_per_epoch={PER_EPOCH}", "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false", "--wandb=false",
         "--trainer.log_every_n_steps=3",  # not a divisor of the epoch: a shifted cadence shows

@@ -22,7 +22,8 @@ from dnirnn.window import Window
 
 from .test_training import ROOT, TINY, _resume_matches, fit
 
-LM = {"task": "lm", "input_size": 7, "output_size": 7, "hidden_size": 6, "embed_size": 6}
+LM = {"task": "lm", "input_size": 7, "output_size": 7, "hidden_size": 6,
+      "core": {"embed_size": 6}}
 
 
 @pytest.fixture
@@ -48,8 +49,8 @@ def test_default_optimizer_is_fused_adam_and_the_synthesizer_keeps_its_own():
     """Today's recipes keep Adam; with SGD for the core the synthesizer is still Adam, on
     its own parameters, with its own learning rate."""
     default = DNIModule(**LM)
-    assert default.hparams.optimizer == "adam"
-    module = DNIModule(**LM, optimizer="sgd", lr=20.0)
+    assert default.hparams.optim["optimizer"] == "adam"
+    module = DNIModule(**LM, optim={"optimizer": "sgd"}, lr=20.0)
     core, synth = module.configure_optimizers()
     assert type(core) is torch.optim.SGD and core.param_groups[0]["lr"] == 20.0
     assert type(synth) is torch.optim.Adam and synth.param_groups[0]["lr"] == 1e-4
@@ -115,21 +116,21 @@ def test_advance_steps_a_schedule_to_its_counter():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"optimizer": "sgdd"}, "model.optimizer: 'sgdd' is not an optimizer class"),
-    ({"optimizer": "torch.optim.Nope"}, "model.optimizer: cannot import 'torch.optim.Nope'"),
-    ({"optimizer": "lbfgs"}, "model.optimizer: LBFGS needs a closure"),
-    ({"optimizer_args": {"lr": 20}}, "model.optimizer_args: the learning rate is its own"),
+    ({"optimizer": "sgdd"}, "model.optim.optimizer: 'sgdd' is not an optimizer class"),
+    ({"optimizer": "torch.optim.Nope"}, "model.optim.optimizer: cannot import 'torch.optim.Nope'"),
+    ({"optimizer": "lbfgs"}, "model.optim.optimizer: LBFGS needs a closure"),
+    ({"optimizer_args": {"lr": 20}}, "model.optim.optimizer_args: the learning rate is its own"),
     ({"optimizer": "sgd", "optimizer_args": {"momentm": 0.9}},
-     "model.optimizer_args: SGD with {'momentm': 0.9} failed"),
-    ({"lr_scheduler": "steplr"}, "model.lr_scheduler_args: StepLR with {} failed"),
-    ({"lr_scheduler": "torch.nn.Linear"}, "model.lr_scheduler: 'torch.nn.Linear' is not a"),
-    ({"lr_scheduler_args": {"factor": 0.5}}, "model.lr_scheduler_args: given without"),
+     "model.optim.optimizer_args: SGD with {'momentm': 0.9} failed"),
+    ({"lr_scheduler": "steplr"}, "model.optim.lr_scheduler_args: StepLR with {} failed"),
+    ({"lr_scheduler": "torch.nn.Linear"}, "model.optim.lr_scheduler: 'torch.nn.Linear' is not a"),
+    ({"lr_scheduler_args": {"factor": 0.5}}, "model.optim.lr_scheduler_args: given without"),
     ({"lr_scheduler": "plateau", "lr_scheduler_interval": "batch"},
-     "model.lr_scheduler_interval: must be one of"),
+     "model.optim.lr_scheduler_interval: must be one of"),
 ])
 def test_bad_optimizer_config_names_the_field(kwargs, message):
     with pytest.raises(ValueError) as info:
-        DNIModule(**LM, **kwargs)
+        DNIModule(**LM, optim=kwargs)
     assert str(info.value).startswith(message)
 
 
@@ -146,7 +147,7 @@ def final_lr(version: Path) -> float:
 
 
 COPY = ["--data.init_args.steps_per_epoch=4", "--trainer.callbacks.init_args.threshold=1000",
-        "--trainer.callbacks.init_args.check_every=3", "--model.optimizer=sgd",
+        "--trainer.callbacks.init_args.check_every=3", "--model.optim.optimizer=sgd",
         "--model.lr=0.5"]
 
 
@@ -155,8 +156,8 @@ def test_resume_is_exact_with_a_plateau_schedule(tmp_path):
     """threshold 1 makes every validation a bad one and patience 1 anneals at every second:
     a resumed run that lost the schedule's count of bad validations (1 at the checkpoint of
     step 5) would not anneal after the validation of step 8, and its losses would differ."""
-    _resume_matches("copy_dni", tmp_path, 10, 5, *COPY, "--model.lr_scheduler=plateau",
-                    "--model.lr_scheduler_args={threshold: 1.0, patience: 1}")
+    _resume_matches("copy_dni", tmp_path, 10, 5, *COPY, "--model.optim.lr_scheduler=plateau",
+                    "--model.optim.lr_scheduler_args={threshold: 1.0, patience: 1}")
     # validations after steps 4, 8 and 10 (the end): two bad ones, one anneal, at step 8
     assert final_lr(tmp_path / "resumed" / "version_0") == 0.5 / 4
 
@@ -164,9 +165,9 @@ def test_resume_is_exact_with_a_plateau_schedule(tmp_path):
 @pytest.mark.usefixtures("_sandbox")
 @pytest.mark.parametrize("interval,lr", [("epoch", 0.5 * 0.5**2), ("step", 0.5 * 0.5**9)])
 def test_resume_is_exact_with_an_epoch_or_step_schedule(tmp_path, interval, lr):
-    _resume_matches("copy_dni", tmp_path, 10, 5, *COPY, "--model.lr_scheduler=StepLR",
-                    "--model.lr_scheduler_args={step_size: 1, gamma: 0.5}",
-                    f"--model.lr_scheduler_interval={interval}")
+    _resume_matches("copy_dni", tmp_path, 10, 5, *COPY, "--model.optim.lr_scheduler=StepLR",
+                    "--model.optim.lr_scheduler_args={step_size: 1, gamma: 0.5}",
+                    f"--model.optim.lr_scheduler_interval={interval}")
     # epoch: epochs 0, 1, 2 started (lr halved twice); step: steps 0..9 trained (9 halvings)
     assert final_lr(tmp_path / "resumed" / "version_0") == pytest.approx(lr, rel=1e-12)
 
@@ -185,8 +186,9 @@ def test_the_default_optimizer_is_still_adam_in_the_recipes(tmp_path):
 @pytest.mark.usefixtures("_sandbox")
 def test_optimizer_args_from_the_command_line(tmp_path):
     version = fit("copy_dni", tmp_path / "run", "--trainer.max_steps=2",
-                  "--data.init_args.steps_per_epoch=2", *TINY, "--model.optimizer=torch.optim.SGD",
-                  "--model.optimizer_args={momentum: 0.9, nesterov: true}")
+                  "--data.init_args.steps_per_epoch=2", *TINY,
+                  "--model.optim.optimizer=torch.optim.SGD",
+                  "--model.optim.optimizer_args={momentum: 0.9, nesterov: true}")
     ckpt = torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)
     core = ckpt["optimizer_states"][0]["param_groups"][0]
     assert core["momentum"] == 0.9 and core["nesterov"]
@@ -195,9 +197,10 @@ def test_optimizer_args_from_the_command_line(tmp_path):
 
 @pytest.mark.usefixtures("_sandbox")
 @pytest.mark.parametrize("option,message", [
-    ("--model.optimizer=sgdd", "model.optimizer: 'sgdd' is not an optimizer class; use one of"),
-    ("--model.lr_scheduler=plateu", "model.lr_scheduler: 'plateu' is not a learning-rate "
-                                    "schedule; use plateau"),
+    ("--model.optim.optimizer=sgdd",
+     "model.optim.optimizer: 'sgdd' is not an optimizer class; use one of"),
+    ("--model.optim.lr_scheduler=plateu",
+     "model.optim.lr_scheduler: 'plateu' is not a learning-rate schedule; use plateau"),
 ])
 def test_a_bad_optimizer_is_one_line_with_exit_2(tmp_path, capsys, option, message):
     root = tmp_path / "r"

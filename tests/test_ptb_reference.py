@@ -25,9 +25,10 @@ from dnirnn.tasks import LanguageModelTask
 
 from .test_training import PTB, ROOT, _resume_matches, fit, needs_ptb, train_losses
 
-WLM = {"hidden_size": 200, "num_layers": 2, "embed_size": 200, "dropout": 0.2, "window": 35,
-       "windows_per_step": 1, "boundary": "tbptt", "optimizer": "sgd", "lr": 20.0,
-       "clip": 0.25, "lr_scheduler": "plateau", "init_range": 0.1, "tied": False}
+WLM = {"hidden_size": 200, "num_layers": 2, "window": 35, "windows_per_step": 1,
+       "boundary": "tbptt", "lr": 20.0,
+       "core": {"embed_size": 200, "dropout": 0.2, "init_range": 0.1, "tied": False},
+       "optim": {"optimizer": "sgd", "clip": 0.25, "lr_scheduler": "plateau"}}
 
 
 @pytest.fixture
@@ -113,8 +114,9 @@ def test_tied_weights_are_one_parameter_trained_by_both_uses(float64):
     """One (V, H) parameter less than untied, and its gradient is the sum of the gradients
     the embedding and the readout would get untied, from the same values."""
     lm = {"task": "lm", "input_size": 11, "output_size": 11, "hidden_size": 6,
-          "embed_size": 6, "boundary": "tbptt"}
-    tied, untied = DNIModule(**lm, tied=True), DNIModule(**lm)
+          "boundary": "tbptt"}
+    tied = DNIModule(**lm, core={"embed_size": 6, "tied": True})
+    untied = DNIModule(**lm, core={"embed_size": 6})
     a, b = tied.engine.core, untied.engine.core
     assert a.readout.weight is a.encoder.weight
     assert sum(p.numel() for p in untied.parameters()) \
@@ -136,14 +138,15 @@ def test_tied_weights_are_one_parameter_trained_by_both_uses(float64):
 def test_tied_with_unequal_sizes_is_one_line_naming_the_fix(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["fit", "--config", "copy_dni", f"--trainer.default_root_dir={tmp_path / 'r'}",
-              "--model.tied=true", "--wandb=false"])
+              "--model.core.tied=true", "--wandb=false"])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "dnirnn: error: model.tied: tying the embedding to the readout needs token " \
+    assert "dnirnn: error: model.core.tied: tying the embedding to the readout needs token " \
            "inputs" in err
-    with pytest.raises(ValueError, match=r"model.tied: .* set model.embed_size=6 \(or null\)"):
-        DNIModule(task="lm", input_size=11, output_size=11, hidden_size=6, embed_size=4,
-                  tied=True)
+    with pytest.raises(ValueError,
+                       match=r"model.core.tied: .* set model.core.embed_size=6 \(or null\)"):
+        DNIModule(task="lm", input_size=11, output_size=11, hidden_size=6,
+                  core={"embed_size": 4, "tied": True})
     assert not (tmp_path / "r").exists()
 
 
@@ -188,13 +191,13 @@ def test_wlm_dni_recipe_is_the_wlm_recipe_with_ptb_word_dnis_synthesizer():
     """ptb_word_dni's synthesizer, but for beta 0.1 and the guard at 1: the settings measured
     best for WLM's SGD core (results/ptb_reference.md)."""
     wlm, dni, paper = recipe("ptb_word_wlm"), recipe("ptb_word_wlm_dni"), recipe("ptb_word_dni")
-    synth = {"synthesizer", "synthesizer_hidden", "synthesizer_layers", "synthesizer_lr",
-             "synthesizer_clip"}
-    assert {k: dni["model"][k] for k in synth} == {k: paper["model"][k] for k in synth}
-    assert (dni["model"]["sg_scale"], dni["model"]["sg_guard"]) == (0.1, 1.0)
+    synth = {"kind", "hidden", "layers", "lr", "clip"}
+    d, p = dni["model"]["synthesizer"], paper["model"]["synthesizer"]
+    assert {k: d[k] for k in synth} == {k: p[k] for k in synth}
+    assert (dni["model"]["targets"]["scale"], d["guard"]) == (0.1, 1.0)
     assert dni["model"]["boundary"] == "dni"
     rest = {k: v for k, v in dni["model"].items()
-            if k not in synth | {"boundary", "sg_scale", "sg_guard"}}
+            if k not in {"synthesizer", "targets", "boundary"}}
     assert rest == {k: v for k, v in wlm["model"].items() if k != "boundary"}
     for part in ("data", "seed_everything"):
         assert dni[part] == wlm[part]
@@ -282,7 +285,7 @@ def test_wlm_recipe_resumes_exactly_with_its_plateau_mid_epoch(tmp_path):
     _resume_matches("ptb_word_wlm", tmp_path, 10, 5, "--trainer.val_check_interval=3",
                     "--keep_checkpoints=0",
                     "--trainer.limit_val_batches=1", "--model.eval_chunk=64",
-                    "--model.lr_scheduler_args={threshold: 1.0, patience: 1}")
+                    "--model.optim.lr_scheduler_args={threshold: 1.0, patience: 1}")
     ckpt = torch.load(tmp_path / "resumed" / "version_0" / "checkpoints" / "last.ckpt",
                       weights_only=False)
     assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == 20.0 / 4**2
@@ -298,7 +301,9 @@ def cell_args(cell) -> dict[str, str]:
 
 def cell_model(cell, args: dict[str, str]) -> dict:
     """Its model options: the recipe's, then the cell's overrides."""
-    model = dict(recipe(cell.recipe)["model"])
+    model = {}
+    for k, v in recipe(cell.recipe)["model"].items():  # (groups as dotted keys)
+        model.update({f"{k}.{f}": x for f, x in v.items()} if isinstance(v, dict) else {k: v})
     model.update({k[6:]: yaml.safe_load(v) for k, v in args.items() if k.startswith("model.")})
     return model
 
@@ -325,7 +330,7 @@ def test_reference_grid_has_the_cells_issue_20_asks_for():
                     "oracle": ("ptb_word_wlm", "oracle")}[name.split("_")[1]]
         assert (c.recipe, model["boundary"]) == expected, name
         if model["boundary"] == "oracle":
-            assert model["oracle_windows"] == model["windows_per_step"] - 1
+            assert model["targets.oracle_windows"] == model["windows_per_step"] - 1
         assert c.test == "best"
 
 
@@ -362,5 +367,5 @@ def test_t5_lr_grid_holds_the_learning_rate_per_word():
         assert model["lr"] == pytest.approx(20.0 if name.startswith("lr20_") else 20.0 / 7)
         assert model["boundary"] == name.split("_")[1]
         if model["boundary"] == "oracle":
-            assert model["oracle_windows"] == 6
+            assert model["targets.oracle_windows"] == 6
     assert grid.metrics["e1"].at == 1328

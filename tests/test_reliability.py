@@ -30,7 +30,7 @@ PTB = os.environ.get("DNIRNN_DATA") or str(ROOT.parent / "shared" / "data" / "pt
 needs_ptb = pytest.mark.skipif(
     not (Path(PTB) / "ptb.train.txt").exists(), reason=f"no PTB files at {PTB}"
 )
-TINY = ["--model.hidden_size=8", "--model.synthesizer_hidden=8", "--model.embed_size=8"]
+TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--model.core.embed_size=8"]
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 COPY = ["--data.init_args.steps_per_epoch=4", "--data.init_args.batch_size=4", *TINY]
 
@@ -78,11 +78,11 @@ def losses(version: Path) -> dict[int, float]:
 @pytest.mark.parametrize("override,names", [
     ("--model.window=0", "model.window"),
     ("--model.windows_per_step=0", "model.windows_per_step"),
-    ("--model.sg_scale=-1", "model.sg_scale"),
+    ("--model.targets.scale=-1", "model.targets.scale"),
     ("--model.boundary=bogus", "model.boundary"),
-    ("--model.synthesizer=bogus", "model.synthesizer"),
+    ("--model.synthesizer.kind=bogus", "model.synthesizer"),
     ("--model.lr=0", "model.lr"),
-    ("--model.dropout=1.5", "model.dropout"),
+    ("--model.core.dropout=1.5", "model.core.dropout"),
     ("--data.init_args.batch_size=0", "data.batch_size"),
 ])
 def test_invalid_config_value(capsys, tmp_path, override, names):

@@ -41,7 +41,7 @@ axes:
   variant:
     tbptt: {recipe: "{task}_tbptt"}
     paper: dni_paper
-    rls: {overlays: [dni_paper], model.synthesizer_fit: rls, about: "least squares, a, b"}
+    rls: {overlays: [dni_paper], model.synthesizer.fit: rls, about: "least squares, a, b"}
 blocks:
   - axes: {task: [copy], T: [2, 3], variant: [tbptt, paper]}
     seeds: [0, 1]
@@ -66,7 +66,7 @@ def test_grid_expands_blocks_labels_seeds_and_templates(tmp_path):
     assert paper.recipe == "copy_dni" and paper.overlays == ["dni_paper"]
     assert paper.configs[1].endswith("recipes/overlays/dni_paper.yaml")
     assert rls.args == {"model.window": "4", "wandb": "false", "model.windows_per_step": "2",
-                        "model.synthesizer_fit": "rls"}  # no seeds in that block
+                        "model.synthesizer.fit": "rls"}  # no seeds in that block
     assert rls.threads == 2 and rls.test == "best" and tb.test is None
     assert rls.callbacks == {"dnirnn.diagnostics.SyntheticGradientDiagnostics":
                              {"every_n_steps": 50, "windows": 4}}

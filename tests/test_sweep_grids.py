@@ -18,34 +18,44 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The paper's synthesizer (Jaderberg et al. 2016), every option spelled out: what every DNI
 # recipe shipped before issue 11, and what `dni_paper` cells of the comparison measure.
-PAPER = {"synthesizer": "mlp", "synthesizer_fit": "adam", "synthesizer_hidden": 256,
-         "synthesizer_layers": 1, "synthesizer_positions": 1, "synthesizer_context": "none",
-         "synthesizer_lr": 1e-4, "synthesizer_clip": 10.0, "sg_scale": 1.0, "sg_lambda": None,
-         "sg_horizon": None,
-         "sg_guard": None}
-RLS = {"synthesizer": "linear", "synthesizer_fit": "rls", "rls_forget": 0.8, "rls_ridge": 0.1}
-BEST = {**RLS, "synthesizer_positions": 32, "sg_lambda": 1.0, "sg_guard": 2.0}
+PAPER = {"synthesizer.kind": "mlp", "synthesizer.fit": "adam", "synthesizer.hidden": 256,
+         "synthesizer.layers": 1, "synthesizer.positions": 1, "synthesizer.context": "none",
+         "synthesizer.lr": 1e-4, "synthesizer.clip": 10.0, "targets.scale": 1.0,
+         "targets.lam": None, "targets.horizon": None, "synthesizer.guard": None}
+RLS = {"synthesizer.kind": "linear", "synthesizer.fit": "rls", "synthesizer.rls_forget": 0.8,
+       "synthesizer.rls_ridge": 0.1}
+P32, LAM = {"synthesizer.positions": 32}, {"targets.lam": 1.0}
+BEST = {**RLS, **P32, **LAM, "synthesizer.guard": 2.0}
 VARIANTS = {  # variant -> what it adds to the paper's synthesizer
-    "dni_paper": {}, "+rls": RLS, "+positions": {"synthesizer_positions": 32},
-    "+lambda": {"sg_lambda": 1.0}, "+guard": {"sg_guard": 2.0},
-    "rls+positions": {**RLS, "synthesizer_positions": 32},
-    "rls+positions+lambda": {**RLS, "synthesizer_positions": 32, "sg_lambda": 1.0},
-    "rls+positions+lambda0.5": {**RLS, "synthesizer_positions": 32, "sg_lambda": 0.5},
-    "best": BEST, "best+phase": {**BEST, "synthesizer_context": "phase"},
-    "best+forget0.9": {**BEST, "rls_forget": 0.9}, "best+forget0.95": {**BEST, "rls_forget": 0.95},
+    "dni_paper": {}, "+rls": RLS, "+positions": P32,
+    "+lambda": LAM, "+guard": {"synthesizer.guard": 2.0},
+    "rls+positions": {**RLS, **P32},
+    "rls+positions+lambda": {**RLS, **P32, **LAM},
+    "rls+positions+lambda0.5": {**RLS, **P32, "targets.lam": 0.5},
+    "best": BEST, "best+phase": {**BEST, "synthesizer.context": "phase"},
+    "best+forget0.9": {**BEST, "synthesizer.rls_forget": 0.9},
+    "best+forget0.95": {**BEST, "synthesizer.rls_forget": 0.95},
 }
 
 
+def dotted(model: dict) -> dict:
+    """A YAML model section with its option groups as dotted keys (``synthesizer.fit``)."""
+    out = {}
+    for k, v in model.items():
+        out.update({f"{k}.{f}": x for f, x in v.items()} if isinstance(v, dict) else {k: v})
+    return out
+
+
 def model_options(cell) -> dict:
-    """The cell's model options: its recipe, then its overlays, then its overrides."""
+    """The cell's model options, dotted: its recipe, then its overlays, then its overrides."""
     out = {}
     for path in cell.configs:
         p = Path(path) if Path(path).is_file() else recipe_dir() / f"{path}.yaml"
         model = yaml.safe_load(p.read_text()).get("model") or {}
-        out.update(model.get("init_args", model) if "class_path" in model else model)
+        out.update(dotted(model.get("init_args", model) if "class_path" in model else model))
     for k, v in cell.args.items():
         if k.startswith("model."):
-            out[k.split(".")[-1]] = yaml.safe_load(v)
+            out[k.removeprefix("model.").removeprefix("init_args.")] = yaml.safe_load(v)
     return out
 
 
@@ -120,7 +130,7 @@ def test_synthetic_gradient_variants_are_the_paper_plus_their_options():
         if v == "tbptt":
             assert c.recipe.endswith("_tbptt") and opts["boundary"] == "tbptt"
         elif v == "oracle":
-            assert opts["boundary"] == "oracle" and opts["oracle_windows"] >= 1000
+            assert opts["boundary"] == "oracle" and opts["targets.oracle_windows"] >= 1000
         else:
             assert opts["boundary"] == "dni"
             for k, want in {**PAPER, **VARIANTS[v]}.items():
@@ -130,7 +140,7 @@ def test_synthetic_gradient_variants_are_the_paper_plus_their_options():
 
 def test_paper_overlay_is_the_paper_synthesizer():
     overlay = yaml.safe_load((recipe_dir() / "overlays" / "dni_paper.yaml").read_text())
-    for k, v in overlay["model"].items():
+    for k, v in dotted(overlay["model"]).items():
         assert PAPER[k] == v, k
 
 
@@ -139,7 +149,7 @@ def test_copy_recipes_default_to_the_measured_bounded_memory_synthesizer():
     results/horizon.md measured is what a user runs."""
     g = load_grid("horizon")
     for task in ("copy", "repeat_copy"):
-        recipe = yaml.safe_load((recipe_dir() / f"{task}_dni.yaml").read_text())["model"]
+        recipe = dotted(yaml.safe_load((recipe_dir() / f"{task}_dni.yaml").read_text())["model"])
         cells = [c for c in g.cells if c.labels["task"] == task
                  and c.labels["variant"] == "dni_h4"]
         assert len(cells) == 6  # T = 2, 3 x seeds 0-2
@@ -148,7 +158,7 @@ def test_copy_recipes_default_to_the_measured_bounded_memory_synthesizer():
             for k, v in recipe.items():
                 if k != "window":
                     assert opts.get(k) == v, (c.name, k)
-        assert recipe["sg_horizon"] == 4 and recipe["sg_lambda"] == 1.0
+        assert recipe["targets.horizon"] == 4 and recipe["targets.lam"] == 1.0
 
 
 def test_moonshot_grid_times_the_recipe_against_full_bptt():
@@ -161,7 +171,7 @@ def test_moonshot_grid_times_the_recipe_against_full_bptt():
         assert c.args["trainer.max_steps"] == "10000"
         assert "dnirnn.wallclock.WallClock" in c.callbacks
     assert by["dni_h4"].recipe == "repeat_copy_dni" and model_options(by["dni_h4"]) == {
-        **yaml.safe_load((recipe_dir() / "repeat_copy_dni.yaml").read_text())["model"],
+        **dotted(yaml.safe_load((recipe_dir() / "repeat_copy_dni.yaml").read_text())["model"]),
         "window": 2}
     assert model_options(by["full_bptt"])["window"] == 1000
     assert any(p.get("x") == "time/train_s" for p in g.plots)

@@ -13,9 +13,10 @@ from dnirnn.cli import main
 from .test_training import ROOT, _resume_matches, fit
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
-NEW = ["--model.synthesizer=linear", "--model.synthesizer_fit=rls",
-       "--model.synthesizer_positions=8", "--model.sg_lambda=0.5", "--model.sg_guard=2.0",
-       "--model.synthesizer_context=phase"]
+NEW = ["--model.synthesizer.kind=linear", "--model.synthesizer.fit=rls",
+       "--model.synthesizer.positions=8", "--model.targets.lam=0.5",
+       "--model.synthesizer.guard=2.0",
+       "--model.synthesizer.context=phase"]
 COPY = ["--data.init_args.steps_per_epoch=4", "--data.init_args.batch_size=4",
         "--data.init_args.start_length=3"]
 
@@ -61,14 +62,14 @@ def test_huge_learning_rate_stops_with_a_clear_error(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("override,field", [
-    (["--model.synthesizer=mlp"], "model.synthesizer_fit"),  # mlp + the recipe's rls
-    (["--model.synthesizer_fit=lbfgs"], "model.synthesizer_fit"),
-    (["--model.sg_lambda=1.5"], "model.sg_lambda"),
-    (["--model.boundary=dni_aux", "--model.sg_lambda=1"], "model.sg_lambda"),
-    (["--model.sg_guard=0"], "model.sg_guard"),
-    (["--model.synthesizer_positions=0"], "model.synthesizer_positions"),
-    (["--model.rls_forget=1.5"], "model.rls_forget"),
-    (["--model.synthesizer_context=labels"], "model.synthesizer_context"),
+    (["--model.synthesizer.kind=mlp"], "model.synthesizer.fit"),  # mlp + the recipe's rls
+    (["--model.synthesizer.fit=lbfgs"], "model.synthesizer.fit"),
+    (["--model.targets.lam=1.5"], "model.targets.lam"),
+    (["--model.boundary=dni_aux", "--model.targets.lam=1"], "model.targets.lam"),
+    (["--model.synthesizer.guard=0"], "model.synthesizer.guard"),
+    (["--model.synthesizer.positions=0"], "model.synthesizer.positions"),
+    (["--model.synthesizer.rls_forget=1.5"], "model.synthesizer.rls_forget"),
+    (["--model.synthesizer.context=labels"], "model.synthesizer.context"),
 ])
 def test_bad_synthesizer_settings_are_refused(capsys, tmp_path, override, field):
     root = tmp_path / "run"
@@ -96,10 +97,10 @@ def test_phase_context_needs_a_copy_task(capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["fit", "--config", str(ROOT / "recipes" / "recall_dni.yaml"),
               f"--trainer.default_root_dir={root}", "--wandb=false", "--trainer.max_steps=1",
-              "--model.synthesizer_context=phase"])
+              "--model.synthesizer.context=phase"])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "model.synthesizer_context" in err and "copy" in err
+    assert "model.synthesizer.context" in err and "copy" in err
     assert not root.exists()
 
 

@@ -31,7 +31,7 @@ def test_training_tail_is_word_language_models_last_shorter_update(float64, wind
     torch.manual_seed(0)
     module = DNIModule(task="lm", input_size=37, output_size=37, hidden_size=6, num_layers=2,
                        window=window, windows_per_step=per_step, boundary="tbptt",
-                       optimizer="sgd", lr=2.0, clip=None)
+                       lr=2.0, optim={"optimizer": "sgd", "clip": None})
     ref = copy.deepcopy(module.engine.core)
     module.task, module._trainer = task, SimpleNamespace(world_size=1)
     module._opts = Optimizers(module.configure_optimizers(), None, None, None)
@@ -69,7 +69,8 @@ def test_training_tail_with_synthetic_gradients(boundary):
     task = tiny_lm(steps=24, train_tail=True)  # 23 targets per column = 7 * 3 + 2
     torch.manual_seed(0)
     module = DNIModule(task="lm", input_size=37, output_size=37, hidden_size=6, window=3,
-                       windows_per_step=7, boundary=boundary, oracle_windows=6)
+                       windows_per_step=7, boundary=boundary,
+                       targets={"oracle_windows": 6})
     module.task, module._trainer = task, SimpleNamespace(world_size=1)
     opts = module.configure_optimizers()
     opts = opts if isinstance(opts, list) else [opts]

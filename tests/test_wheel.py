@@ -136,4 +136,4 @@ def test_the_wheel_trains_by_name_from_any_folder(wheel):
     assert s["stage"] == "fit" and s["global_step"] == 3
     assert (version / "checkpoints" / "last.ckpt").is_file()
     config = (version / "config.yaml").read_text()
-    assert "synthesizer_fit: adam" in config  # the overlay was applied over the recipe
+    assert "fit: adam" in config  # the overlay was applied over the recipe

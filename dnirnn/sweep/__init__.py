@@ -36,7 +36,7 @@ The grid format (every key optional unless said)::
       T: [2, 3]
       mode:                                 # labels with settings:
         tbptt:                              #   nothing: the label only
-        dni: {model.sg_scale: 0.5}          #   dotted overrides (+ recipe:, overlays:,
+        dni: {model.targets.scale: 0.5}         #   dotted overrides (+ recipe:, overlays:,
         paper: dni_paper                    #   args:, callbacks:, threads:, test:, about:)
         aux: {recipe: "{task}_dni_aux", about: DNI + Aux}   # a name: an overlay or a recipe
     blocks:                                 # instead of one product, a union of products;

@@ -1,0 +1,388 @@
+"""The models' options, declared, documented and checked once.
+
+Each group is a small frozen dataclass that checks itself when it is made: a bad value raises
+``OptionError`` (a ``ValueError``; the CLI prints it as one ``dnirnn: error:`` line, exit 2),
+whose message names the option as the user types it, what it must be, the value given and
+the fix. The three Lightning modules take the groups; LightningCLI makes each a nested group::
+
+    --model.synthesizer.fit=rls              model: {synthesizer: {fit: rls}}
+
+===================  ======================================================================
+group                options
+===================  ======================================================================
+``model.core``       ``CoreOptions``: embedding, dropout, tied weights, initialisation
+``model.synthesizer`` ``SynthesizerOptions``: the temporal synthesizer and its fit
+``model.interface``  ``InterfaceOptions``: the interface synthesizer (hierarchy, decoupled)
+``model.targets``    ``TargetOptions``: what the boundary injects and what the synthesizer
+                     regresses (β, λ, the horizon, Aux, the oracle's look-ahead)
+``model.optim``      ``OptimOptions``: the core's optimizer, schedule and clip
+===================  ======================================================================
+
+The options users type most stay flat: ``model.window``, ``model.boundary``, ``model.lr``,
+``model.hidden_size``, ``model.num_layers``, ``model.windows_per_step``, ``model.eval_chunk``.
+Checks across groups (an ``rls`` fit needs a linear map, λ not with ``dni_aux`` ...) are
+``check_dni``'s. ``RENAMED`` maps each option's name before the groups to its name now
+(``renamed`` turns one into the error the CLI and the checkpoint loader print).
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, ClassVar
+
+KINDS = ("linear", "mlp")  # (dnirnn.synthesizers.SYNTHESIZER_KINDS)
+FITS = ("adam", "rls")  # (dnirnn.synthesizers.FITS)
+CONTEXTS = ("none", "phase", "target")
+PHASE_CONTEXT = 3  # the width of the "phase" context: [input phase, answer phase, k / K]
+
+
+class OptionError(ValueError):
+    """A bad option value; the message names it, what it must be, the value and the fix."""
+
+
+def need(ok: bool, where: str, value: Any, must: str) -> None:
+    """Raises ``OptionError`` naming ``where`` unless ``ok``."""
+    if not ok:
+        raise OptionError(f"{where}: {must} (got {value!r})")
+
+
+def _positive_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+class Group:
+    """Shared by the groups: ``GROUP`` (the dotted prefix users type) and ``of``. (The CLI
+    parses each as a plain nested group, not a class_path choice: ``dnirnn.cli_parser``.)"""
+
+    GROUP: ClassVar[str] = "model"
+
+    def need(self, ok: bool, name: str, must: str) -> None:
+        need(ok, f"{self.GROUP}.{name}", getattr(self, name), must)
+
+    @classmethod
+    def of(cls, value: Any) -> Any:
+        """``value`` as this group: an instance, a mapping of its fields (a checkpoint's
+        hparams, a test's dict), or None."""
+        if value is None or isinstance(value, cls):
+            return value
+        if isinstance(value, Group):  # (a parent class's instance: the same fields)
+            value = {f.name: getattr(value, f.name) for f in fields(value)}
+        if not isinstance(value, dict):
+            raise OptionError(f"{cls.GROUP}: a group of options, e.g. "
+                              f"--{cls.GROUP}.{fields(cls)[0].name}=..., or in YAML "
+                              f"{cls.GROUP.split('.')[-1]}: {{...}} (got {value!r})")
+        names = {f.name for f in fields(cls)}
+        bad = sorted(set(value) - names)
+        if bad:
+            raise OptionError(f"{cls.GROUP}: no option {bad[0]!r}; its options are "
+                              f"{', '.join(sorted(names))}")
+        return cls(**value)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def unused(self, names: tuple[str, ...], by: str) -> None:
+        """Raises if one of ``names`` is not at its default: ``by`` does not use it."""
+        for f in fields(self):
+            if f.name in names and f.default is not MISSING \
+                    and getattr(self, f.name) != f.default:
+                need(False, f"{self.GROUP}.{f.name}", getattr(self, f.name),
+                      f"{by} does not use it; remove it (default {f.default!r})")
+
+
+@dataclass(frozen=True)
+class CoreOptions(Group):
+    """The LSTM core's construction (``model.core``).
+
+    Args:
+        embed_size: embedding width (token tasks); null: hidden_size.
+        dropout: dropout on the embedding, between layers and before the readout, in [0, 1).
+        tied: the readout's weight is the embedding's (token tasks; needs embed_size ==
+            hidden_size), as word_language_model's ``--tied``.
+        init_range: embedding and readout weights uniform in +-init_range, readout bias 0
+            (word_language_model: 0.1); null: PyTorch's initialisation.
+        forget_bias: initial forget-gate bias of the LSTM (0: PyTorch's init, unchanged).
+    """
+
+    GROUP: ClassVar[str] = "model.core"
+    embed_size: int | None = None
+    dropout: float = 0.0
+    tied: bool = False
+    init_range: float | None = None
+    forget_bias: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.need(self.embed_size is None or _positive_int(self.embed_size), "embed_size",
+                  "must be an integer >= 1, or null for hidden_size")
+        self.need(0 <= self.dropout < 1, "dropout", "must be in [0, 1) (0: no dropout)")
+        self.need(self.init_range is None or self.init_range > 0, "init_range",
+                  "must be > 0 (word_language_model: 0.1), or null for PyTorch's init")
+
+
+@dataclass(frozen=True)
+class SynthesizerOptions(Group):
+    """A synthesizer and how it is fitted (``model.synthesizer``: the temporal one, M).
+
+    Args:
+        kind: "linear" or "mlp" (``fit: rls`` needs "linear").
+        fit: "adam" (its own Adam on the synthetic-gradient loss, per window: the paper) or
+            "rls" (exact ridge least squares with exponential forgetting, re-solved once per
+            training step: ``dnirnn.synthesizers.least_squares``).
+        positions: P, one map per boundary index k within an episode (k >= P share map
+            P - 1); 1: one shared map (streams always use map 0).
+        context: cDNI context appended to the input: "none"; "phase" (copy tasks: [input
+            phase, answer phase, k / K] of the boundary); "target" (the interface of the
+            decoupled stack: the step's target token, one-hot).
+        hidden: hidden units of the mlp; null: the width of what it predicts (the state
+            size for M, so the synthesizer never outgrows the core).
+        layers: hidden layers of the mlp.
+        lr: its Adam's learning rate (``fit: adam``).
+        clip: its gradient-norm clip (null: none), never shared with the core.
+        guard: cap each synthetic gradient's norm at this multiple of the running RMS norm
+            of its position's targets (null: no cap).
+        rls_forget: ``rls``: weight of a regression pair one training step older, in (0, 1].
+        rls_ridge: ``rls``: ridge, relative to the mean diagonal of the normal matrix.
+        rls_input: ``rls``: what the maps regress on: "state" (h and c) or "h" (the hidden
+            half only: a quarter of the normal matrix, for fewer samples per unknown).
+        rls_share: ``rls``: weight in [0, 1] with which a boundary's pairs also join the
+            statistics of the neighbouring positions (0: none).
+    """
+
+    GROUP: ClassVar[str] = "model.synthesizer"
+    kind: str = "mlp"
+    fit: str = "adam"
+    positions: int = 1
+    context: str = "none"
+    hidden: int | None = None
+    layers: int = 1
+    lr: float = 1e-4
+    clip: float | None = 1.0
+    guard: float | None = None
+    rls_forget: float = 0.8
+    rls_ridge: float = 0.1
+    rls_input: str = "state"
+    rls_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.need(self.kind in KINDS, "kind", f"must be one of {KINDS}")
+        self.need(self.fit in FITS, "fit", f"must be one of {FITS}")
+        self.need(self.fit != "rls" or self.kind == "linear", "fit",
+                  f"'rls' fits linear maps: also set --{self.GROUP}.kind=linear")
+        self.need(_positive_int(self.positions), "positions",
+                  "must be an integer >= 1 (1: one shared map)")
+        self.need(self.context in CONTEXTS, "context", f"must be one of {CONTEXTS}")
+        self.need(self.hidden is None or _positive_int(self.hidden), "hidden",
+                  "must be an integer >= 1, or null for the width of what it predicts")
+        self.need(_positive_int(self.layers), "layers", "must be an integer >= 1")
+        self.need(self.lr > 0, "lr", "must be > 0")
+        self.need(self.clip is None or self.clip > 0, "clip",
+                  "must be > 0, or null for no clipping")
+        self.need(self.guard is None or self.guard > 0, "guard",
+                  "must be > 0, or null for no cap")
+        self.need(0 < self.rls_forget <= 1, "rls_forget", "must be in (0, 1]")
+        self.need(self.rls_ridge > 0, "rls_ridge", "must be > 0")
+        self.need(self.rls_input in ("state", "h"), "rls_input", "must be 'state' or 'h'")
+        self.need(0 <= self.rls_share <= 1, "rls_share", "must be in [0, 1] (0: no sharing)")
+
+
+@dataclass(frozen=True)
+class SlowSynthesizerOptions(SynthesizerOptions):
+    """``SynthesizerOptions`` of the hierarchy's slow core, M_s (``model.slow_synthesizer``)."""
+
+    GROUP: ClassVar[str] = "model.slow_synthesizer"
+
+
+@dataclass(frozen=True)
+class InterfaceOptions(SynthesizerOptions):
+    """The interface synthesizer (``model.interface``): ``SynthesizerOptions`` and what only
+    an interface has. In the hierarchy it is M_if (the slow core's gradient on the
+    bottom-up message); in the decoupled stack, I_g (the gradient of the group above on the
+    group's output). ``hidden`` null: the width it predicts (the message, hidden_size).
+
+    Args:
+        scale: β_if, the weight of the interface synthetic gradient.
+        delay: decoupled stack: d, windows between the use of ``ĝ_k`` and I_g's fit on the
+            true ``G_k`` (>= 1; 2: no group waits for a backward pass of the same tick).
+        warmup: decoupled stack: windows each group runs before it injects ``ĝ`` (its I_g
+            is fitted from the first window; the first fits point anywhere).
+    """
+
+    GROUP: ClassVar[str] = "model.interface"
+    scale: float = 1.0
+    delay: int = 2
+    warmup: int = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.need(self.scale >= 0, "scale", "must be >= 0")
+        self.need(_positive_int(self.delay), "delay", "must be an integer >= 1")
+        self.need(isinstance(self.warmup, int) and self.warmup >= 0, "warmup",
+                  "must be an integer >= 0 (windows before the interface gradient is used)")
+
+
+@dataclass(frozen=True)
+class TargetOptions(Group):
+    """What the boundary injects and what the synthesizer regresses (``model.targets``).
+
+    Args:
+        scale: β, the weight of the synthetic gradient (1 = the paper).
+        lam: null: the synthesizer regresses the one-window bootstrapped target delta_k,
+            per window (the paper); λ in [0, 1]: it regresses λ-return targets over
+            ``horizon`` windows (λ = 1: the true gradient of those windows' loss,
+            bootstrapped with the synthesizer at the horizon).
+        horizon: with ``lam``: H windows of exact credit in the target (ready H - 1 windows
+            later; the last H windows' graphs are kept: the memory of TBPTT over H * T
+            steps); null: to the episode's end (streams: the training step's end).
+        aux_weight: weight of the Aux loss (``boundary: dni_aux``).
+        oracle_windows: W, windows of look-ahead of the ``oracle`` boundary.
+    """
+
+    GROUP: ClassVar[str] = "model.targets"
+    scale: float = 1.0
+    lam: float | None = None
+    horizon: int | None = None
+    aux_weight: float = 1.0
+    oracle_windows: int = 1
+
+    def __post_init__(self) -> None:
+        self.need(self.scale >= 0, "scale", "must be >= 0 (1: the paper)")
+        self.need(self.lam is None or 0 <= self.lam <= 1, "lam",
+                  "must be in [0, 1], or null for the per-window bootstrapped target")
+        self.need(self.horizon is None or _positive_int(self.horizon), "horizon",
+                  "must be an integer >= 1 (windows of the λ-return), or null for the "
+                  "whole episode")
+        self.need(self.horizon in (None, 1) or self.lam is not None, "horizon",
+                  "a horizon > 1 is a λ-return: also set --model.targets.lam (1.0: no "
+                  "bootstrapping inside the horizon)")
+        self.need(self.aux_weight >= 0, "aux_weight", "must be >= 0")
+        self.need(_positive_int(self.oracle_windows), "oracle_windows",
+                  "must be an integer >= 1")
+
+
+@dataclass(frozen=True)
+class OptimOptions(Group):
+    """The core's optimizer and schedule (``model.optim``; its learning rate is ``model.lr``).
+
+    Args:
+        optimizer: adam (fused), sgd, any torch.optim class by name (AdamW, rmsprop) or a
+            dotted class path (torch.optim.SGD); ``dnirnn.optim``.
+        optimizer_args: its keyword arguments but lr ({momentum: 0.9} for sgd), or null.
+        lr_scheduler: null (constant), plateau (lr / 4 when the validation loss does not
+            improve on its best: word_language_model's anneal), or a
+            torch.optim.lr_scheduler class by name or class path.
+        lr_scheduler_args: its keyword arguments (plateau's defaults: factor 0.25,
+            patience 0, threshold 0).
+        lr_scheduler_interval: "epoch" or "step": when a schedule other than plateau steps
+            (plateau steps after each validation of a fit).
+        clip: the core's gradient-norm clip (null: none).
+    """
+
+    GROUP: ClassVar[str] = "model.optim"
+    optimizer: str = "adam"
+    optimizer_args: dict[str, Any] | None = None
+    lr_scheduler: str | None = None
+    lr_scheduler_args: dict[str, Any] | None = None
+    lr_scheduler_interval: str = "epoch"
+    clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        from dnirnn.optim import check_optimizer
+
+        self.need(self.clip is None or self.clip > 0, "clip",
+                  "must be > 0, or null for no clipping")
+        check_optimizer(self.optimizer, 1.0, self.optimizer_args, self.lr_scheduler,
+                        self.lr_scheduler_args, self.lr_scheduler_interval)
+
+
+def as_hparams(args: dict[str, Any]) -> dict[str, Any]:
+    """A module's ``__init__`` arguments as plain values (groups as mappings): its hparams,
+    the checkpoint's config."""
+    return {k: v.as_dict() if isinstance(v, Group) else v for k, v in args.items()
+            if k not in ("self", "__class__") and not k.startswith("_")}
+
+
+def check_flat(args: dict[str, Any], names: tuple[str, ...]) -> None:
+    """The flat integer options ``names`` of ``args`` are >= 1; ``lr`` > 0."""
+    for f in names:
+        need(_positive_int(args[f]), f"model.{f}", args[f], "must be an integer >= 1")
+    if "lr" in args:
+        need(args["lr"] > 0, "model.lr", args["lr"], "must be > 0")
+
+
+def check_dni(boundary: str, synthesizer: SynthesizerOptions, targets: TargetOptions,
+              depth: int = 1) -> None:
+    """``DNIModule``'s checks across groups."""
+    from dnirnn.dni import BOUNDARIES
+
+    need(boundary in BOUNDARIES, "model.boundary", boundary, f"must be one of {BOUNDARIES}")
+    need(synthesizer.context != "target", "model.synthesizer.context", synthesizer.context,
+          "'target' is the decoupled stack's interface context; use 'none' or 'phase'")
+    need(targets.lam is None or boundary != "dni_aux", "model.targets.lam", targets.lam,
+          "λ-return targets are not defined for dni_aux (its targets include the Aux loss): "
+          "set --model.targets.lam=null, or use --model.boundary=dni")
+    need(depth == 1 or boundary != "dni_aux", "model.depth", depth,
+         "a deeper backward is not defined for dni_aux: use --model.boundary=dni (the "
+         "hybrid) or tbptt, or --model.depth=1")
+    need(depth == 1 or targets.lam is None or targets.horizon is not None, "model.depth",
+         depth, "a deeper backward needs a bounded horizon: set --model.targets.horizon, "
+         "or --model.depth=1")
+
+
+# ---- the names before the groups ------------------------------------------------------
+
+_SYNTH = ("fit", "positions", "context", "hidden", "layers", "lr", "clip")
+RENAMED: dict[str, str] = {
+    **{f"synthesizer_{n}": f"model.synthesizer.{n}" for n in _SYNTH},
+    **{f"rls_{n}": f"model.synthesizer.rls_{n}" for n in ("forget", "ridge", "input", "share")},
+    "sg_guard": "model.synthesizer.guard",
+    "sg_scale": "model.targets.scale", "sg_lambda": "model.targets.lam",
+    "sg_horizon": "model.targets.horizon", "aux_weight": "model.targets.aux_weight",
+    "oracle_windows": "model.targets.oracle_windows",
+    **{n: f"model.optim.{n}" for n in ("optimizer", "optimizer_args", "lr_scheduler",
+                                        "lr_scheduler_args", "lr_scheduler_interval", "clip")},
+    **{n: f"model.core.{n}" for n in ("embed_size", "dropout", "tied", "init_range",
+                                       "forget_bias")},
+    "interface_synthesizer": "model.interface.kind",
+    **{f"interface_{n}": f"model.interface.{n}" for n in (
+        "fit", "context", "hidden", "layers", "lr", "delay", "warmup")},
+    "interface_sg_scale": "model.interface.scale",
+    "slow_synthesizer": "model.slow_synthesizer.kind",
+}
+# (``synthesizer: linear`` was the kind; now ``synthesizer`` is a group)
+GROUPS = {"synthesizer": "model.synthesizer.kind", "slow_synthesizer":
+          "model.slow_synthesizer.kind", "interface": "model.interface.kind"}
+
+
+def renamed(old: str) -> str | None:
+    """The error for an option name of before the groups (``sg_horizon``), or None."""
+    new = RENAMED.get(old)
+    if new is None:
+        return None
+    return (f"model.{old} was renamed {new}: the model's options are grouped "
+            f"(model.core, model.synthesizer, model.interface, model.targets, model.optim; "
+            f"dnirnn.options). Write --{new}=VALUE on the command line, or in a recipe "
+            f"model: {{{new.split('.')[1]}: {{{new.split('.')[2]}: VALUE}}}}.")
+
+
+def group_given_a_value(name: str, value: Any) -> str:
+    """The error for ``--model.synthesizer=linear``: a value where a group is."""
+    new = GROUPS[name]
+    return (f"model.{name} is a group of options now, not the kind: for {value!r} write "
+            f"--{new}={value} (in a recipe model: {{{name}: {{kind: {value}}}}}); its "
+            f"other options are model.{name}.fit, .hidden, .lr ... (dnirnn.options)")
+
+
+def old_checkpoint(path: Any, hparams: dict[str, Any],
+                   current: dict[str, Any] | None = None) -> str | None:
+    """The error for a checkpoint whose hparams use names of before the groups (that the
+    model resuming it, with hparams ``current``, no longer has), or None."""
+    old = [k for k in hparams if k in RENAMED and k not in (current or {})]
+    if not old:
+        return None
+    flags = " ".join(f"--{RENAMED[k]}={hparams[k]}" for k in old if hparams[k] is not None)
+    return (f"ckpt_path: {path} was written before the model's options were grouped: its "
+            f"config names {', '.join('model.' + k for k in old[:4])}"
+            f"{' ...' if len(old) > 4 else ''}, now {', '.join(RENAMED[k] for k in old[:4])}"
+            f"{' ...' if len(old) > 4 else ''} (dnirnn.options.RENAMED). dnirnn does not "
+            f"resume it: train a new run with the current recipe, or check out the dnirnn "
+            f"version that wrote it. Its options in the new names: {flags}")
