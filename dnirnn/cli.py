@@ -52,9 +52,10 @@ from dnirnn.curriculum import ScoreAtSolvedLevel
 from dnirnn.data.ptb import DataError
 from dnirnn.decoupled.parallel import as_peer_lost, release_workers, remember_command
 from dnirnn.interrupt import PeriodicCheckpoint, parse_every
-from dnirnn.lit import DNIModule, NonFiniteLossError, RecurrentModule
+from dnirnn.lit import DNIModule
 from dnirnn.malloc import keep_freed_memory
 from dnirnn.recipe import RecipeNotFound, configs_first, resolve_config_args
+from dnirnn.recurrent import NonFiniteLossError, RecurrentModule
 from dnirnn.runs import (
     COMPLETED,
     LEVEL,

@@ -24,16 +24,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from dnirnn.dni import DNIRNN, train_span
-from dnirnn.hierarchy import init_forget_bias
-from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.dni import train_span
+from dnirnn.engine.build import (
+    EngineSpec,
+    Parts,
+    assemble,
+    engine_optimizers,
+    make_optimizers,
+    make_parts,
+)
 from dnirnn.optim import (
     Optimizers,
-    adam,
     advance,
-    build_optimizer,
     build_scheduler,
     on_validation,
 )
@@ -48,14 +52,12 @@ from dnirnn.options import (
     check_flat,
     need,
 )
-from dnirnn.recurrent import TASKS, TOKEN_TASKS, NonFiniteLossError, RecurrentModule
+from dnirnn.recurrent import RecurrentModule
 from dnirnn.state import State
-from dnirnn.synthesizers import NormGuard, build_synthesizer
-from dnirnn.tasks import Batch, CopyTask
+from dnirnn.tasks import TASKS, Batch, CopyTask
 from dnirnn.window import Window, WindowResult, split_windows
 
-__all__ = ["TASKS", "TOKEN_TASKS", "DNIModule", "NonFiniteLossError",
-           "RecurrentModule"]
+__all__ = ["DNIModule"]
 
 
 class DNIModule(RecurrentModule):
@@ -123,42 +125,12 @@ class DNIModule(RecurrentModule):
         self.core_options, self.synthesizer_options = core, synthesizer
         self.targets_options, self.optim_options = targets, optim
         self.save_hyperparameters(as_hparams(locals()))
-        lstm = LSTMCore(CoreConfig(input_size, output_size, hidden_size, num_layers,
-                                   embed=task in TOKEN_TASKS, embed_size=core.embed_size,
-                                   dropout=core.dropout, tied=core.tied,
-                                   init_range=core.init_range))
-        init_forget_bias(lstm.lstm, core.forget_bias)
-        synth = guard = aux = None
-        if boundary in ("dni", "dni_aux"):
-            s = synthesizer
-            synth = build_synthesizer(
-                lstm.state_size, fit=s.fit, kind=s.kind,
-                hidden_size=lstm.state_size if s.hidden is None else s.hidden,
-                hidden_layers=s.layers, context_size=PHASE_CONTEXT if s.context == "phase" else 0,
-                positions=s.positions, forget=s.rls_forget, ridge=s.rls_ridge,
-                inputs=s.rls_input, share=s.rls_share)
-            if s.guard is not None:
-                guard = NormGuard(s.positions, s.guard)
-        if boundary == "dni_aux":  # the Aux head A: o_t (H) -> predicted g_{k+1} (S)
-            aux = nn.Linear(hidden_size, lstm.state_size)
+        self.spec = EngineSpec(task, input_size, output_size, hidden_size, num_layers,
+                               boundary, depth, lr, core, synthesizer, targets, optim)
         # Outside a Trainer (tests, scripts) the engine has the loss scale 1; ``setup`` builds
         # it again, whole, from the same parts once the task and the processes are known.
-        self.engine = self.build_engine(lstm, synth, guard, aux)
+        self.engine = assemble(self.spec, make_parts(self.spec))
         self._opts: Optimizers | None = None
-
-    def build_engine(self, core: LSTMCore, synthesizer: nn.Module | None,
-                     guard: NormGuard | None, aux: nn.Module | None, loss_norm: float = 1.0,
-                     world: int = 1, resumable: bool = False, rank: int = 0) -> DNIRNN:
-        """The engine from its parts (no new parameters: the RNG is not drawn). Under DDP
-        the Aux weight is divided by the world size (see the module docstring) and a
-        least-squares synthesizer knows its rank."""
-        t = self.targets_options
-        if hasattr(synthesizer, "rank"):
-            synthesizer.rank = rank
-        return DNIRNN(core, TASKS[self.hparams.task], loss_norm, self.hparams.boundary,
-                      synthesizer, t.scale, t.aux_weight / world, t.oracle_windows, guard,
-                      t.lam, t.horizon, aux=aux, resumable=resumable,
-                      depth=self.hparams.depth)
 
     def check_task(self, task: Any, world: int) -> None:
         super().check_task(task, world)
@@ -172,20 +144,16 @@ class DNIModule(RecurrentModule):
 
     def configure_task(self, world: int) -> None:
         e = self.engine  # (the parts made in __init__; the loss scale of the global batch)
-        self.engine = self.build_engine(
-            e.core, e.synthesizer, e.guard, e.aux, self.task.loss_norm(self.hparams.window),
-            world, resumable=not self.task.episodic,  # (horizon chains cross steps: streams)
+        self.engine = assemble(
+            self.spec, Parts(e.core, e.synthesizer, e.guard, e.aux),
+            loss_norm=self.task.loss_norm(self.hparams.window), world=world,
+            resumable=not self.task.episodic,  # (kept windows cross steps: streams)
             rank=self.trainer.global_rank if world > 1 else 0)
 
     def configure_optimizers(self):
         o = self.optim_options
-        core = build_optimizer(self.engine.core_parameters(), o.optimizer, self.hparams.lr,
-                               o.optimizer_args)
-        opts = [core]
-        if self.engine.synthesizer is not None and list(self.engine.synthesizer.parameters()):
-            # (none for tbptt / oracle, or a synthesizer solved in closed form)
-            opts.append(adam(self.engine.synthesizer.parameters(),
-                             self.synthesizer_options.lr))
+        opts = make_optimizers(self.engine, self.spec)
+        core = opts[0]
         schedule = build_scheduler(core, o.lr_scheduler, o.lr_scheduler_args)
         if schedule is None:
             return opts if len(opts) > 1 else core
@@ -219,9 +187,8 @@ class DNIModule(RecurrentModule):
         if self._opts is None:
             opts = self.optimizers()
             opts = opts if isinstance(opts, list) else [opts]
-            raw = [o.optimizer for o in opts]  # the engine steps them; no Lightning wrapper
-            self._opts = Optimizers(raw[0], raw[1] if len(raw) > 1 else None,
-                                    self.optim_options.clip, self.synthesizer_options.clip)
+            # the engine steps the raw optimizers; no Lightning wrapper
+            self._opts = engine_optimizers(self.spec, [o.optimizer for o in opts])
         return self._opts
 
     # ---- engine hooks -------------------------------------------------------------------

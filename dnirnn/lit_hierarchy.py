@@ -42,9 +42,9 @@ from dnirnn.hierarchy import (
     hierarchy_update,
 )
 from dnirnn.optim import Optimizers, adam
-from dnirnn.recurrent import TASKS, TOKEN_TASKS, RecurrentModule
+from dnirnn.recurrent import RecurrentModule
 from dnirnn.synthesizers import FITS, SYNTHESIZER_KINDS
-from dnirnn.tasks import Batch, CopyTask
+from dnirnn.tasks import TASKS, TOKEN_TASKS, Batch, CopyTask
 from dnirnn.window import Window, split_windows
 
 # train/<key>: the fast core's keys mean what DNIModule's mean for its single core.

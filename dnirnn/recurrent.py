@@ -29,12 +29,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from dnirnn.data import repeat_copy
-from dnirnn.tasks import Batch, CopyTask, LanguageModelTask, RecallTask, lm_step_loss
+from dnirnn.tasks import Batch, CopyTask, LanguageModelTask, RecallTask
 from dnirnn.window import Window
-
-TASKS = {"lm": lm_step_loss, "copy": repeat_copy.step_loss, "recall": lm_step_loss}
-TOKEN_TASKS = ("lm", "recall")  # token inputs (an embedding); the others read features
 
 
 class NonFiniteLossError(RuntimeError):

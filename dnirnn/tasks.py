@@ -74,6 +74,11 @@ def lm_step_loss(logits: Tensor, y: Tensor) -> Tensor:
     return CrossEntropyNats.apply(logits.flatten(0, 1), y.flatten()).view_as(y)
 
 
+# each task's per-step loss (the engine's ``StepLoss``), by the name models are given
+TASKS = {"lm": lm_step_loss, "copy": repeat_copy.step_loss, "recall": lm_step_loss}
+TOKEN_TASKS = ("lm", "recall")  # token inputs (an embedding); the others read features
+
+
 class LanguageModelTask:
     """Next-token prediction on a token stream with carried state (PTB char or word level).
 
@@ -99,7 +104,6 @@ class LanguageModelTask:
             "test": batchify(corpus.test, eval_batch_size),
         }
         self.input_size = self.output_size = len(corpus.vocab)
-        self.step_loss = lm_step_loss
         self.rank, self.world = 0, 1
 
     def shard(self, rank: int, world: int) -> LanguageModelTask:
@@ -239,7 +243,6 @@ class CopyTask(EpisodicTask):
         self.length, self.repeats, self.max_level_solved = start_length, 1, 0
         self.input_size = self.generator.obs_size
         self.output_size = self.generator.target_size
-        self.step_loss = repeat_copy.step_loss
 
     @property
     def level(self) -> int:
@@ -297,7 +300,6 @@ class RecallTask(EpisodicTask):
         self.generator = Recall(num_symbols, length, query_steps, num_distractors)
         self.input_size = self.generator.input_size
         self.output_size = self.generator.output_size
-        self.step_loss = lm_step_loss
 
     @property
     def episode_length(self) -> int:

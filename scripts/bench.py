@@ -70,12 +70,18 @@ from torch.utils.data import DataLoader, Dataset
 from dnirnn.data.ptb import Corpus
 from dnirnn.data.vocab import Vocab
 from dnirnn.datamodules import _TaskDataModule
-from dnirnn.dni import DNIRNN, train_span
+from dnirnn.dni import train_span
+from dnirnn.engine.build import (
+    EngineSpec,
+    assemble,
+    engine_optimizers,
+    make_optimizers,
+    make_parts,
+)
 from dnirnn.lit import DNIModule
-from dnirnn.model import CoreConfig, LSTMCore
-from dnirnn.optim import Optimizers, adam
-from dnirnn.synthesizers import Synthesizer
-from dnirnn.tasks import LanguageModelTask, lm_step_loss
+from dnirnn.optim import adam
+from dnirnn.options import OptimOptions, SynthesizerOptions
+from dnirnn.tasks import LanguageModelTask
 from dnirnn.window import split_windows
 
 PRESETS = {
@@ -300,25 +306,23 @@ def run_bare(cfg: BenchConfig, T: int, device: torch.device, *, step: bool = Tru
     return clock.elapsed
 
 
-def _engine(cfg: BenchConfig, boundary: str, T: int) -> DNIRNN:
-    """The engine exactly as ``DNIModule`` builds it (its default synthesizer)."""
-    core = LSTMCore(CoreConfig(cfg.vocab, cfg.vocab, cfg.hidden, 1, embed=True))
-    synth = None
-    if boundary != "tbptt":
-        synth = Synthesizer(core.state_size, "mlp", cfg.synthesizer_hidden, 1)
-    return DNIRNN(core, lm_step_loss, float(cfg.batch * T), boundary, synth)
+def engine_spec(cfg: BenchConfig, boundary: str) -> EngineSpec:
+    """The bench's model as ``DNIModule`` takes it: the paper's synthesizer (an Adam-fitted
+    mlp), Adam on the core, both clipped."""
+    return EngineSpec("lm", cfg.vocab, cfg.vocab, cfg.hidden, 1, boundary, lr=LR,
+                      synthesizer=SynthesizerOptions(kind="mlp", fit="adam",
+                                                     hidden=cfg.synthesizer_hidden, layers=1,
+                                                     lr=1e-4, clip=CLIP),
+                      optim=OptimOptions(clip=CLIP))
 
 
 def run_engine(cfg: BenchConfig, T: int, device: torch.device, boundary: str) -> float:
-    """The dnirnn engine without Lightning: ``train_span`` over the stream's windows."""
+    """The dnirnn engine without Lightning (``dnirnn.engine.build``): ``train_span`` over the
+    stream's windows."""
     stream = make_stream(cfg, cfg.warmup + cfg.steps, cfg.seed).to(device)
-    net = _engine(cfg, boundary, T).to(device)
-    synth = net.synthesizer
-    opts = Optimizers(
-        adam(net.core_parameters(), LR),
-        None if synth is None else adam(synth.parameters(), 1e-4),
-        CLIP, None if synth is None else CLIP,
-    )
+    spec = engine_spec(cfg, boundary)
+    net = assemble(spec, make_parts(spec), loss_norm=float(cfg.batch * T)).to(device)
+    opts = engine_optimizers(spec, make_optimizers(net, spec))
     clock = _Clock(device)
     state = net.core.zero_state(cfg.batch)
     for s0 in range(0, cfg.warmup + cfg.steps, cfg.span):  # one "training_step" per span

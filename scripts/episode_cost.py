@@ -121,8 +121,8 @@ def measure_one(variant: str, length: int, batch: int, window: int, steps: int,
     import torch
 
     from dnirnn.dni import train_span
+    from dnirnn.engine.build import build
     from dnirnn.lit import DNIModule
-    from dnirnn.optim import Optimizers
     from dnirnn.tasks import CopyTask
 
     torch.manual_seed(0)
@@ -130,14 +130,10 @@ def measure_one(variant: str, length: int, batch: int, window: int, steps: int,
     args = model_args(recipe, overrides, window)
     task = CopyTask(repeat=False, batch_size=batch, seed=0, start_length=length)
     module = DNIModule(task="copy", input_size=task.input_size, output_size=task.output_size,
-                       **args)
+                       **args)  # (the recipe's options, checked; its windows' contexts)
+    torch.manual_seed(0)
+    engine, opts = build(module.spec, loss_norm=task.loss_norm(window))
     module.task = task
-    module.configure_task(1)
-    engine = module.engine
-    opts = module.configure_optimizers()
-    opts = opts if isinstance(opts, list) else [opts]
-    opts = Optimizers(opts[0], opts[1] if len(opts) > 1 else None, module.optim_options.clip,
-                      module.synthesizer_options.clip)
     base = rss_mb()
     times, cpu = [], []
     for step in range(steps):

@@ -20,7 +20,7 @@ from dnirnn.synthesizers import (
     Synthesizer,
     build_synthesizer,
 )
-from dnirnn.tasks import CopyTask
+from dnirnn.tasks import TASKS, CopyTask
 from dnirnn.window import Window, split_windows
 
 from .conftest import mse_steps
@@ -337,7 +337,7 @@ def test_synthesizer_learns_the_future_gradient_on_copy():
     task = CopyTask(repeat=False, batch_size=16, seed=0, start_length=3)
     core = LSTMCore(CoreConfig(task.input_size, task.output_size, 32, 1))
     synth = LeastSquaresSynthesizer(core.state_size, positions=16, forget=0.8, ridge=0.1)
-    net = DNIRNN(core, task.step_loss, task.loss_norm(2), "dni", synth, sg_lambda=1.0)
+    net = DNIRNN(core, TASKS["copy"], task.loss_norm(2), "dni", synth, sg_lambda=1.0)
     opts = Optimizers(adam(net.core_parameters(), 3e-3), None, 10.0)
 
     def episode_windows(position: int) -> list[Window]:
