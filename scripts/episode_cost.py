@@ -1,4 +1,4 @@
-"""Peak memory and time per training step of each way of training on long episodes (issue 17).
+"""Peak memory and time per training step of each way of training on long episodes.
 
 Every variant is a shipped recipe plus dotted overrides (as on the command line), measured on
 Copy episodes of a FIXED length L (no curriculum), batch B, for ``--steps`` training steps,

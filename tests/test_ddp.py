@@ -1,4 +1,4 @@
-"""Issue 7, scale-out: 2 CPU processes (DDP, gloo) train to the same parameters as one process
+"""Scale-out: 2 CPU processes (DDP, gloo) train to the same parameters as one process
 on the same global batch (streams sharded per rank, gradients all-reduced in lit.py)."""
 
 from __future__ import annotations

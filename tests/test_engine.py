@@ -367,7 +367,7 @@ def test_linear_model_with_linear_synthesizer_converges_to_least_squares(depth):
     assert sg_loss.item() < 1e-6
 
 
-# ---- the fast paths equal the plain ones (scripts/bench.py, issue 12) -----------------------
+# ---- the fast paths equal the plain ones (scripts/bench.py) --------------------------------
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

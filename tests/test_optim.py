@@ -1,4 +1,4 @@
-"""The core's optimizer and learning-rate schedule (issue 20, item 1): chosen by name or class
+"""The core's optimizer and learning-rate schedule: chosen by name or class
 path, the window update with SGD is word_language_model's update, ``plateau`` is its anneal,
 the synthesizer keeps its own Adam, and resume stays exact with the schedule's state."""
 

@@ -1,4 +1,4 @@
-"""Penn Treebank word level at pytorch/examples word_language_model's reference (issue 20):
+"""Penn Treebank word level at pytorch/examples word_language_model's reference:
 evaluation memory bounded in bytes with a result independent of how it is cut, tied
 weights, and ``ptb_word_wlm`` being word_language_model (WLM): its batches, its initial
 weights and first loss at the same seed, its configuration, exact resume with its schedule.

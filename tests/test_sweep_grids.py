@@ -16,8 +16,8 @@ from dnirnn.sweep.grid import GridError, list_grids, load_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The paper's synthesizer (Jaderberg et al. 2016), every option spelled out: what every DNI
-# recipe shipped before issue 11, and what `dni_paper` cells of the comparison measure.
+# The paper's synthesizer (Jaderberg et al. 2016), every option spelled out: what the
+# `dni_paper` cells of the comparison measure.
 PAPER = {"synthesizer.kind": "mlp", "synthesizer.fit": "adam", "synthesizer.hidden": 256,
          "synthesizer.layers": 1, "synthesizer.positions": 1, "synthesizer.context": "none",
          "synthesizer.lr": 1e-4, "synthesizer.clip": 10.0, "targets.scale": 1.0,
@@ -145,7 +145,7 @@ def test_paper_overlay_is_the_paper_synthesizer():
 
 
 def test_copy_recipes_default_to_the_measured_bounded_memory_synthesizer():
-    """The copy recipes are the `dni_h4` cells of grids/horizon.yaml (issue 17): what
+    """The copy recipes are the `dni_h4` cells of grids/horizon.yaml: what
     results/horizon.md measured is what a user runs."""
     g = load_grid("horizon")
     for task in ("copy", "repeat_copy"):

@@ -1,32 +1,18 @@
-r"""Kept windows: the graphs of the last H windows, held for a later backward (``KeptWindows``).
+r"""Kept windows: the graphs of the last windows, held for a later backward (``KeptWindows``).
 
-The synthesizer's horizon targets (``targets.horizon`` H > 1, docs/design.md §1) look H
-windows ahead and bootstrap with the synthesizer at ``s_{k+H}``; ``J_j = ds_{j+1}/ds_j``,
-``g_j`` the synthetic gradient injected at ``s_j`` as the core received it::
+Two consumers (docs/design.md §1, "Targets" and "A deeper backward"): the synthesizer's
+H-window λ-return targets, by a chain of state-only vector-Jacobian products headed by each
+window's own ``delta_j`` (``push``, ``flush``), and the core's deeper backward of
+TBPTT(T, K·T) and the hybrid (``deepen_window``). After window j's update its graph from
+``s_j`` to ``s_{j+1}`` is kept (a ``Link``; the loss's branch is not needed, ``_vjp``) while a
+consumer still needs it: at most max(H, K) graphs, the memory of TBPTT over that many windows.
 
-    G_{k+H} = g_{k+H}                       (0 if the episode ends at s_{k+H})
-    G_j     = dl_j/ds_j + beta J_j^T [ (1 - λ) g_{j+1} + λ G_{j+1} ]      (j = k+H-1 .. k)
-
-No second forward pass: after window j's update its graph from ``s_j`` to ``s_{j+1}`` is kept
-(``Link``; the loss's branch is not needed: ``KeptWindows._vjp``). ``delta_j`` heads the chain
-of boundary ``k = j - H + 1``: H - 1 state-only vector-Jacobian products back through windows
-j-1 .. k give ``G_k``, and window k's graph is dropped. At an episode's end one chain from the
-last window gives every waiting boundary its target. So at most H window graphs are held (the
-graph memory of TBPTT over H·T steps), at a cost of H - 1 VJPs per window. H = None keeps the
-whole episode (a stream: the training step): full BPTT for the synthesizer.
-
-Parameters. The core steps after every window, in place, while a kept graph still needs the
-parameters its forward used: each kept forward runs under ``ParameterSnapshot`` (a saved-
-tensor hook storing a copy of each parameter autograd saves), so a later VJP through window j
-uses the core as it was when window j's data went through. With parameters frozen the chain
-equals ``dnirnn.engine.truth.future_gradients`` over the same windows (tests/test_horizon.py).
-
-Kernels. On the CPU the kept forwards run PyTorch's native LSTM kernels (``native_rnn``):
-oneDNN's fused RNN backward computes every weight gradient whether asked or not, so a
-state-only VJP through it costs a full backward. cuDNN's backward takes an output mask.
-
-Streams carry unfinished chains across training steps: ``state_dict`` holds what rebuilds
-their graphs on resume (each window's data, start state, parameter copies and RNG state).
+Each kept forward runs under ``ParameterSnapshot`` (the core steps in place after every
+window; a later VJP uses the parameters the window's data went through) and, on the CPU,
+PyTorch's native LSTM kernels (``native_rnn``: oneDNN's fused backward computes every weight
+gradient whether asked or not, so a state-only VJP through it would cost a full backward).
+On streams the chains cross training steps: ``state_dict`` holds what rebuilds the graphs on
+resume (each window's data, start state, parameter copies and RNG state).
 """
 
 from __future__ import annotations

@@ -1,19 +1,13 @@
-r"""The one true future gradient: the λ-return over a span, with frozen parameters.
+r"""The one true future gradient (docs/design.md §1, "The true future gradient").
 
-Over windows 0..K-1 starting in ``s_0`` (boundaries k = 0..K; ``J_k = ds_{k+1}/ds_k``)::
-
-    G_K = 0  if the episode ends at s_K,  else  M(s_K)
-    G_k = dl_k/ds_k + beta J_k^T [ (1 - λ) M(s_{k+1}) + λ G_{k+1} ]        (k = K-1 .. 0)
-
-With its defaults (λ = 1, beta = 1, no synthesizer, the episode ending at s_K) ``G_k`` is the
-TRUE gradient of the span's remaining loss at every boundary k: the ``oracle`` boundary, the
-diagnostics and the probes use it so. Its other settings are the λ-return family of BP(λ)
-(Pemberton & Costa 2024; λ = 0: the window's own bootstrapped target), the reference the
-kept-window chains of ``dnirnn.engine.kept`` are tested against.
-
-All G_k come from ONE forward and ONE backward pass over the span: at each internal boundary
-a tensor hook reads the gradient arriving at ``s_k`` (that is ``G_k``) and passes
-``beta [(1 - λ) M(s_k) + λ G_k]`` on into window k-1. Parameter ``.grad`` is untouched.
+``future_gradients`` evaluates the λ-return of design §1 "Targets" at every window start of a
+span with frozen parameters, from ONE forward and ONE backward pass: at each internal
+boundary a tensor hook reads the gradient arriving at ``s_k`` (that is ``G_k``) and passes
+``beta [(1 - λ) M(s_k) + λ G_k]`` on into the window before. Parameter ``.grad`` is untouched.
+With its defaults (λ = 1, beta = 1, no synthesizer, the episode ending with the span) ``G_k``
+is the TRUE gradient of the rest of the span's loss: the ``oracle`` boundary, the diagnostics
+and the probes use it so; its other settings are the reference the kept windows' chains are
+tested against.
 """
 
 from __future__ import annotations

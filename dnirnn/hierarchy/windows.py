@@ -1,5 +1,5 @@
 """One fast window and one slow window of the hierarchy: forward, ONE backward each, and the
-gradients they leave (``dnirnn.hierarchy`` has the equations). Nothing is stepped here."""
+gradients they leave (docs/design.md §6 has the equations). Nothing is stepped here."""
 
 from __future__ import annotations
 
