@@ -158,6 +158,8 @@ class CopyDataModule(_TaskDataModule):
         val_batches: validation batches at the current level.
         start_length: the curriculum's first pattern length.
         seed: seeds the episode generator (batch p uses a generator seeded by (seed, p)).
+        delay: D silent steps between the input and the answer (0: the NTM task), so the
+            dependencies are longer than the pattern by D (a task past any fixed horizon).
     """
 
     def __init__(
@@ -170,6 +172,7 @@ class CopyDataModule(_TaskDataModule):
         val_batches: int = 2,
         start_length: int = 1,
         seed: int = 0,
+        delay: int = 0,
     ) -> None:
         super().__init__()
         for name, v in (("num_bits", num_bits), ("batch_size", batch_size),
@@ -177,9 +180,11 @@ class CopyDataModule(_TaskDataModule):
                         ("start_length", start_length), ("norm_max", norm_max)):
             if v < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {v}")
+        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+            raise ValueError(f"data.delay must be an integer >= 0 (0: no delay), got {delay!r}")
         self.steps_per_epoch = steps_per_epoch
         self.task = CopyTask(repeat, num_bits, norm_max, batch_size, seed, start_length,
-                             val_batches)
+                             val_batches, delay)
         self.task_name = "copy"
         self.input_size, self.output_size = self.task.input_size, self.task.output_size
 

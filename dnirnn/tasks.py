@@ -236,9 +236,11 @@ class CopyTask(EpisodicTask):
         seed: int = 0,
         start_length: int = 1,
         val_batches: int = 2,
+        delay: int = 0,
     ) -> None:
         super().__init__(batch_size, seed, val_batches)
-        self.generator = repeat_copy.RepeatCopy(num_bits=num_bits, repeat=repeat, norm_max=norm_max)
+        self.generator = repeat_copy.RepeatCopy(num_bits=num_bits, repeat=repeat,
+                                                norm_max=norm_max, delay=delay)
         self.repeat = repeat
         self.length, self.repeats, self.max_level_solved = start_length, 1, 0
         self.input_size = self.generator.obs_size

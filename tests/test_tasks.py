@@ -98,6 +98,29 @@ def test_copy_layout(L):
     assert ep.mask[:, 0].sum() == L + 1
 
 
+@pytest.mark.parametrize("repeat, L, R, D", [(False, 1, 1, 5), (False, 3, 1, 8),
+                                             (True, 2, 2, 4)])
+def test_delay_inserts_silent_unscored_steps_before_the_answer(repeat, L, R, D):
+    """With a delay D the episode is the undelayed one with D silent, unscored steps
+    inserted after the input: the answer starts D steps later, the same pattern."""
+    plain, delayed = RepeatCopy(BITS, repeat=repeat), RepeatCopy(BITS, repeat=repeat, delay=D)
+    a, b = _sample(plain, 3, L, R, seed=7), _sample(delayed, 3, L, R, seed=7)
+    start = plain.answer_start(L)
+    assert b.obs.shape[0] == a.obs.shape[0] + D == delayed.num_steps(L, R)
+    assert delayed.answer_start(L) == start + D
+    assert torch.equal(b.obs[:start], a.obs[:start]) and torch.all(b.obs[start:] == 0)
+    assert torch.all(b.target[: start + D] == 0) and torch.all(b.mask[: start + D] == 0)
+    assert torch.equal(b.target[start + D :], a.target[start:])
+    assert torch.equal(b.mask[start + D :], a.mask[start:])
+    with pytest.raises(ValueError, match="delay"):
+        RepeatCopy(BITS, delay=-1)
+    from dnirnn.datamodules import CopyDataModule
+
+    with pytest.raises(ValueError, match="data.delay"):
+        CopyDataModule(delay=-2)
+    assert CopyDataModule(delay=D, repeat=repeat).task.generator.delay == D
+
+
 def test_patterns_are_random_and_seeded():
     task = RepeatCopy(num_bits=8)
     a = _sample(task, 64, 6, 2, seed=123)

@@ -80,6 +80,10 @@ class RepeatCopy:
     channel and without the count step: obs channels W + 1, T = 2L + 2, the answer starts
     at step L + 1 and the mask covers L + 1 steps.
 
+    A ``delay`` D inserts D silent, unscored steps between the input (the pattern, and the
+    count) and the answer: T grows by D and the answer starts D steps later, so the first
+    answer step depends on an input L + D + 1 (copy) steps back.
+
     Channel order: obs = [bits..., start, (count)], target = [bits..., end].
 
     Args:
@@ -87,21 +91,26 @@ class RepeatCopy:
         repeat: repeat copy (True) or copy (False).
         norm_max: the count channel carries R / norm_max (R > norm_max is allowed and
             gives values above 1).
+        delay: D >= 0 silent steps between the input and the answer.
     """
 
-    def __init__(self, num_bits: int = 8, repeat: bool = True, norm_max: float = 10) -> None:
+    def __init__(self, num_bits: int = 8, repeat: bool = True, norm_max: float = 10,
+                 delay: int = 0) -> None:
         if num_bits < 1:
             raise ValueError(f"num_bits must be >= 1, got {num_bits}")
         if not norm_max > 0:
             raise ValueError(f"norm_max must be > 0, got {norm_max}")
+        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+            raise ValueError(f"delay must be an int >= 0, got {delay!r}")
         self.num_bits = int(num_bits)
         self.repeat = bool(repeat)
         self.norm_max = float(norm_max)
+        self.delay = delay
 
     def __repr__(self) -> str:
         return (
             f"RepeatCopy(num_bits={self.num_bits}, repeat={self.repeat}, "
-            f"norm_max={self.norm_max:g})"
+            f"norm_max={self.norm_max:g}, delay={self.delay})"
         )
 
     @property
@@ -115,12 +124,13 @@ class RepeatCopy:
         return self.num_bits + 1
 
     def num_steps(self, length: int, repeats: int = 1) -> int:
-        """T: L*R + L + 3 for repeat copy, 2L + 2 for copy."""
-        return length * repeats + length + (3 if self.repeat else 2)
+        """T: L*R + L + 3 for repeat copy, 2L + 2 for copy, each + D."""
+        return length * repeats + length + (3 if self.repeat else 2) + self.delay
 
     def answer_start(self, length: int) -> int:
-        """First answer step: L + 2 for repeat copy (after the count step), L + 1 for copy."""
-        return length + (2 if self.repeat else 1)
+        """First answer step: L + 2 for repeat copy (after the count step), L + 1 for copy,
+        each + D."""
+        return length + (2 if self.repeat else 1) + self.delay
 
     def _check(self, batch_size: int, length: int, repeats: int) -> None:
         for name, value in (("batch_size", batch_size), ("length", length), ("repeats", repeats)):
