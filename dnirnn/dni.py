@@ -31,6 +31,7 @@ from dnirnn.engine.update import (
 )
 from dnirnn.model import LSTMCore
 from dnirnn.optim import Optimizers, zero_grad
+from dnirnn.options import TargetOptions, check_targets
 from dnirnn.state import State, detach_state, flatten_state, unflatten_state
 from dnirnn.synthesizers.interface import NormGuard, Prediction, SyntheticGradient
 from dnirnn.window import StepLoss, Window, WindowResult, masked_task_loss
@@ -72,15 +73,11 @@ class DNIRNN(nn.Module):
         boundary: one of ``BOUNDARIES``.
         synthesizer: ``M_phi`` (see ``dnirnn.synthesizers``); required for ``dni`` and
             ``dni_aux``.
-        sg_scale: ``beta``, the weight of the synthetic gradient in the surrogate.
-        aux_weight: weight of the Aux loss (``dni_aux``).
-        oracle_windows: ``W``, how many future windows the ``oracle`` boundary looks ahead.
+        targets: what the boundary injects and the synthesizer regresses
+            (``dnirnn.options.TargetOptions``: beta as ``scale``, the Aux weight, the
+            oracle's look-ahead W, λ as ``lam`` and the ``horizon`` H of the λ-return;
+            ``horizon`` None with ``lam``: to the episode's end, a stream's step end).
         guard: caps each synthetic gradient relative to its targets' running RMS (or None).
-        sg_lambda: None: the synthesizer's target is the window's own ``delta_k`` (H = 1);
-            λ in [0, 1]: the λ-return over ``sg_horizon`` windows.
-        sg_horizon: with ``sg_lambda``: H >= 1 windows of the truncated λ-return (1: delta_k),
-            or None: unbounded, to the episode's end (a stream: the training step's end, at
-            ``end_step``), i.e. full BPTT for the synthesizer, whose memory grows with it.
         aux: the Aux head, already made (``dni_aux``; None: a new ``nn.Linear``).
         resumable: the kept windows record what rebuilds their graphs on resume (streams,
             whose horizons cross training steps).
@@ -99,12 +96,8 @@ class DNIRNN(nn.Module):
         loss_norm: float,
         boundary: str = "dni",
         synthesizer: nn.Module | None = None,
-        sg_scale: float = 1.0,
-        aux_weight: float = 1.0,
-        oracle_windows: int = 1,
+        targets: TargetOptions = TargetOptions(),
         guard: NormGuard | None = None,
-        sg_lambda: float | None = None,
-        sg_horizon: int | None = None,
         aux: nn.Module | None = None,
         resumable: bool = False,
         depth: int = 1,
@@ -114,38 +107,18 @@ class DNIRNN(nn.Module):
             raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
         if boundary in ("dni", "dni_aux") and synthesizer is None:
             raise ValueError(f"boundary={boundary!r} needs a synthesizer")
-        if sg_scale < 0:
-            raise ValueError(f"sg_scale must be >= 0, got {sg_scale}")
-        if aux_weight < 0:
-            raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
-        if oracle_windows < 1:
-            raise ValueError(f"oracle_windows must be >= 1, got {oracle_windows}")
         if not loss_norm > 0:
             raise ValueError(f"loss_norm must be > 0, got {loss_norm}")
-        if sg_lambda is not None and not 0.0 <= sg_lambda <= 1.0:
-            raise ValueError(f"sg_lambda must be in [0, 1] or None, got {sg_lambda}")
-        if sg_horizon is not None and sg_horizon < 1:
-            raise ValueError(f"sg_horizon must be >= 1 or None, got {sg_horizon}")
-        if sg_lambda is None and sg_horizon not in (None, 1):
-            raise ValueError("sg_horizon > 1 needs sg_lambda (the λ of the λ-return)")
-        if not (isinstance(depth, int) and depth >= 1):
-            raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
-        if depth > 1 and boundary == "dni_aux":
-            raise ValueError("a deeper backward (depth > 1) is not defined for dni_aux: use "
-                             "boundary 'dni' (the hybrid) or 'tbptt'")
-        if depth > 1 and sg_lambda is not None and sg_horizon is None:
-            raise ValueError("a deeper backward (depth > 1) needs a bounded sg_horizon")
-        if sg_lambda is not None and boundary == "dni_aux":
-            raise ValueError("sg_lambda (λ-return targets) is not defined for dni_aux (its "
-                             "targets include the Aux loss): use boundary='dni'")
+        targets = TargetOptions.of(targets)
+        check_targets(boundary, targets, depth)
         self.core, self.synthesizer = core, synthesizer
         self.step_loss, self.loss_norm = step_loss, float(loss_norm)
-        self.boundary, self.sg_scale = boundary, float(sg_scale)
-        self.aux_weight, self.oracle_windows = float(aux_weight), oracle_windows
-        # (tbptt / oracle have no synthesizer: sg_lambda does not apply)
+        self.boundary, self.sg_scale = boundary, float(targets.scale)
+        self.aux_weight, self.oracle_windows = float(targets.aux_weight), targets.oracle_windows
+        # (tbptt / oracle have no synthesizer: the λ-return does not apply)
         self.guard = guard
-        self.sg_lambda = sg_lambda if boundary == "dni" else None
-        self.sg_horizon = sg_horizon if self.sg_lambda is not None else 1
+        self.sg_lambda = targets.lam if boundary == "dni" else None
+        self.sg_horizon = targets.horizon if self.sg_lambda is not None else 1
         self.aux = aux if aux is not None else (  # the Aux head A: o_t (H) -> g_{k+1} (S)
             nn.Linear(core.cfg.hidden_size, core.state_size) if boundary == "dni_aux" else None
         )

@@ -317,6 +317,13 @@ def check_dni(boundary: str, synthesizer: SynthesizerOptions, targets: TargetOpt
     need(boundary in BOUNDARIES, "model.boundary", boundary, f"must be one of {BOUNDARIES}")
     need(synthesizer.context != "target", "model.synthesizer.context", synthesizer.context,
           "'target' is the decoupled stack's interface context; use 'none' or 'phase'")
+    check_targets(boundary, targets, depth)
+
+
+def check_targets(boundary: str, targets: TargetOptions, depth: int = 1) -> None:
+    """The targets and the deeper backward against the boundary (the engine's checks)."""
+    need(_positive_int(depth), "model.depth", depth, "must be an integer >= 1 (1: the "
+         "window's own backward)")
     need(targets.lam is None or boundary != "dni_aux", "model.targets.lam", targets.lam,
           "λ-return targets are not defined for dni_aux (its targets include the Aux loss): "
           "set --model.targets.lam=null, or use --model.boundary=dni")

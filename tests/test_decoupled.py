@@ -304,7 +304,7 @@ def test_one_group_is_the_dni_engine(fit, kind, float64):
     synth = build_synthesizer(c.state_size, kind=kind, hidden_size=7, fit=fit)
     torch.nn.init.normal_(synth.maps[0][-1].weight if fit == "adam" else synth.W, std=0.1)
     net = DNIRNN(copy.deepcopy(c), lm_step_loss, B * T, "dni", copy.deepcopy(synth),
-                 sg_scale=0.5)
+                 targets={"scale": 0.5})
     (layers,) = split_core(c, 1)
     group = Group(layers, lm_step_loss, B * T, synthesizer=synth, sg_scale=0.5)
     opts = group_optimizers(group, 1e-2, 1e-2)

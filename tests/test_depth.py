@@ -38,7 +38,7 @@ def make(boundary: str, depth: int, **kw) -> DNIRNN:
     core = LSTMCore(CoreConfig(input_size=IN, output_size=OUT, hidden_size=H, num_layers=2))
     synth = Synthesizer(core.state_size, kind="linear") if boundary == "dni" else None
     return DNIRNN(core, mse_steps, loss_norm=B, boundary=boundary, synthesizer=synth,
-                  depth=depth, **kw)
+                  targets=kw, depth=depth)
 
 
 def episode(net: DNIRNN, windows, state, **kw) -> list[torch.Tensor]:
@@ -102,7 +102,7 @@ def test_hybrid_fits_dnis_targets():
     ``delta_k = dl_k/ds_k + beta J_k^T g_{k+1}`` (H = 1), whatever the depth."""
     x, y = data(8)
     windows = split_windows(x, y, 2)
-    shallow, deep = make("dni", 1, sg_scale=0.7), make("dni", 3, sg_scale=0.7)
+    shallow, deep = make("dni", 1, scale=0.7), make("dni", 3, scale=0.7)
     for net in (shallow, deep):
         with torch.no_grad():
             torch.manual_seed(5)

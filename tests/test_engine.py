@@ -12,6 +12,7 @@ from dnirnn.dni import DNIRNN, window_update
 from dnirnn.engine.update import backward
 from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.optim import Optimizers
+from dnirnn.options import TargetOptions
 from dnirnn.state import detach_state, flatten_state, unflatten_state, zero_state
 from dnirnn.synthesizers import Synthesizer
 from dnirnn.synthesizers.interface import synthesizer_regression
@@ -29,7 +30,8 @@ def make_net(boundary: str, layers: int = 2, seed: int = 0, **kw) -> DNIRNN:
     torch.manual_seed(seed)
     core = LSTMCore(CoreConfig(input_size=IN, output_size=OUT, hidden_size=H, num_layers=layers))
     synth = Synthesizer(core.state_size, kind="mlp", hidden_size=7) if boundary != "tbptt" else None
-    return DNIRNN(core, mse_steps, loss_norm=B, boundary=boundary, synthesizer=synth, **kw)
+    return DNIRNN(core, mse_steps, loss_norm=B, boundary=boundary, synthesizer=synth,
+                  targets=TargetOptions(**kw))
 
 
 def randomise(module: nn.Module, seed: int = 1) -> None:
@@ -92,7 +94,7 @@ def test_zero_synthesizer_update_equals_tbptt_update():
 
 def test_sg_scale_zero_equals_tbptt():
     x, y = data(4)
-    tb, dni = make_net("tbptt"), make_net("dni", sg_scale=0.0)
+    tb, dni = make_net("tbptt"), make_net("dni", scale=0.0)
     dni.core.load_state_dict(tb.core.state_dict())
     randomise(dni.synthesizer)
     state = random_state(tb)
@@ -189,7 +191,7 @@ def test_truncated_oracle_differs_from_full_bptt():
 def test_bootstrapped_target_equals_autograd(boundary, sg_scale):
     """s_k.grad == torch.autograd.grad of the window surrogate w.r.t. s_k, computed apart."""
     x, y = data(5)
-    net = make_net(boundary, sg_scale=sg_scale, aux_weight=0.5)
+    net = make_net(boundary, scale=sg_scale, aux_weight=0.5)
     randomise(net.synthesizer)
     state = random_state(net)
     wg = net.window_gradients(Window(x, y), state)
@@ -302,8 +304,8 @@ def test_invalid_engine_arguments():
         DNIRNN(core, mse_steps, 1.0, boundary="bptt")
     with pytest.raises(ValueError, match="synthesizer"):
         DNIRNN(core, mse_steps, 1.0, boundary="dni")
-    with pytest.raises(ValueError, match="sg_scale"):
-        DNIRNN(core, mse_steps, 1.0, boundary="tbptt", sg_scale=-1)
+    with pytest.raises(ValueError, match="scale"):
+        DNIRNN(core, mse_steps, 1.0, boundary="tbptt", targets={"scale": -1})
     with pytest.raises(ValueError, match="hidden_size"):
         CoreConfig(input_size=1, output_size=1, hidden_size=0)
 

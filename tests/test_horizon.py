@@ -1,4 +1,4 @@
-"""Horizon targets (``sg_horizon``, ``dnirnn.engine.kept``): in float64 with frozen
+"""Horizon targets (``targets.horizon``, ``dnirnn.engine.kept``): in float64 with frozen
 parameters they equal the H-window truncated λ-return computed independently by autograd,
 a horizon covering the episode equals the span pass, keeping graphs leaves the core's
 update unchanged, the graphs held stay at H whatever the episode length (and are freed), and
@@ -74,8 +74,8 @@ def truncated_lambda_return(net, windows, states, k, horizon, lam, beta):
 @pytest.mark.parametrize("lam,beta", [(1.0, 1.0), (0.5, 1.0), (0.0, 1.0), (0.7, 0.5)])
 def test_horizon_targets_equal_the_truncated_lambda_return(horizon, lam, beta, monkeypatch):
     windows = episode(14, 2)  # 7 windows: boundaries 1..6 are fitted
-    net = net_with(random_synthesizer(2 * 5, positions=8), beta=beta, sg_lambda=lam,
-                   sg_horizon=horizon)
+    net = net_with(random_synthesizer(2 * 5, positions=8), beta=beta, lam=lam,
+                   horizon=horizon)
     got = run_episode(net, frozen_opts(net), windows, monkeypatch)
     assert sorted(got) == list(range(1, len(windows)))
     states = boundary_states(net, windows)
@@ -88,7 +88,7 @@ def test_horizon_targets_equal_the_truncated_lambda_return(horizon, lam, beta, m
 @pytest.mark.parametrize("horizon", [None, 7, 50])
 def test_a_horizon_covering_the_episode_equals_the_span_pass(horizon, monkeypatch):
     windows = episode(14, 2)
-    net = net_with(random_synthesizer(2 * 5, positions=8), sg_lambda=0.8, sg_horizon=horizon)
+    net = net_with(random_synthesizer(2 * 5, positions=8), lam=0.8, horizon=horizon)
     got = run_episode(net, frozen_opts(net), windows, monkeypatch)
     span = future_gradients(net, windows, net.core.zero_state(B), lam=0.8, beta=1.0,
                           predict=lambda f, k: net.synthetic_gradient_flat(f, None, k),
@@ -99,9 +99,9 @@ def test_a_horizon_covering_the_episode_equals_the_span_pass(horizon, monkeypatc
 
 @pytest.mark.usefixtures("float64")
 def test_horizon_one_is_the_windows_own_target(monkeypatch):
-    """``sg_horizon: 1`` with a λ is the paper's per-window target: nothing is kept."""
+    """``horizon: 1`` with a λ is the paper's per-window target: nothing is kept."""
     windows = episode(10, 2)
-    one = net_with(random_synthesizer(10), sg_lambda=1.0, sg_horizon=1)
+    one = net_with(random_synthesizer(10), lam=1.0, horizon=1)
     paper = net_with(random_synthesizer(10))
     assert one.targets is None
     a = run_episode(one, frozen_opts(one), windows, monkeypatch)
@@ -119,7 +119,7 @@ def test_keeping_graphs_leaves_the_core_update_unchanged():
     windows = episode(6, 3)
     grads = []
     for keep in (False, True):
-        net = net_with(random_synthesizer(10), sg_lambda=1.0, sg_horizon=2)
+        net = net_with(random_synthesizer(10), lam=1.0, horizon=2)
         for p in net.core_parameters():
             p.grad = None
         net.window_gradients(windows[1], net.core.zero_state(B), keep_graph=keep)
@@ -133,7 +133,7 @@ def test_kept_graphs_survive_the_core_steps_and_use_their_windows_parameters(mon
     target of boundary 1 (H = 2) equals the one computed by hand from parameter copies taken
     when windows 0, 1 and 2 ran."""
     windows = episode(8, 2)
-    net = net_with(random_synthesizer(10), sg_lambda=1.0, sg_horizon=2)
+    net = net_with(random_synthesizer(10), lam=1.0, horizon=2)
     opts = Optimizers(adam(net.core_parameters(), 0.05), adam(net.synthesizer.parameters(), 0.0))
     copies = []
     window_gradients = DNIRNN.window_gradients
@@ -171,7 +171,7 @@ def test_graphs_held_stay_at_the_horizon_and_are_freed(windows_per_episode, monk
     """However long the episode, at most H window graphs are alive; each is freed (by
     reference counting alone, so no reference cycle keeps it) once its last chain ran."""
     windows = episode(2 * windows_per_episode, 2)
-    net = net_with(random_synthesizer(10, positions=30), sg_lambda=1.0, sg_horizon=3)
+    net = net_with(random_synthesizer(10, positions=30), lam=1.0, horizon=3)
     opts = Optimizers(adam(net.core_parameters(), 1e-3), adam(net.synthesizer.parameters(), 1e-3))
     alive: list[weakref.ref] = []
     push = type(net.targets).push

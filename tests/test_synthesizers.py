@@ -13,6 +13,7 @@ from dnirnn.dni import DNIRNN, window_update
 from dnirnn.engine.truth import future_gradients
 from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.optim import Optimizers, adam
+from dnirnn.options import TargetOptions
 from dnirnn.state import detach_state, flatten_state, unflatten_state
 from dnirnn.synthesizers import (
     LeastSquaresSynthesizer,
@@ -28,11 +29,11 @@ from .conftest import mse_steps
 B, IN, OUT, H = 3, 4, 2, 5
 
 
-def net_with(synth, layers: int = 1, beta: float = 1.0, **kw) -> DNIRNN:
+def net_with(synth, layers: int = 1, beta: float = 1.0, guard=None, **kw) -> DNIRNN:
     torch.manual_seed(0)
     core = LSTMCore(CoreConfig(input_size=IN, output_size=OUT, hidden_size=H, num_layers=layers))
     return DNIRNN(core, mse_steps, loss_norm=B, boundary="dni" if synth else "tbptt",
-                  synthesizer=synth, sg_scale=beta, **kw)
+                  synthesizer=synth, targets=TargetOptions(scale=beta, **kw), guard=guard)
 
 
 def episode(n_steps: int, window: int, seed: int = 2) -> list[Window]:
@@ -337,7 +338,8 @@ def test_synthesizer_learns_the_future_gradient_on_copy():
     task = CopyTask(repeat=False, batch_size=16, seed=0, start_length=3)
     core = LSTMCore(CoreConfig(task.input_size, task.output_size, 32, 1))
     synth = LeastSquaresSynthesizer(core.state_size, positions=16, forget=0.8, ridge=0.1)
-    net = DNIRNN(core, TASKS["copy"], task.loss_norm(2), "dni", synth, sg_lambda=1.0)
+    net = DNIRNN(core, TASKS["copy"], task.loss_norm(2), "dni", synth,
+                 targets=TargetOptions(lam=1.0))
     opts = Optimizers(adam(net.core_parameters(), 3e-3), None, 10.0)
 
     def episode_windows(position: int) -> list[Window]:

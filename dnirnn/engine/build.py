@@ -10,7 +10,7 @@ processes are known.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -86,12 +86,11 @@ def assemble(spec: EngineSpec, parts: Parts, *, loss_norm: float = 1.0, world: i
     task's, of the global batch); under DDP (``world`` processes) the Aux weight is divided
     by the world size and a least-squares synthesizer knows its ``rank``; ``resumable``:
     kept windows record what rebuilds them (streams)."""
-    t = spec.targets
     if hasattr(parts.synthesizer, "rank"):
         parts.synthesizer.rank = rank
+    targets = replace(spec.targets, aux_weight=spec.targets.aux_weight / world)
     return DNIRNN(parts.core, TASKS[spec.task], loss_norm, spec.boundary, parts.synthesizer,
-                  t.scale, t.aux_weight / world, t.oracle_windows, parts.guard, t.lam,
-                  t.horizon, aux=parts.aux, resumable=resumable, depth=spec.depth)
+                  targets, parts.guard, aux=parts.aux, resumable=resumable, depth=spec.depth)
 
 
 def make_optimizers(net: DNIRNN, spec: EngineSpec) -> list[torch.optim.Optimizer]:
