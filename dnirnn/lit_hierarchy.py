@@ -45,6 +45,8 @@ from dnirnn.hierarchy import (
 )
 from dnirnn.optim import Optimizers, adam
 from dnirnn.options import (
+    ADAM_ONLY,
+    SCALE_ONLY,
     CoreOptions,
     InterfaceOptions,
     OptimOptions,
@@ -115,9 +117,7 @@ class HierarchyModule(RecurrentModule):
               "synthesizer": ("positions", "context", "layers", "guard", "rls_input",
                               "rls_share"),
               "interface": ("delay", "warmup"),
-              "targets": ("lam", "horizon", "aux_weight", "oracle_windows"),
-              "optim": ("optimizer", "optimizer_args", "lr_scheduler", "lr_scheduler_args",
-                        "lr_scheduler_interval")}
+              "targets": SCALE_ONLY, "optim": ADAM_ONLY}
 
     def __init__(
         self,

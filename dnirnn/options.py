@@ -293,6 +293,13 @@ class OptimOptions(Group):
                         self.lr_scheduler_args, self.lr_scheduler_interval)
 
 
+# what the modules that step their own Adams and inject β·g alone (the hierarchy, the
+# decoupled stack) do not take: each must stay at its default (``Group.unused``)
+ADAM_ONLY = ("optimizer", "optimizer_args", "lr_scheduler", "lr_scheduler_args",
+             "lr_scheduler_interval")
+SCALE_ONLY = ("lam", "horizon", "aux_weight", "oracle_windows")
+
+
 def as_hparams(args: dict[str, Any]) -> dict[str, Any]:
     """A module's ``__init__`` arguments as plain values (groups as mappings): its hparams,
     the checkpoint's config."""

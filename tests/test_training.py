@@ -29,12 +29,10 @@ needs_ptb = pytest.mark.skipif(
 TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--model.core.embed_size=8"]
 # (the hierarchy's three synthesizers share one hidden width)
 HIER_TINY = [*TINY, "--model.slow_synthesizer.hidden=8", "--model.interface.hidden=8"]
-# (DecoupledModule keeps its flat option names for now)
-FLAT_TINY = ["--model.hidden_size=8", "--model.synthesizer_hidden=8", "--model.embed_size=8"]
 
 
 def tiny(recipe: str) -> list[str]:
-    return HIER_TINY if "hier" in recipe else FLAT_TINY if "decoupled" in recipe else TINY
+    return HIER_TINY if "hier" in recipe else TINY
 
 
 @pytest.fixture(autouse=True)
