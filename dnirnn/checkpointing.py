@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from dnirnn.options import old_checkpoint
+from dnirnn.renamed import old_checkpoint
 
 
 class CheckpointError(ValueError):
@@ -127,7 +127,7 @@ def check_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module,
 
     Raises:
         CheckpointError: see ``read_checkpoint``; or the checkpoint was written before the
-            model's options were grouped (``dnirnn.options.old_checkpoint``); or its tensors
+            model's options were grouped (``dnirnn.renamed.old_checkpoint``); or its tensors
             do not fit this model (another config): the message lists the hyperparameters
             that differ.
     """
@@ -135,7 +135,7 @@ def check_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module,
     ckpt = read_checkpoint(path) if ckpt is None else ckpt
     old = old_checkpoint(p, ckpt.get("hyper_parameters") or {},
                          dict(getattr(model, "hparams", {})))
-    if old:  # (its config names options of before the groups: dnirnn.options)
+    if old:  # (its config names options of before the groups: dnirnn.renamed)
         raise CheckpointError(old)
     own, theirs = model.state_dict(), ckpt["state_dict"]
     bad = sorted(set(own) ^ set(theirs))

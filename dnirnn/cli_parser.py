@@ -12,6 +12,7 @@ Abbreviated options (``--trainer.max_step``) are refused, with the "did you mean
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import importlib
 import inspect
@@ -23,13 +24,15 @@ from jsonargparse._formatters import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
 
 from dnirnn.cli_help import arg_docs
-from dnirnn.options import GROUPS, Group, group_given_a_value, renamed
+from dnirnn.options import Group
+from dnirnn.renamed import GROUPS, group_given_a_value, renamed
 
 # the option groups are plain nested groups (--model.synthesizer.fit=rls), not class_path
 # choices among subclasses (SlowSynthesizerOptions, InterfaceOptions only rename the prefix)
 set_parsing_settings(subclasses_disabled=[Group])
 
-MODEL_CLASSES = ("dnirnn.lit.DNIModule", "dnirnn.lit_hierarchy.HierarchyModule")
+MODEL_CLASSES = ("dnirnn.lit.DNIModule", "dnirnn.lit_hierarchy.HierarchyModule",
+                 "dnirnn.decoupled.lit.DecoupledModule")
 DATA_CLASSES = tuple(f"dnirnn.datamodules.{c}" for c in
                      ("CopyDataModule", "PTBDataModule", "RecallDataModule"))
 
@@ -39,12 +42,19 @@ class ConfigError(ValueError):
 
 
 def _init_params(path: str) -> list[str]:
+    """The class's ``__init__`` parameters, and each option group's as ``group.field``."""
     module, name = path.rsplit(".", 1)
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         return []
-    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    out = []
+    for p, param in inspect.signature(cls.__init__).parameters.items():
+        if p != "self":
+            out.append(p)
+            if isinstance(param.default, Group):
+                out += [f"{p}.{f.name}" for f in dataclasses.fields(param.default)]
+    return out
 
 
 def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
@@ -71,11 +81,19 @@ def concise(message: str, parser: argparse.ArgumentParser) -> str:
     """The line of a jsonargparse error message that matters, with a suggestion."""
     group = re.match(r'\s*Parser key "(\w+)"', message)
     group = group.group(1) if group else None
+    keys = re.findall(r'Parser key "([\w.]+)"', message)  # (the innermost: an option of the
+    nested = keys[-1] if group == "model" and len(keys) > 1 else None  # class_path model)
+    given = re.search(r"Expected a path but (\S+) either|Expected a dot import path string: "
+                      r"(\S+)", message)
+    if nested in GROUPS and given:  # --model.interface=linear (an optional group)
+        return group_given_a_value(nested, given.group(1) or given.group(2))
     unknown = (re.search(r"unrecognized arguments: (--?[^\s=]+)", message)
                or re.search(r"Option '([^']+)' is not accepted", message)
                or re.search(r'Key "([^"]+)" is not expected', message))
     if unknown:
         key = unknown.group(1)
+        if nested and not key.startswith("-"):  # an option of a group of a class_path model
+            key = f"--model.{nested}.{key}"
         if not key.startswith("-"):
             key = f"--{group}.{key}" if group == "model" else f"--{group}.init_args.{key}"
         old = re.fullmatch(r"--model\.(?:init_args\.)?(\w+)(?:\.[\w.]+)?", key)
@@ -92,6 +110,12 @@ def concise(message: str, parser: argparse.ArgumentParser) -> str:
     value = re.search(r'Parser key "(\w+)":\s*\n\s*Unable to load config \'([^\']*)\'', message)
     if group == "model" and value and value.group(1) in GROUPS:  # --model.synthesizer=linear
         return group_given_a_value(value.group(1), value.group(2))
+    if nested:  # the first reason given for the innermost option
+        reasons = [ln.strip(" -") for ln in message.split(f'Parser key "{nested}":')[-1]
+                   .splitlines()[1:] if ln.strip() and "NoneType" not in ln and not
+                   re.match(r"\s*(Does not validate|Subtypes|Errors|Given value)", ln)]
+        if reasons:
+            return f"model.{nested}: {reasons[0]}"
     inner = re.search(r'Parser key "(\w+)":\s*\n\s*(.+)', message.split("\n", 1)[-1])
     if inner and group:
         return f"{group}.{inner.group(1)}: {inner.group(2).strip()}"

@@ -23,7 +23,9 @@ Recipe (``recipes/ptb_char_hier_dni.yaml``)::
         slow_window: 16      # T_s, slow window (ticks): k * T_s = 64 steps
         hidden_size: 176     # fast core
         slow_hidden: 96      # slow core
-        interface_synthesizer: mlp
+        synthesizer: {kind: mlp, hidden: 256}        # M_f (null: TBPTT of the fast core)
+        slow_synthesizer: {kind: mlp, hidden: 256}   # M_s
+        interface: {kind: mlp, hidden: 256, scale: 0.1}  # M_if
 """
 
 from __future__ import annotations
@@ -42,8 +44,21 @@ from dnirnn.hierarchy import (
     hierarchy_update,
 )
 from dnirnn.optim import Optimizers, adam
+from dnirnn.options import (
+    ADAM_ONLY,
+    SCALE_ONLY,
+    CoreOptions,
+    InterfaceOptions,
+    OptimOptions,
+    SlowSynthesizerOptions,
+    SynthesizerOptions,
+    TargetOptions,
+    agree,
+    as_hparams,
+    check_flat,
+    need,
+)
 from dnirnn.recurrent import RecurrentModule
-from dnirnn.synthesizers import FITS, SYNTHESIZER_KINDS
 from dnirnn.tasks import TASKS, TOKEN_TASKS, Batch, CopyTask
 from dnirnn.window import Window, split_windows
 
@@ -59,6 +74,9 @@ RESULT_KEYS = {
 class HierarchyModule(RecurrentModule):
     """Trains a fast and a slow LSTM linked by synthetic gradients (``dnirnn.hierarchy``).
 
+    The flat options are ``DNIModule``'s (for the fast core) and the hierarchy's shape; the
+    others are the groups of ``dnirnn.options``: ``--model.interface.scale=0.1``.
+
     Args:
         task: "lm" (token streams) or "recall" (token episodes); linked from the data module.
             Copy episodes change length with the curriculum and are not supported.
@@ -66,7 +84,8 @@ class HierarchyModule(RecurrentModule):
         output_size: vocabulary size; linked from the data module.
         hidden_size: fast LSTM units per layer (the message ``u`` has this width).
         num_layers: fast LSTM layers.
-        embed_size: embedding width; defaults to hidden_size.
+        boundary: the fast core's truncation boundary: "dni" (its synthesizer ``M_f``,
+            ``synthesizer``) or "tbptt" (none: plain TBPTT of the fast core).
         window: T_f, the fast core's truncation window in steps; a multiple of ``k``.
         windows_per_step: fast windows per ``training_step`` for streams; ``window *
             windows_per_step`` must be whole spans (``k * slow_window`` steps).
@@ -75,28 +94,30 @@ class HierarchyModule(RecurrentModule):
         slow_layers: slow LSTM layers.
         slow_window: T_s, the slow core's truncation window in ticks; ``k * slow_window`` is a
             multiple of ``window``.
-        synthesizer: kind of the fast core's synthesizer ``M_f`` ("linear", "mlp"), or null
-            for plain TBPTT of the fast core.
-        slow_synthesizer: kind of ``M_s`` (the slow core's), or null.
-        interface_synthesizer: kind of ``M_if`` (predicts the slow core's gradient on the
-            bottom-up message), or null: the slow level sends no gradient to the fast core.
-        synthesizer_hidden: hidden units of the mlp synthesizers.
-        synthesizer_fit: how the three synthesizers are fitted: "adam" (each its own Adam,
-            the paper) or "rls" (linear maps, exact ridge least squares with forgetting,
-            solved once per training step; ``dnirnn.synthesizers.least_squares``).
-        rls_forget: ``rls``: weight of a regression pair one training step older.
-        rls_ridge: ``rls``: ridge relative to the mean diagonal of the normal matrix.
-        sg_scale: beta, the weight of the recurrent synthetic gradients.
-        interface_sg_scale: beta_if, the weight of the interface synthetic gradient.
         lr: learning rate of both cores (Adam; one optimizer per core).
-        synthesizer_lr: learning rate of the three synthesizers (one Adam each; ``adam``).
-        clip: gradient-norm clip of each core (null: none).
-        synthesizer_clip: gradient-norm clip of each synthesizer (null: none).
         eval_chunk: steps per validation/test forward call; a multiple of ``k``.
-        forget_bias: initial forget-gate bias of both cores (0: PyTorch's init).
+        core: ``embed_size`` and ``forget_bias`` (of both cores) of ``CoreOptions``.
+        synthesizer: ``M_f``, the fast core's synthesizer (``SynthesizerOptions``; ``dni``).
+        slow_synthesizer: ``M_s``, the slow core's (``SlowSynthesizerOptions``), or null.
+        interface: ``M_if`` (``InterfaceOptions``: predicts the slow core's gradient on the
+            bottom-up message; ``scale`` is β_if), or null: the slow level sends no gradient
+            to the fast core.
+        targets: ``scale``, β of ``M_f`` and ``M_s`` (``TargetOptions``).
+        optim: ``clip``, each core's gradient-norm clip (``OptimOptions``).
+
+    Each synthesizer has its own Adam (its group's ``lr``) and clip (``clip``). The engine
+    (``HierarchyConfig``) builds the three with one ``fit``, one ``hidden`` width (an
+    integer, for mlp) and one ``rls_forget`` / ``rls_ridge``: these must agree across the
+    groups (one error names the group that differs); each has one position, one layer.
     """
 
     train_keys = RESULT_KEYS
+    # what the engine does not take from the groups (each must stay at its default)
+    UNUSED = {"core": ("dropout", "tied", "init_range"),
+              "synthesizer": ("positions", "context", "layers", "guard", "rls_input",
+                              "rls_share"),
+              "interface": ("delay", "warmup"),
+              "targets": SCALE_ONLY, "optim": ADAM_ONLY}
 
     def __init__(
         self,
@@ -105,41 +126,46 @@ class HierarchyModule(RecurrentModule):
         output_size: int = 1,
         hidden_size: int = 256,
         num_layers: int = 1,
-        embed_size: int | None = None,
+        boundary: str = "dni",
         window: int = 8,
         windows_per_step: int = 8,
         k: int = 4,
         slow_hidden: int = 128,
         slow_layers: int = 1,
         slow_window: int = 16,
-        synthesizer: str | None = "mlp",
-        slow_synthesizer: str | None = "mlp",
-        interface_synthesizer: str | None = "mlp",
-        synthesizer_hidden: int = 256,
-        synthesizer_fit: str = "adam",
-        rls_forget: float = 0.8,
-        rls_ridge: float = 0.1,
-        sg_scale: float = 1.0,
-        interface_sg_scale: float = 1.0,
         lr: float = 1e-3,
-        synthesizer_lr: float = 1e-4,
-        clip: float | None = 1.0,
-        synthesizer_clip: float | None = 1.0,
         eval_chunk: int = 256,
-        forget_bias: float = 0.0,
+        core: CoreOptions = CoreOptions(),
+        synthesizer: SynthesizerOptions = SynthesizerOptions(hidden=256),
+        slow_synthesizer: SlowSynthesizerOptions | None = SlowSynthesizerOptions(hidden=256),
+        interface: InterfaceOptions | None = InterfaceOptions(hidden=256),
+        targets: TargetOptions = TargetOptions(),
+        optim: OptimOptions = OptimOptions(),
     ) -> None:
         super().__init__()
-        _validate(locals())
-        self.save_hyperparameters()
+        core, targets = CoreOptions.of(core), TargetOptions.of(targets)
+        optim, synthesizer = OptimOptions.of(optim), SynthesizerOptions.of(synthesizer)
+        slow_synthesizer = SlowSynthesizerOptions.of(slow_synthesizer)
+        interface = InterfaceOptions.of(interface)
+        self.save_hyperparameters(as_hparams(locals()))
+        synths = {"synthesizer": synthesizer if boundary == "dni" else None,
+                  "slow_synthesizer": slow_synthesizer,
+                  "interface": interface}
+        _validate(self.hparams, core, synths, targets, optim)
+        self.core_options, self.optim_options, self.synths = core, optim, synths
+        m_f, m_s, m_if = synths.values()
+        # (their shared settings; with no synthesizer at all, unused)
+        shared = next((s for s in synths.values() if s is not None), SynthesizerOptions())
         cfg = HierarchyConfig(
             input_size, output_size, k=k, fast_hidden=hidden_size, fast_layers=num_layers,
             slow_hidden=slow_hidden, slow_layers=slow_layers, embed=True,
-            embed_size=embed_size, fast_window=window, slow_window=slow_window,
-            fast_synthesizer=synthesizer, slow_synthesizer=slow_synthesizer,
-            interface_synthesizer=interface_synthesizer,
-            synthesizer_hidden=synthesizer_hidden, synthesizer_fit=synthesizer_fit,
-            rls_forget=rls_forget, rls_ridge=rls_ridge, sg_scale=sg_scale,
-            interface_sg_scale=interface_sg_scale, forget_bias=forget_bias,
+            embed_size=core.embed_size, fast_window=window, slow_window=slow_window,
+            fast_synthesizer=m_f and m_f.kind, slow_synthesizer=m_s and m_s.kind,
+            interface_synthesizer=m_if and m_if.kind,
+            synthesizer_hidden=shared.hidden or 1, synthesizer_fit=shared.fit,
+            rls_forget=shared.rls_forget, rls_ridge=shared.rls_ridge, sg_scale=targets.scale,
+            interface_sg_scale=1.0 if m_if is None else m_if.scale,
+            forget_bias=core.forget_bias,
         )
         self.engine = TwoTimescaleRNN(cfg, TASKS[task], 1.0)
         self._opts: HierarchyOptimizers | None = None
@@ -176,9 +202,9 @@ class HierarchyModule(RecurrentModule):
         ``_optimizers`` reads them back."""
         hp, net = self.hparams, self.engine
         opts = [adam(net.fast_parameters(), hp.lr), adam(net.slow_parameters(), hp.lr)]
-        for synth in self._fitted_by_adam():
+        for synth, options in zip(self._fitted_by_adam(), self.synths.values()):
             if synth is not None:
-                opts.append(adam(synth.parameters(), hp.synthesizer_lr))
+                opts.append(adam(synth.parameters(), options.lr))
         return opts
 
     def _fitted_by_adam(self) -> list:
@@ -191,12 +217,12 @@ class HierarchyModule(RecurrentModule):
         if self._opts is None:
             raw = iter([o.optimizer for o in self.optimizers()])  # the engine steps them
             fast, slow = next(raw), next(raw)
-            hp = self.hparams
+            clip = self.optim_options.clip
             m_f, m_s, m_if = (None if s is None else next(raw) for s in self._fitted_by_adam())
+            c_f, c_s, c_if = (None if s is None else s.clip for s in self.synths.values())
             self._opts = HierarchyOptimizers(
-                fast=Optimizers(fast, m_f, hp.clip, hp.synthesizer_clip),
-                slow=Optimizers(slow, m_s, hp.clip, hp.synthesizer_clip),
-                interface=m_if, interface_clip=hp.synthesizer_clip,
+                fast=Optimizers(fast, m_f, clip, c_f), slow=Optimizers(slow, m_s, clip, c_s),
+                interface=m_if, interface_clip=c_if,
             )
         return self._opts
 
@@ -244,45 +270,39 @@ class HierarchyModule(RecurrentModule):
         return HierarchyState(tuple(tensors[:2]), tuple(tensors[2:]))
 
 
-def _validate(args: dict[str, Any]) -> None:
-    """Config checks with messages that name the field and the fix."""
-    def need(ok: bool, field: str, msg: str) -> None:
-        if not ok:
-            raise ValueError(f"model.{field}: {msg} (got {args[field]!r})")
-
-    need(args["task"] in TOKEN_TASKS, "task", f"must be one of {TOKEN_TASKS} (token inputs)")
-    for f in ("synthesizer", "slow_synthesizer", "interface_synthesizer"):
-        need(args[f] in (*SYNTHESIZER_KINDS, None), f,
-             f"must be one of {SYNTHESIZER_KINDS}, or null for none")
-    for f in ("window", "windows_per_step", "hidden_size", "num_layers", "k", "slow_hidden",
-              "slow_layers", "slow_window", "eval_chunk", "input_size", "output_size",
-              "synthesizer_hidden"):
-        need(isinstance(args[f], int) and args[f] >= 1, f, "must be an integer >= 1")
-    need(args["embed_size"] is None or args["embed_size"] >= 1, "embed_size",
-         "must be >= 1, or null for hidden_size")
-    for f in ("sg_scale", "interface_sg_scale"):
-        need(args[f] >= 0, f, "must be >= 0")
-    need(args["synthesizer_fit"] in FITS, "synthesizer_fit", f"must be one of {FITS}")
-    if args["synthesizer_fit"] == "rls":
-        for f in ("synthesizer", "slow_synthesizer", "interface_synthesizer"):
-            need(args[f] in ("linear", None), f,
-                 "synthesizer_fit 'rls' fits linear maps: set it to linear, or null for none")
-    need(0 < args["rls_forget"] <= 1, "rls_forget", "must be in (0, 1]")
-    need(args["rls_ridge"] > 0, "rls_ridge", "must be > 0")
-    for f in ("lr", "synthesizer_lr"):
-        need(args[f] > 0, f, "must be > 0")
-    for f in ("clip", "synthesizer_clip"):
-        need(args[f] is None or args[f] > 0, f, "must be > 0, or null for no clipping")
+def _validate(args: dict[str, Any], core: CoreOptions, synths: dict[str, Any],
+              targets: TargetOptions, optim: OptimOptions) -> None:
+    """The flat options, the schedule, and what the engine takes from the groups; each
+    message names the option as typed and the fix."""
+    need(args["task"] in TOKEN_TASKS, "model.task", args["task"],
+         f"must be one of {TOKEN_TASKS} (token inputs)")
+    need(args["boundary"] in ("dni", "tbptt"), "model.boundary", args["boundary"],
+         "must be 'dni' (the fast core's synthesizer, model.synthesizer) or 'tbptt'")
+    check_flat(args, ("window", "windows_per_step", "hidden_size", "num_layers", "k",
+                      "slow_hidden", "slow_layers", "slow_window", "eval_chunk", "input_size",
+                      "output_size"))
+    unused, by = HierarchyModule.UNUSED, "HierarchyModule"
+    for group, names in (("core", core), ("targets", targets), ("optim", optim)):
+        names.unused(unused[group], by)
+    for name, s in synths.items():
+        if s is not None:
+            s.unused(unused["synthesizer"] + (unused["interface"] if name == "interface"
+                                              else ()), by)
+    agree(synths, ("fit", "hidden", "rls_forget", "rls_ridge"), by)
+    for name, s in synths.items():
+        if s is not None and s.kind == "mlp" and s.hidden is None:
+            need(False, f"model.{name}.hidden", None, f"{by} builds its mlp synthesizers with one "
+                 f"hidden width: an integer, the same in every synthesizer's group")
     k, window, span = args["k"], args["window"], args["k"] * args["slow_window"]
-    need(window % k == 0, "window",
+    need(window % k == 0, "model.window", window,
          f"the fast window T_f must be a multiple of k={k}, so that no segment of k steps "
          f"straddles two fast windows; set model.window to a multiple of {k}")
-    need(span % window == 0, "slow_window",
+    need(span % window == 0, "model.slow_window", args["slow_window"],
          f"k * slow_window (= {span} steps) must be a multiple of the fast window "
          f"(model.window={window}), so that a slow window ends on a fast window boundary")
     chunk = window * args["windows_per_step"]
-    need(chunk % span == 0, "windows_per_step",
+    need(chunk % span == 0, "model.windows_per_step", args["windows_per_step"],
          f"a training step (window * windows_per_step = {chunk} steps) must be whole slow "
          f"windows of k * slow_window = {span} steps; use a multiple of {span // window}")
-    need(args["eval_chunk"] % k == 0, "eval_chunk",
+    need(args["eval_chunk"] % k == 0, "model.eval_chunk", args["eval_chunk"],
          f"must be a multiple of k={k} (evaluation ticks the slow core every k steps)")

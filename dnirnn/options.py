@@ -21,8 +21,7 @@ group                options
 The options users type most stay flat: ``model.window``, ``model.boundary``, ``model.lr``,
 ``model.hidden_size``, ``model.num_layers``, ``model.windows_per_step``, ``model.eval_chunk``.
 Checks across groups (an ``rls`` fit needs a linear map, λ not with ``dni_aux`` ...) are
-``check_dni``'s. ``RENAMED`` maps each option's name before the groups to its name now
-(``renamed`` turns one into the error the CLI and the checkpoint loader print).
+``check_dni``'s. ``dnirnn.renamed`` maps each option's name before the groups to its name now.
 """
 
 from __future__ import annotations
@@ -294,6 +293,13 @@ class OptimOptions(Group):
                         self.lr_scheduler_args, self.lr_scheduler_interval)
 
 
+# what the modules that step their own Adams and inject β·g alone (the hierarchy, the
+# decoupled stack) do not take: each must stay at its default (``Group.unused``)
+ADAM_ONLY = ("optimizer", "optimizer_args", "lr_scheduler", "lr_scheduler_args",
+             "lr_scheduler_interval")
+SCALE_ONLY = ("lam", "horizon", "aux_weight", "oracle_windows")
+
+
 def as_hparams(args: dict[str, Any]) -> dict[str, Any]:
     """A module's ``__init__`` arguments as plain values (groups as mappings): its hparams,
     the checkpoint's config."""
@@ -307,6 +313,19 @@ def check_flat(args: dict[str, Any], names: tuple[str, ...]) -> None:
         need(_positive_int(args[f]), f"model.{f}", args[f], "must be an integer >= 1")
     if "lr" in args:
         need(args["lr"] > 0, "model.lr", args["lr"], "must be > 0")
+
+
+def agree(groups: dict[str, Group | None], names: tuple[str, ...], by: str) -> None:
+    """The groups present among ``groups`` (name: group) set each of ``names`` alike: ``by``
+    builds them from one value (the first group present is the reference)."""
+    present = [(k, g) for k, g in groups.items() if g is not None]
+    for name in names:
+        for k, g in present[1:]:
+            first, value = present[0], getattr(g, name)
+            need(value == getattr(first[1], name), f"model.{k}.{name}", value,
+                 f"{by} builds its synthesizers with one {name}: set it as "
+                 f"model.{first[0]}.{name} is ({getattr(first[1], name)!r}), in every one of "
+                 f"{', '.join('model.' + n for n, _ in present)}")
 
 
 def check_dni(boundary: str, synthesizer: SynthesizerOptions, targets: TargetOptions,
@@ -333,63 +352,3 @@ def check_targets(boundary: str, targets: TargetOptions, depth: int = 1) -> None
     need(depth == 1 or targets.lam is None or targets.horizon is not None, "model.depth",
          depth, "a deeper backward needs a bounded horizon: set --model.targets.horizon, "
          "or --model.depth=1")
-
-
-# ---- the names before the groups ------------------------------------------------------
-
-_SYNTH = ("fit", "positions", "context", "hidden", "layers", "lr", "clip")
-RENAMED: dict[str, str] = {
-    **{f"synthesizer_{n}": f"model.synthesizer.{n}" for n in _SYNTH},
-    **{f"rls_{n}": f"model.synthesizer.rls_{n}" for n in ("forget", "ridge", "input", "share")},
-    "sg_guard": "model.synthesizer.guard",
-    "sg_scale": "model.targets.scale", "sg_lambda": "model.targets.lam",
-    "sg_horizon": "model.targets.horizon", "aux_weight": "model.targets.aux_weight",
-    "oracle_windows": "model.targets.oracle_windows",
-    **{n: f"model.optim.{n}" for n in ("optimizer", "optimizer_args", "lr_scheduler",
-                                        "lr_scheduler_args", "lr_scheduler_interval", "clip")},
-    **{n: f"model.core.{n}" for n in ("embed_size", "dropout", "tied", "init_range",
-                                       "forget_bias")},
-    "interface_synthesizer": "model.interface.kind",
-    **{f"interface_{n}": f"model.interface.{n}" for n in (
-        "fit", "context", "hidden", "layers", "lr", "delay", "warmup")},
-    "interface_sg_scale": "model.interface.scale",
-    "slow_synthesizer": "model.slow_synthesizer.kind",
-}
-# (``synthesizer: linear`` was the kind; now ``synthesizer`` is a group)
-GROUPS = {"synthesizer": "model.synthesizer.kind", "slow_synthesizer":
-          "model.slow_synthesizer.kind", "interface": "model.interface.kind"}
-
-
-def renamed(old: str) -> str | None:
-    """The error for an option name of before the groups (``sg_horizon``), or None."""
-    new = RENAMED.get(old)
-    if new is None:
-        return None
-    return (f"model.{old} was renamed {new}: the model's options are grouped "
-            f"(model.core, model.synthesizer, model.interface, model.targets, model.optim; "
-            f"dnirnn.options). Write --{new}=VALUE on the command line, or in a recipe "
-            f"model: {{{new.split('.')[1]}: {{{new.split('.')[2]}: VALUE}}}}.")
-
-
-def group_given_a_value(name: str, value: Any) -> str:
-    """The error for ``--model.synthesizer=linear``: a value where a group is."""
-    new = GROUPS[name]
-    return (f"model.{name} is a group of options now, not the kind: for {value!r} write "
-            f"--{new}={value} (in a recipe model: {{{name}: {{kind: {value}}}}}); its "
-            f"other options are model.{name}.fit, .hidden, .lr ... (dnirnn.options)")
-
-
-def old_checkpoint(path: Any, hparams: dict[str, Any],
-                   current: dict[str, Any] | None = None) -> str | None:
-    """The error for a checkpoint whose hparams use names of before the groups (that the
-    model resuming it, with hparams ``current``, no longer has), or None."""
-    old = [k for k in hparams if k in RENAMED and k not in (current or {})]
-    if not old:
-        return None
-    flags = " ".join(f"--{RENAMED[k]}={hparams[k]}" for k in old if hparams[k] is not None)
-    return (f"ckpt_path: {path} was written before the model's options were grouped: its "
-            f"config names {', '.join('model.' + k for k in old[:4])}"
-            f"{' ...' if len(old) > 4 else ''}, now {', '.join(RENAMED[k] for k in old[:4])}"
-            f"{' ...' if len(old) > 4 else ''} (dnirnn.options.RENAMED). dnirnn does not "
-            f"resume it: train a new run with the current recipe, or check out the dnirnn "
-            f"version that wrote it. Its options in the new names: {flags}")

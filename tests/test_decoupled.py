@@ -98,7 +98,7 @@ def test_bounds_and_bad_cuts():
     assert group_bounds(5, 2) == [0, 3, 5] and group_bounds(2, 2) == [0, 1, 2]
     with pytest.raises(ValueError, match="model.groups"):
         group_bounds(2, 3)
-    with pytest.raises(ValueError, match="model.dropout"):
+    with pytest.raises(ValueError, match="model.core.dropout"):
         split_core(LSTMCore(CoreConfig(V, V, H, 2, embed=True, dropout=0.1)), 2)
 
 
@@ -281,11 +281,9 @@ def test_the_decoupled_model_starts_from_the_locked_models_weights():
     from dnirnn.lit import DNIModule
 
     kw = {"task": "lm", "input_size": V, "output_size": V, "hidden_size": H, "num_layers": 3,
-          "embed_size": 4, "forget_bias": 1.0}
+          "core": {"embed_size": 4, "forget_bias": 1.0}}
     L.seed_everything(3)
-    flat = {k: v for k, v in kw.items() if k not in ("embed_size", "forget_bias")}
-    locked = DNIModule(boundary="tbptt", **flat,
-                       core={"embed_size": 4, "forget_bias": 1.0}).engine.core
+    locked = DNIModule(boundary="tbptt", **kw).engine.core
     L.seed_everything(3)
     decoupled = DecoupledModule(groups=2, **kw)
     pairs = core_params(locked, list(decoupled.groups))

@@ -32,9 +32,11 @@ CONFIG = {
                            "num_distractors": 3, "batch_size": 4, "steps_per_epoch": 4,
                            "val_batches": 1}},
     "model": {"class_path": "dnirnn.decoupled.lit.DecoupledModule",
-              "init_args": {"num_layers": 3, "groups": 2, "hidden_size": 6, "embed_size": 4,
-                            "window": 4, "synthesizer_hidden": 6, "eval_chunk": 12,
-                            "lr": 0.01, "synthesizer_lr": 0.01, "interface_warmup": 4}},
+              "init_args": {"num_layers": 3, "groups": 2, "hidden_size": 6,
+                            "core": {"embed_size": 4}, "window": 4, "eval_chunk": 12,
+                            "synthesizer": {"hidden": 6, "lr": 0.01}, "lr": 0.01,
+                            "interface": {"kind": "linear", "fit": "rls",
+                                          "context": "target", "warmup": 4}}},
 }
 
 
@@ -238,7 +240,15 @@ def test_a_killed_main_process_stops_its_worker_within_seconds(tmp_path):
     (["--model.init_args.groups=3", "--model.init_args.num_layers=2"], "model.groups"),
     (["--model.init_args.groups=3"], "trainer.devices"),  # 3 groups, 2 processes
     (["--trainer.strategy=ddp"], "trainer.strategy"),
-    (["--model.init_args.dropout=0.1"], "model.dropout"),
+    (["--model.core.dropout=0.1"], "model.core.dropout: decoupled layer groups train without"),
+    (["--model.interface.context=phase"], "model.interface.context: must be 'target'"),
+    (["--model.interface.delay=0"], "model.interface.delay: must be an integer >= 1"),
+    (["--model.boundary=dni", "--model.interface.clip=2.0"], "model.interface.clip: "
+     "DecoupledModule builds its synthesizers with one clip"),
+    (["--model.targets.lam=1.0"], "model.targets.lam: DecoupledModule does not use it"),
+    (["--model.init_args.interface_delay=3"], "renamed model.interface.delay"),
+    (["--model.init_args.dropout=0.1"], "renamed model.core.dropout"),
+    (["--model.interface=linear"], "--model.interface.kind=linear"),
     (["--trainer.accelerator=gpu", "--trainer.devices=64"], "gpu"),  # more than the machine's
 ])
 def test_bad_input_is_one_line_and_exit_2(extra, field, tmp_path, capsys):

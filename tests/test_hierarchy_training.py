@@ -24,8 +24,8 @@ needs_ptb = pytest.mark.skipif(
     not (Path(PTB) / "ptb.train.txt").exists(), reason=f"no PTB files at {PTB}"
 )
 RECIPES = ["recall_tbptt", "recall_dni", "recall_hier_dni", "ptb_char_hier_dni"]
-HIER_TINY = ["--model.hidden_size=8", "--model.slow_hidden=8", "--model.synthesizer_hidden=8",
-             "--model.embed_size=8"]
+HIER_TINY = ["--model.hidden_size=8", "--model.slow_hidden=8", "--model.core.embed_size=8",
+             *(f"--model.{g}.hidden=8" for g in ("synthesizer", "slow_synthesizer", "interface"))]
 # PTB: slow windows of 4 ticks = 16 steps, two fast windows per training step
 PTB_TINY = ["--model.slow_window=4", "--model.windows_per_step=2", "--model.eval_chunk=64",
             "--trainer.limit_val_batches=2"]
@@ -81,8 +81,8 @@ def test_resume_hierarchy_recall_continues_exactly(tmp_path):
                     "--model.slow_hidden=8")
 
 
-RLS_HIER = ("--model.synthesizer_fit=rls", "--model.synthesizer=linear",
-            "--model.slow_synthesizer=linear", "--model.interface_synthesizer=linear")
+RLS_HIER = tuple(f"--model.{g}.{k}" for g in ("synthesizer", "slow_synthesizer", "interface")
+                 for k in ("kind=linear", "fit=rls"))
 
 
 def test_resume_hierarchy_with_least_squares_synthesizers_continues_exactly(tmp_path):
@@ -130,6 +130,25 @@ def test_checkpoint_holds_both_carried_states(tmp_path):
     shapes = [tuple(s.shape) for s in ckpt["dnirnn"]["carried"]]
     assert shapes == [(1, 32, 8), (1, 32, 8), (1, 32, 6), (1, 32, 6)]  # (h, c) fast, slow
     assert len(ckpt["optimizer_states"]) == 5  # fast, slow, M_f, M_s, M_if
+    # a checkpoint written before the groups (flat hparams) is refused, naming the new options
+    from dnirnn.checkpointing import CheckpointError, check_checkpoint
+
+    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+    model = HierarchyModule(**hp)
+    for group in ("core", "synthesizer", "slow_synthesizer", "interface", "targets", "optim"):
+        del ckpt["hyper_parameters"][group]
+    ckpt["hyper_parameters"].update(
+        embed_size=8, synthesizer="mlp", slow_synthesizer="mlp", interface_synthesizer="mlp",
+        synthesizer_hidden=8, synthesizer_fit="adam", interface_sg_scale=0.1, clip=10.0)
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    with pytest.raises(CheckpointError) as info:
+        check_checkpoint(tmp_path / "old.ckpt", model)
+    msg = str(info.value)
+    assert "written before the model's options were grouped" in msg and "\n" not in msg
+    for flag in ("--model.interface.scale=0.1", "--model.synthesizer.hidden=8",
+                 "--model.slow_synthesizer.hidden=8", "--model.interface.hidden=8",
+                 "--model.slow_synthesizer.kind=mlp", "--model.interface.kind=mlp"):
+        assert flag in msg, flag
 
 
 # ---- the delayed-recall task is as documented -------------------------------------------------
@@ -171,7 +190,7 @@ def test_recall_rejects_impossible_layouts():
 def test_eval_forward_chunks_and_tail():
     torch.manual_seed(0)
     m = HierarchyModule(task="lm", input_size=7, output_size=7, hidden_size=6, slow_hidden=5,
-                        embed_size=4, window=4, windows_per_step=2, k=2, slow_window=4,
+                        core={"embed_size": 4}, window=4, windows_per_step=2, k=2, slow_window=4,
                         eval_chunk=4)
     x = torch.randint(0, 7, (11, 3))
     with torch.no_grad():
@@ -202,10 +221,22 @@ def fails(capsys, recipe: str, root: Path, *extra: str) -> str:
     ("--model.slow_window=3", ["model.slow_window", "multiple of the fast window"]),
     ("--model.eval_chunk=30", ["model.eval_chunk", "multiple of k=4"]),
     ("--model.k=0", ["model.k", "integer >= 1"]),
-    ("--model.interface_synthesizer=bogus", ["model.interface_synthesizer", "or null"]),
+    ("--model.interface.kind=bogus", ["model.interface.kind", "must be one of"]),
+    ("--model.interface=bogus", ["model.interface is a group", "--model.interface.kind=bogus"]),
+    ("--model.boundary=oracle", ["model.boundary", "'dni'", "'tbptt'"]),
     ("--data.init_args.length=48", ["data.length", "multiple of 32"]),
-    ("--model.synthesizer_fit=rls", ["model.synthesizer", "linear"]),
-    ("--model.rls_forget=0", ["model.rls_forget", "(0, 1]"]),
+    ("--model.synthesizer.fit=rls", ["model.synthesizer.fit", "kind=linear"]),
+    ("--model.slow_synthesizer.rls_forget=0", ["model.slow_synthesizer.rls_forget", "(0, 1]"]),
+    # the engine builds the three synthesizers alike: fit, hidden and rls_* must agree
+    ("--model.interface.hidden=64", ["model.interface.hidden", "one hidden", "(128)"]),
+    ("--model.slow_synthesizer.rls_ridge=0.5", ["model.slow_synthesizer.rls_ridge", "one"]),
+    ("--model.core.dropout=0.1", ["model.core.dropout", "HierarchyModule does not use it"]),
+    ("--model.interface.delay=3", ["model.interface.delay", "does not use it"]),
+    # names of before the groups
+    ("--model.synthesizer_fit=rls", ["renamed model.synthesizer.fit",
+                                     "model.slow_synthesizer.fit and model.interface.fit"]),
+    ("--model.init_args.interface_sg_scale=1.0", ["renamed model.interface.scale"]),
+    ("--model.slow_synthesizer=linear", ["--model.slow_synthesizer.kind=linear"]),
 ])
 def test_hierarchy_config_errors(capsys, tmp_path, override, names):
     err = fails(capsys, "recall_hier_dni", tmp_path / "run", override)
@@ -224,8 +255,7 @@ def test_hierarchy_on_copy_is_refused(capsys, tmp_path):
     err = fails(capsys, "recall_hier_dni", tmp_path / "run",
                 "--data=dnirnn.datamodules.CopyDataModule")
     assert "model.task" in err and "token inputs" in err
-    m = HierarchyModule(task="lm", input_size=9, output_size=9, hidden_size=4, slow_hidden=4,
-                        synthesizer_hidden=4)
+    m = HierarchyModule(task="lm", input_size=9, output_size=9, hidden_size=4, slow_hidden=4)
     from dnirnn.tasks import CopyTask
     with pytest.raises(ValueError, match="copy episodes change length"):
         m.check_task(CopyTask(), 1)

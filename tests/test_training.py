@@ -27,12 +27,12 @@ needs_ptb = pytest.mark.skipif(
     not (Path(PTB) / "ptb.train.txt").exists(), reason=f"no PTB files at {PTB}"
 )
 TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--model.core.embed_size=8"]
-# (HierarchyModule and DecoupledModule keep their flat option names for now)
-FLAT_TINY = ["--model.hidden_size=8", "--model.synthesizer_hidden=8", "--model.embed_size=8"]
+# (the hierarchy's three synthesizers share one hidden width)
+HIER_TINY = [*TINY, "--model.slow_synthesizer.hidden=8", "--model.interface.hidden=8"]
 
 
 def tiny(recipe: str) -> list[str]:
-    return FLAT_TINY if "hier" in recipe or "decoupled" in recipe else TINY
+    return HIER_TINY if "hier" in recipe else TINY
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ simulation of the schedule: ``LoopbackTransport``). With ``trainer.devices: G`` 
 and ``trainer.strategy: layer_parallel`` (``dnirnn.decoupled.parallel``) each process is one
 group, rank g = group g, on its own device where there are GPUs; messages go by
 ``torch.distributed`` isend / irecv. Both run ``dnirnn.decoupled.pipeline.run_step`` over the
-same ``Schedule(groups, lag=1, delay=interface_delay)``: the same floats (tested).
+same ``Schedule(groups, lag=1, delay=interface.delay)``: the same floats (tested).
 
 Every process builds the whole model from the same seed (so a group starts from the weights
 the locked model of that seed has) and trains only its own groups; the other groups' copies
@@ -41,7 +41,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dnirnn.decoupled.config import validate_decoupled_args
 from dnirnn.decoupled.layers import Group, group_optimizers
 from dnirnn.decoupled.pipeline import GroupRunner, WindowData, run_step
 from dnirnn.decoupled.schedule import Schedule
@@ -49,6 +48,19 @@ from dnirnn.decoupled.stack import check_splittable, group_bounds, split_core
 from dnirnn.decoupled.transport import DistributedTransport, LoopbackTransport
 from dnirnn.hierarchy import init_forget_bias
 from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.options import (
+    ADAM_ONLY,
+    SCALE_ONLY,
+    CoreOptions,
+    InterfaceOptions,
+    OptimOptions,
+    SynthesizerOptions,
+    TargetOptions,
+    agree,
+    as_hparams,
+    check_flat,
+    need,
+)
 from dnirnn.recurrent import RecurrentModule
 from dnirnn.state import State
 from dnirnn.synthesizers import build_synthesizer
@@ -66,6 +78,8 @@ _SUMS = ("nats", "count", "bad", "updates", "grad_norm", "target_norm", "sg_loss
 class DecoupledModule(RecurrentModule):
     """A stacked LSTM cut into layer groups joined by interface synthesizers.
 
+    Flat: ``DNIModule``'s options and the cut's; the others in ``dnirnn.options``' groups.
+
     Args:
         task: "lm" (token streams, PTB) or "recall"; linked from the data module.
         input_size, output_size: vocabulary sizes; linked from the data module.
@@ -73,40 +87,31 @@ class DecoupledModule(RecurrentModule):
         num_layers: L, stacked layers.
         groups: G, layer groups (1 <= G <= L; consecutive layers, as equal as can be); with
             more than one process, one group per process (``trainer.devices = G``).
-        embed_size: embedding width (group 0); null: hidden_size.
-        init_range: as ``DNIModule``'s (null: PyTorch's initialisation).
         boundary: each group's truncation boundary: "dni" (its own temporal synthesizer
-            ``M_g``) or "tbptt".
+            ``M_g``, ``synthesizer``) or "tbptt".
         window: T, the truncation window (every group's).
         windows_per_step: K windows per training step for streams (one tick each).
-        sg_scale: β, the weight of the temporal synthetic gradients.
-        synthesizer, synthesizer_fit, synthesizer_hidden, synthesizer_layers, rls_forget,
-            rls_ridge: ``M_g``'s kind, fit, hidden width (null: its state size) and depth, and
-            the least-squares settings (as ``DNIModule``'s, per group).
-        interface_synthesizer: ``I_g``'s kind, "linear" or "mlp", or null: no interface (the
-            groups below the last then get no gradient; an ablation).
-        interface_context: ``I_g``'s conditioning (cDNI): "target" (the step's target
-            token, one-hot: the cross-entropy's gradient turns on it) or "none" (``o_t``
-            only). "target" adds ``output_size`` inputs: meant for small vocabularies.
-        interface_fit: "adam" or "rls" (least squares, solved once per training step, on the
-            T·B rows of every window).
-        interface_hidden, interface_layers: the mlp interface's width (null: hidden_size)
-            and depth.
-        interface_sg_scale: β_if, the weight of the interface synthetic gradient.
-        interface_lr: ``I_g``'s Adam learning rate (null: synthesizer_lr).
-        interface_delay: d, windows between the use of ``ĝ_k`` and ``I_g``'s fit on the true
-            ``G_k`` (>= 1; 2: no group waits for a backward pass of the same tick).
-        interface_warmup: windows each group runs before it injects ``ĝ`` (its ``I_g`` is
-            fitted from the first window): 64 = 8 steps of 8 windows. Without it, the first
-            least-squares fits, on few targets of a map that moves fast at the start, steered
-            the layer below far off (PTB char: the run stalled near 4.4 BPC).
-        lr, synthesizer_lr: θ_g's and the synthesizers' Adam learning rates.
-        clip, synthesizer_clip: gradient-norm clips, each group's on its own norm (null: none).
+        lr: θ_g's Adam learning rate.
         eval_chunk: steps per validation/test batch.
-        forget_bias: initial forget-gate bias (0: PyTorch's init).
         message_timeout: seconds a process waits for a message before it stops with an
             error naming the group it waited for (a dead peer is reported at once).
+        core: ``embed_size``, ``init_range``, ``forget_bias`` (``CoreOptions``; no dropout,
+            no tied weights across a cut).
+        synthesizer: ``M_g``, each group's temporal synthesizer (``SynthesizerOptions``;
+            ``hidden`` null: the group's state size).
+        interface: ``I_g`` (``InterfaceOptions``; ``context``: "target", the step's target
+            token one-hot, or "none"; ``hidden`` null: hidden_size), or null: no interface
+            (the groups below the last then get no gradient; an ablation).
+        targets: ``scale``, β of ``M_g`` (``TargetOptions``).
+        optim: ``clip``, each group's gradient-norm clip on its own norm (``OptimOptions``).
+
+    ``group_optimizers`` takes one clip for the synthesizers: with ``dni`` and an interface,
+    ``synthesizer.clip`` and ``interface.clip`` must agree.
     """
+
+    UNUSED = {"synthesizer": ("positions", "context", "guard", "rls_input", "rls_share"),
+              "interface": ("positions", "guard", "rls_input", "rls_share"),
+              "targets": SCALE_ONLY, "optim": ADAM_ONLY}
 
     def __init__(
         self,
@@ -116,66 +121,54 @@ class DecoupledModule(RecurrentModule):
         hidden_size: int = 256,
         num_layers: int = 2,
         groups: int = 2,
-        embed_size: int | None = None,
-        init_range: float | None = None,
-        dropout: float = 0.0,
         boundary: str = "dni",
         window: int = 8,
         windows_per_step: int = 8,
-        sg_scale: float = 1.0,
-        synthesizer: str = "mlp",
-        synthesizer_fit: str = "adam",
-        synthesizer_hidden: int | None = None,
-        synthesizer_layers: int = 1,
-        rls_forget: float = 0.8,
-        rls_ridge: float = 0.1,
-        interface_synthesizer: str | None = "linear",
-        interface_context: str = "target",
-        interface_fit: str = "rls",
-        interface_hidden: int | None = None,
-        interface_layers: int = 1,
-        interface_sg_scale: float = 1.0,
-        interface_lr: float | None = None,
-        interface_delay: int = 2,
-        interface_warmup: int = 64,
         lr: float = 1e-3,
-        synthesizer_lr: float = 1e-4,
-        clip: float | None = 1.0,
-        synthesizer_clip: float | None = 1.0,
         eval_chunk: int = 256,
-        forget_bias: float = 0.0,
         message_timeout: float = 300.0,
+        core: CoreOptions = CoreOptions(),
+        synthesizer: SynthesizerOptions = SynthesizerOptions(),
+        interface: InterfaceOptions | None = InterfaceOptions(kind="linear", fit="rls",
+                                                              context="target"),
+        targets: TargetOptions = TargetOptions(),
+        optim: OptimOptions = OptimOptions(),
     ) -> None:
         super().__init__()
-        validate_decoupled_args(locals())
-        self.save_hyperparameters()
+        core, synthesizer = CoreOptions.of(core), SynthesizerOptions.of(synthesizer)
+        interface, targets = InterfaceOptions.of(interface), TargetOptions.of(targets)
+        optim = OptimOptions.of(optim)
+        _validate(locals(), synthesizer, interface, targets, optim)
+        self.save_hyperparameters(as_hparams(locals()))
+        self.synthesizer_options, self.interface_options, self.optim_options = \
+            synthesizer, interface, optim
         cfg = CoreConfig(input_size, output_size, hidden_size, num_layers,
-                         embed=task in TOKEN_TASKS, embed_size=embed_size, dropout=dropout,
-                         init_range=init_range)
+                         embed=task in TOKEN_TASKS, embed_size=core.embed_size,
+                         dropout=core.dropout, tied=core.tied, init_range=core.init_range)
         check_splittable(cfg)
         group_bounds(num_layers, groups)
-        core = LSTMCore(cfg)  # (the locked model's initialisation, then cut)
-        init_forget_bias(core.lstm, forget_bias)
-        built = []
-        for layers in split_core(core, groups):
+        lstm = LSTMCore(cfg)  # (the locked model's initialisation, then cut)
+        init_forget_bias(lstm.lstm, core.forget_bias)
+        built, s, i = [], synthesizer, interface
+        for layers in split_core(lstm, groups):
             synth = face = None
             if boundary == "dni":
-                width = synthesizer_hidden or layers.state_size
-                synth = build_synthesizer(layers.state_size, fit=synthesizer_fit,
-                                          kind=synthesizer, hidden_size=width,
-                                          hidden_layers=synthesizer_layers, forget=rls_forget,
-                                          ridge=rls_ridge)
-            if interface_synthesizer is not None and layers.readout is None:
+                synth = build_synthesizer(layers.state_size, fit=s.fit, kind=s.kind,
+                                          hidden_size=s.hidden or layers.state_size,
+                                          hidden_layers=s.layers, forget=s.rls_forget,
+                                          ridge=s.rls_ridge)
+            if i is not None and layers.readout is None:
                 face = build_synthesizer(
-                    hidden_size, fit=interface_fit, kind=interface_synthesizer,
-                    hidden_size=interface_hidden or hidden_size, hidden_layers=interface_layers,
-                    context_size=output_size if interface_context == "target" else 0,
-                    forget=rls_forget, ridge=rls_ridge)
+                    hidden_size, fit=i.fit, kind=i.kind, hidden_size=i.hidden or hidden_size,
+                    hidden_layers=i.layers,
+                    context_size=output_size if i.context == "target" else 0,
+                    forget=i.rls_forget, ridge=i.rls_ridge)
             built.append(Group(layers, TASKS[task], 1.0, synthesizer=synth, interface=face,
-                               sg_scale=sg_scale, interface_scale=interface_sg_scale,
-                               context=interface_context))
+                               sg_scale=targets.scale,
+                               interface_scale=1.0 if i is None else i.scale,
+                               context="none" if i is None else i.context))
         self.groups = nn.ModuleList(built)
-        self.schedule = Schedule(groups, 1, interface_delay)
+        self.schedule = Schedule(groups, 1, 2 if i is None else i.delay)
         self.owned: list[int] = list(range(groups))
         self._runners: list[GroupRunner] | None = None
         self._restore: dict[str, Any] | None = None
@@ -221,14 +214,17 @@ class DecoupledModule(RecurrentModule):
         if self._runners is not None:
             return self._runners
         hp, world = self.hparams, self.trainer.world_size
+        s, i = self.synthesizer_options, self.interface_options
         transport = (LoopbackTransport() if world == 1 else
                      DistributedTransport(self.trainer.global_rank, hp.message_timeout))
         self._runners = []
-        for g in self.owned:
-            opts = group_optimizers(self.groups[g], hp.lr, hp.synthesizer_lr, hp.clip,
-                                    hp.synthesizer_clip, hp.interface_lr)
+        for g in self.owned:  # (the synthesizers' one clip: see the class docstring)
+            opts = group_optimizers(
+                self.groups[g], hp.lr, s.lr, self.optim_options.clip,
+                i.clip if i is not None and hp.boundary != "dni" else s.clip,
+                None if i is None else i.lr)
             self._runners.append(GroupRunner(g, self.groups[g], opts, self.schedule,
-                                             transport, warmup=hp.interface_warmup))
+                                             transport, warmup=0 if i is None else i.warmup))
         if self._restore is not None:
             for r in self._runners:
                 saved = self._restore["groups"][r.g]
@@ -341,18 +337,18 @@ class DecoupledModule(RecurrentModule):
         self._runners = None
 
 
-def _optimizer_states(r: GroupRunner) -> dict[str, Any]:
+def _parts(r: GroupRunner) -> dict[str, Any]:
     opts = r.opts
-    parts = {"core": opts.core.core, "synthesizer": opts.core.synthesizer,
-             "interface": None if opts.interface is None else opts.interface.synthesizer}
-    return {k: None if o is None else o.state_dict() for k, o in parts.items()}
+    return {"core": opts.core.core, "synthesizer": opts.core.synthesizer,
+            "interface": None if opts.interface is None else opts.interface.synthesizer}
+
+
+def _optimizer_states(r: GroupRunner) -> dict[str, Any]:
+    return {k: None if o is None else o.state_dict() for k, o in _parts(r).items()}
 
 
 def _load_optimizers(r: GroupRunner, states: dict[str, Any]) -> None:
-    opts = r.opts
-    parts = {"core": opts.core.core, "synthesizer": opts.core.synthesizer,
-             "interface": None if opts.interface is None else opts.interface.synthesizer}
-    for k, o in parts.items():
+    for k, o in _parts(r).items():
         if o is not None and states.get(k) is not None:
             o.load_state_dict(states[k])
 
@@ -381,3 +377,28 @@ def _sums(results, fits, ok: Tensor, like: Tensor) -> dict[str, Tensor]:
         "interface_target_norm": total(f.target_norm for f in fits),
         "interface_fits": zero + len(fits),
     }
+
+
+def _validate(args: dict[str, Any], synthesizer: SynthesizerOptions,
+              interface: InterfaceOptions | None, targets: TargetOptions,
+              optim: OptimOptions) -> None:
+    """The flat options and what the stack takes from the groups (the cut itself: ``stack``;
+    the processes against the groups: ``check_task``)."""
+    need(args["task"] in ("lm", "recall"), "model.task", args["task"],
+         "decoupled layers train on 'lm' (PTB) or 'recall'")
+    need(args["boundary"] in ("dni", "tbptt"), "model.boundary", args["boundary"],
+         "must be 'dni' or 'tbptt' (each group's truncation boundary)")
+    check_flat(args, ("window", "windows_per_step", "hidden_size", "num_layers", "groups",
+                      "eval_chunk", "input_size", "output_size"))
+    need(args["message_timeout"] > 0, "model.message_timeout", args["message_timeout"],
+         "must be > 0 (seconds)")
+    by = "DecoupledModule"
+    for name, group in (("synthesizer", synthesizer), ("targets", targets), ("optim", optim),
+                        ("interface", interface)):
+        if group is not None:
+            group.unused(DecoupledModule.UNUSED[name], by)
+    if interface is not None:
+        need(interface.context in ("none", "target"), "model.interface.context",
+             interface.context, "must be 'target' (the step's target token, one-hot) or 'none'")
+        if args["boundary"] == "dni":
+            agree({"synthesizer": synthesizer, "interface": interface}, ("clip",), by)

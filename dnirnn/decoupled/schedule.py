@@ -74,10 +74,10 @@ class Schedule:
             raise ValueError(f"schedule lag must be 0 (locked order) or 1 (pipeline), got "
                              f"{self.lag}")
         if self.delay < self.lag:
-            raise ValueError(f"model.interface_delay: the gradient of window k leaves group "
+            raise ValueError(f"model.interface.delay: the gradient of window k leaves group "
                              f"g + 1 {self.lag} tick(s) after group g ran window k, so it can "
                              f"be fitted {self.lag} window(s) later at the earliest; set "
-                             f"model.interface_delay >= {self.lag} (got {self.delay})")
+                             f"model.interface.delay >= {self.lag} (got {self.delay})")
 
     def window(self, group: int, tick: int) -> int:
         """The window ``group`` runs in phase A of ``tick`` (negative: none yet)."""

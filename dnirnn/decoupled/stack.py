@@ -45,12 +45,12 @@ def group_bounds(num_layers: int, groups: int) -> list[int]:
 def check_splittable(cfg: CoreConfig) -> None:
     """Raises ``ValueError`` for what a cut between processes cannot hold."""
     if cfg.tied:
-        raise ValueError("model.tied: the embedding (first layer group) and the readout (last "
+        raise ValueError("model.core.tied: the embedding (first layer group) and the readout (last "
                          "group) cannot be one parameter across layer groups; set "
-                         "model.tied=false")
+                         "model.core.tied=false")
     if cfg.dropout:
-        raise ValueError(f"model.dropout: decoupled layer groups train without dropout (its "
-                         f"masks would be drawn per process); set model.dropout=0 (got "
+        raise ValueError(f"model.core.dropout: decoupled layer groups train without dropout (its "
+                         f"masks would be drawn per process); set model.core.dropout=0 (got "
                          f"{cfg.dropout})")
 
 
