@@ -112,12 +112,21 @@ def test_window_span_larger_than_stream(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("download", ["false", "true"])
-def test_missing_data_folder_offline(capsys, tmp_path, download):
+def test_missing_data_folder_offline(capsys, tmp_path, monkeypatch, download):
+    """Offline (the download refused here: no network in tests), the error names the file
+    and the fix, and the failed download leaves no folder behind, nor a run folder."""
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     missing = tmp_path / "nowhere" / "ptb"
     err = fails(capsys, "ptb_char_tbptt", tmp_path / "run", f"--data.init_args.root={missing}",
                 f"--data.init_args.download={download}", *TINY)
     assert str(missing / "ptb.train.txt") in err and "DNIRNN_DATA" in err
-    assert not (missing / "ptb.train.txt").exists()
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "run").exists()
 
 
 @needs_ptb
