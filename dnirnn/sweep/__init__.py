@@ -134,7 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     p = _parser()
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     if a.list:
-        for name, path in list_grids().items():
+        grids = list_grids()
+        if not grids:
+            p.exit(2, "dnirnn sweep: error: no shipped grids found (neither the installed "
+                      "package's dnirnn/grids nor a checkout's grids/); give a grid file.\n")
+        for name, path in grids.items():
             print(f"{name:<24} {path}")
         return
     if not a.grid:
