@@ -204,6 +204,9 @@ class DNICLI(LightningCLI):
         preflight(self.model, self.datamodule, self.trainer, stage, cfg.get("ckpt_path"),
                   self._ckpt)
         root = self._root()
+        if stage == "fit" and self._ckpt is not None:
+            check_resume(self._ckpt, cfg["ckpt_path"], self.model, self.trainer,
+                         run_folder_of(cfg["ckpt_path"], root) is not None)
         check_writable(root)
         if stage == "fit":  # W&B looks for a git root in its folder: it must exist
             root.mkdir(parents=True, exist_ok=True)
@@ -244,6 +247,48 @@ def preflight(model: RecurrentModule, datamodule: L.LightningDataModule, trainer
         model.check_trainer(trainer)
     if ckpt_path and ckpt_path not in CKPT_ALIASES:
         check_checkpoint(ckpt_path, model, ckpt)
+
+
+class NothingToTrain(Exception):
+    """A fit resumed from a checkpoint that is already at its ``max_steps``: the run is left
+    as it is (not an error: the message says so, exit 0)."""
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        return {k: v for key, sub in d.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: d}
+
+
+def check_resume(ckpt: dict[str, Any], path: str, model: Any, trainer: L.Trainer,
+                 same_folder: bool) -> None:
+    """A fit from ``ckpt`` trains on from its step: a ``max_steps`` below that step is
+    refused, one equal to it leaves the finished run as it is (``NothingToTrain``), and, where
+    the fit continues the checkpoint's own run folder, model options other than the
+    checkpoint's are refused (the folder's record would mix two configs)."""
+    step, most = int(ckpt.get("global_step", 0)), trainer.max_steps
+    if 0 <= most < step:
+        raise ValueError(
+            f"--trainer.max_steps={most} is below the step of --ckpt_path {path} ({step}): a "
+            f"resumed fit trains on from its checkpoint's step. Give a max_steps above {step} "
+            f"to train on; nothing was written.")
+    if most == step:
+        raise NothingToTrain(
+            f"{path} is at step {step}, the run's max_steps: there is nothing to train and "
+            f"its run folder is left as it is. To train on, raise --trainer.max_steps above "
+            f"{step}; to score it: dnirnn test with the same --config and --ckpt_path={path}")
+    if not same_folder:
+        return
+    saved = _flat(json.loads(json.dumps(ckpt.get("hyper_parameters") or {}, default=str)))
+    given = _flat(json.loads(json.dumps(dict(getattr(model, "hparams", {})), default=str)))
+    changed = [f"model.{k}: {saved[k]!r} in the checkpoint, {given[k]!r} given"
+               for k in sorted(saved) if k in given and given[k] != saved[k]]
+    if changed:
+        raise ValueError(
+            f"--ckpt_path {path} continues its run, but these options differ from the "
+            f"checkpoint's: {'; '.join(changed)}. Drop them to resume the run as it was, or "
+            f"start a new run (another --trainer.default_root_dir) to train with them; "
+            f"nothing was written.")
 
 
 # (MisconfigurationException: Lightning's own, e.g. more devices than the machine has)
@@ -309,6 +354,9 @@ def main(args: list[str] | None = None) -> None:
         return run(args)
     if not args or args[0] != "fit":
         fail("--seeds goes with fit: dnirnn fit --config RECIPE --seeds=0,1,2")
+    if any(a == "--ckpt_path" or a.startswith("--ckpt_path=") for a in args):
+        fail("--seeds starts one new run per seed, --ckpt_path resumes one run: give one of "
+             "them (resume each seed's run with its own --ckpt_path). Nothing was written.")
     start = len(COMPLETED)
     for seed in seeds:
         run([*args, f"--seed_everything={seed}"])
@@ -334,6 +382,8 @@ def run(args: list[str]) -> None:
             parser_class=ConciseParser,
             args=args,
         )
+    except NothingToTrain as e:
+        print(f"dnirnn: {e}", flush=True)
     except USER_ERRORS as e:
         if os.environ.get("DNIRNN_DEBUG"):
             raise
