@@ -25,10 +25,12 @@ from dnirnn.cli import main
 from dnirnn.datamodules import CopyDataModule
 from dnirnn.lit import DNIModule
 
+from . import ptb_files
+
 ROOT = Path(__file__).resolve().parents[1]
-PTB = os.environ.get("DNIRNN_DATA") or str(ROOT.parent / "shared" / "data" / "ptb")
+PTB = ptb_files.PTB  # (DNIRNN_DATA, the per-user cache, ../shared/data/ptb)
 needs_ptb = pytest.mark.skipif(
-    not (Path(PTB) / "ptb.train.txt").exists(), reason=f"no PTB files at {PTB}"
+    ptb_files.PTB_ROOT is None, reason=ptb_files.WHERE
 )
 TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--model.core.embed_size=8"]
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
