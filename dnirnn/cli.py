@@ -43,6 +43,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from dnirnn.checkpointing import (
     AtomicCheckpointIO,
     CheckpointError,
+    CheckpointWriteError,
     check_checkpoint,
     read_checkpoint,
 )
@@ -148,6 +149,7 @@ class DNICLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         cfg, root = self._cfg(), self._root()
+        RUN_ROOTS.append(root)
         if cfg.get("trainer", {}).get("logger") in (None, True):
             kwargs["logger"] = make_loggers(root, cfg.get("wandb_project", "dnirnn"),
                                             bool(cfg.get("wandb", True)), **self._resume(root))
@@ -302,17 +304,45 @@ def fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
-def write_error(e: OSError) -> str:
+RUN_ROOTS: list[Path] = []  # the default_root_dir of each run begun in this process
+
+
+def intact_checkpoint(root: Path | None) -> tuple[Path, int | None] | None:
+    """The newest checkpoint of the newest run folder under ``root`` and its step."""
+    if root is None:
+        return None
+    ckpts = [p for p in Path(root).glob("version_*/checkpoints/*.ckpt") if p.is_file()]
+    if not ckpts:
+        return None
+    path = max(ckpts, key=lambda p: p.stat().st_mtime_ns)
+    try:
+        step = int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    except Exception:  # (a checkpoint that cannot be read: named without its step)
+        step = None
+    return path, step
+
+
+def write_error(e: OSError, root: Path | None = None) -> str:
     """A write that failed during a run: a full disk, or a folder that stopped being
-    writable. Checkpoints are atomic, so the last one on disk is whole."""
+    writable. Checkpoints are atomic, so the newest one on disk is whole: the message names
+    it, its step and the resume command."""
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or "No space left" in str(e)
+    where = e.filename or ""
     what = e.strerror or str(e)
-    where = f" {e.filename}" if e.filename else ""
-    fix = ("Free space" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-           else "Make the run folder writable again (or choose another "
-                "--trainer.default_root_dir)")
-    return (f"could not write{where}: {what}. Checkpoints are written whole or not at all, so "
-            f"the last checkpoint on disk (the summary above names it and its step) is intact. "
-            f"{fix}, then resume with --ckpt_path=<run>/checkpoints/last.ckpt, or start again.")
+    if isinstance(e, CheckpointWriteError):
+        where, what = "", what
+    head = (f"no space left on the device while writing {where or what}" if full
+            else f"could not write {where or what}" + (f": {what}" if where else ""))
+    fix = ("Free space" if full else "Make the run folder writable again (or choose another "
+           "--trainer.default_root_dir)")
+    ckpt = intact_checkpoint(root)
+    if ckpt is None:
+        return (f"{head}. No checkpoint of this run was written before it: {fix.lower()}, "
+                f"then start again.")
+    path, step = ckpt
+    at = f" (step {step})" if step is not None else ""
+    return (f"{head}. Checkpoints are written whole or not at all: {path}{at} is intact. "
+            f"{fix}, then resume with the same command and --ckpt_path={path}.")
 
 
 def pop_seeds(args: list[str]) -> tuple[list[int], list[str]]:
@@ -396,7 +426,7 @@ def run(args: list[str]) -> None:
     except OSError as e:  # a read-only or full disk while the run writes
         if os.environ.get("DNIRNN_DEBUG"):
             raise
-        fail(write_error(e))
+        fail(write_error(e, RUN_ROOTS[-1] if RUN_ROOTS else None))
     except SIGTERMException:  # (before dnirnn's handler was installed: no step trained)
         print("dnirnn: SIGTERM before training started; nothing to resume.", file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None
