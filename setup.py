@@ -3,12 +3,14 @@
 Every package under ``dnirnn/`` is found (a new subpackage ships without a change here), and
 the recipes, kept in ``recipes/`` at the repository root, are mapped onto ``dnirnn.recipes``
 (overlays: ``dnirnn.recipes.overlays``) with their YAML files as package data, so that an
-installed dnirnn finds ``--config copy_dni`` and ``--config dni_paper`` from any folder.
+installed dnirnn finds ``--config copy_dni`` and ``--config dni_paper`` from any folder; the
+sweep grids (``grids/``) likewise onto ``dnirnn.grids`` (``dnirnn sweep --list``).
 """
 
 from setuptools import find_namespace_packages, setup
 
-RECIPES = {"dnirnn.recipes": "recipes", "dnirnn.recipes.overlays": "recipes/overlays"}
+RECIPES = {"dnirnn.recipes": "recipes", "dnirnn.recipes.overlays": "recipes/overlays",
+           "dnirnn.grids": "grids"}
 
 setup(
     packages=find_namespace_packages(include=["dnirnn", "dnirnn.*"],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -67,14 +68,25 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch's writer reports ENOSPC as RuntimeError
+        code = getattr(e, "errno", None) or (errno.ENOSPC if _full(path.parent, e) else errno.EIO)
         Path(tmp).unlink(missing_ok=True)
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointWriteError(getattr(e, "errno", None) or errno.EIO,
-                                   f"could not write checkpoint {path} ({reason})") from e
+        raise CheckpointWriteError(code, f"checkpoint {path} ({reason})", str(path)) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _full(folder: Path, e: BaseException) -> bool:
+    """Whether a write without an errno (torch's RuntimeError) failed for a full disk: its
+    message says so, or the folder's file system has (almost) no space left."""
+    if "No space left" in str(e):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

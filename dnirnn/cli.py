@@ -43,6 +43,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from dnirnn.checkpointing import (
     AtomicCheckpointIO,
     CheckpointError,
+    CheckpointWriteError,
     check_checkpoint,
     read_checkpoint,
 )
@@ -148,6 +149,7 @@ class DNICLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         cfg, root = self._cfg(), self._root()
+        RUN_ROOTS.append(root)
         if cfg.get("trainer", {}).get("logger") in (None, True):
             kwargs["logger"] = make_loggers(root, cfg.get("wandb_project", "dnirnn"),
                                             bool(cfg.get("wandb", True)), **self._resume(root))
@@ -204,6 +206,9 @@ class DNICLI(LightningCLI):
         preflight(self.model, self.datamodule, self.trainer, stage, cfg.get("ckpt_path"),
                   self._ckpt)
         root = self._root()
+        if stage == "fit" and self._ckpt is not None:
+            check_resume(self._ckpt, cfg["ckpt_path"], self.model, self.trainer,
+                         run_folder_of(cfg["ckpt_path"], root) is not None)
         check_writable(root)
         if stage == "fit":  # W&B looks for a git root in its folder: it must exist
             root.mkdir(parents=True, exist_ok=True)
@@ -246,6 +251,48 @@ def preflight(model: RecurrentModule, datamodule: L.LightningDataModule, trainer
         check_checkpoint(ckpt_path, model, ckpt)
 
 
+class NothingToTrain(Exception):
+    """A fit resumed from a checkpoint that is already at its ``max_steps``: the run is left
+    as it is (not an error: the message says so, exit 0)."""
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        return {k: v for key, sub in d.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: d}
+
+
+def check_resume(ckpt: dict[str, Any], path: str, model: Any, trainer: L.Trainer,
+                 same_folder: bool) -> None:
+    """A fit from ``ckpt`` trains on from its step: a ``max_steps`` below that step is
+    refused, one equal to it leaves the finished run as it is (``NothingToTrain``), and, where
+    the fit continues the checkpoint's own run folder, model options other than the
+    checkpoint's are refused (the folder's record would mix two configs)."""
+    step, most = int(ckpt.get("global_step", 0)), trainer.max_steps
+    if 0 <= most < step:
+        raise ValueError(
+            f"--trainer.max_steps={most} is below the step of --ckpt_path {path} ({step}): a "
+            f"resumed fit trains on from its checkpoint's step. Give a max_steps above {step} "
+            f"to train on; nothing was written.")
+    if most == step:
+        raise NothingToTrain(
+            f"{path} is at step {step}, the run's max_steps: there is nothing to train and "
+            f"its run folder is left as it is. To train on, raise --trainer.max_steps above "
+            f"{step}; to score it: dnirnn test with the same --config and --ckpt_path={path}")
+    if not same_folder:
+        return
+    saved = _flat(json.loads(json.dumps(ckpt.get("hyper_parameters") or {}, default=str)))
+    given = _flat(json.loads(json.dumps(dict(getattr(model, "hparams", {})), default=str)))
+    changed = [f"model.{k}: {saved[k]!r} in the checkpoint, {given[k]!r} given"
+               for k in sorted(saved) if k in given and given[k] != saved[k]]
+    if changed:
+        raise ValueError(
+            f"--ckpt_path {path} continues its run, but these options differ from the "
+            f"checkpoint's: {'; '.join(changed)}. Drop them to resume the run as it was, or "
+            f"start a new run (another --trainer.default_root_dir) to train with them; "
+            f"nothing was written.")
+
+
 # (MisconfigurationException: Lightning's own, e.g. more devices than the machine has)
 USER_ERRORS = (ValueError, DataError, CheckpointError, NonFiniteLossError, ConfigError,
                MisconfigurationException)
@@ -257,17 +304,45 @@ def fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
-def write_error(e: OSError) -> str:
+RUN_ROOTS: list[Path] = []  # the default_root_dir of each run begun in this process
+
+
+def intact_checkpoint(root: Path | None) -> tuple[Path, int | None] | None:
+    """The newest checkpoint of the newest run folder under ``root`` and its step."""
+    if root is None:
+        return None
+    ckpts = [p for p in Path(root).glob("version_*/checkpoints/*.ckpt") if p.is_file()]
+    if not ckpts:
+        return None
+    path = max(ckpts, key=lambda p: p.stat().st_mtime_ns)
+    try:
+        step = int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    except Exception:  # (a checkpoint that cannot be read: named without its step)
+        step = None
+    return path, step
+
+
+def write_error(e: OSError, root: Path | None = None) -> str:
     """A write that failed during a run: a full disk, or a folder that stopped being
-    writable. Checkpoints are atomic, so the last one on disk is whole."""
+    writable. Checkpoints are atomic, so the newest one on disk is whole: the message names
+    it, its step and the resume command."""
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or "No space left" in str(e)
+    where = e.filename or ""
     what = e.strerror or str(e)
-    where = f" {e.filename}" if e.filename else ""
-    fix = ("Free space" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-           else "Make the run folder writable again (or choose another "
-                "--trainer.default_root_dir)")
-    return (f"could not write{where}: {what}. Checkpoints are written whole or not at all, so "
-            f"the last checkpoint on disk (the summary above names it and its step) is intact. "
-            f"{fix}, then resume with --ckpt_path=<run>/checkpoints/last.ckpt, or start again.")
+    if isinstance(e, CheckpointWriteError):
+        where, what = "", what
+    head = (f"no space left on the device while writing {where or what}" if full
+            else f"could not write {where or what}" + (f": {what}" if where else ""))
+    fix = ("Free space" if full else "Make the run folder writable again (or choose another "
+           "--trainer.default_root_dir)")
+    ckpt = intact_checkpoint(root)
+    if ckpt is None:
+        return (f"{head}. No checkpoint of this run was written before it: {fix.lower()}, "
+                f"then start again.")
+    path, step = ckpt
+    at = f" (step {step})" if step is not None else ""
+    return (f"{head}. Checkpoints are written whole or not at all: {path}{at} is intact. "
+            f"{fix}, then resume with the same command and --ckpt_path={path}.")
 
 
 def pop_seeds(args: list[str]) -> tuple[list[int], list[str]]:
@@ -309,6 +384,9 @@ def main(args: list[str] | None = None) -> None:
         return run(args)
     if not args or args[0] != "fit":
         fail("--seeds goes with fit: dnirnn fit --config RECIPE --seeds=0,1,2")
+    if any(a == "--ckpt_path" or a.startswith("--ckpt_path=") for a in args):
+        fail("--seeds starts one new run per seed, --ckpt_path resumes one run: give one of "
+             "them (resume each seed's run with its own --ckpt_path). Nothing was written.")
     start = len(COMPLETED)
     for seed in seeds:
         run([*args, f"--seed_everything={seed}"])
@@ -334,6 +412,8 @@ def run(args: list[str]) -> None:
             parser_class=ConciseParser,
             args=args,
         )
+    except NothingToTrain as e:
+        print(f"dnirnn: {e}", flush=True)
     except USER_ERRORS as e:
         if os.environ.get("DNIRNN_DEBUG"):
             raise
@@ -346,7 +426,7 @@ def run(args: list[str]) -> None:
     except OSError as e:  # a read-only or full disk while the run writes
         if os.environ.get("DNIRNN_DEBUG"):
             raise
-        fail(write_error(e))
+        fail(write_error(e, RUN_ROOTS[-1] if RUN_ROOTS else None))
     except SIGTERMException:  # (before dnirnn's handler was installed: no step trained)
         print("dnirnn: SIGTERM before training started; nothing to resume.", file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None

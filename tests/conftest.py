@@ -42,7 +42,8 @@ def pytest_terminal_summary(terminalreporter):
     ptb = [r for r in skipped if "PTB" in str(r.longrepr) or "ptb" in str(r.longrepr)]
     if ptb:
         terminalreporter.write_line(
-            f"{len(ptb)} Penn Treebank tests skipped: no PTB files found. Run them with "
+            f"{len(ptb)} Penn Treebank tests skipped: no PTB files in DNIRNN_DATA, the "
+            f"per-user cache or ../shared/data/ptb. Run them with "
             f"DNIRNN_DATA=/path/to/ptb make test (the folder holding ptb.{{train,valid,test}}"
             f".txt; any `dnirnn fit --config ptb_char_dni` downloads them to "
             f"~/.cache/dnirnn/ptb).")

@@ -258,8 +258,10 @@ def test_full_disk_during_a_checkpoint(tmp_path, capsys, monkeypatch):
           *TINY, "--trainer.max_steps=10", "--data.init_args.steps_per_epoch=100",
           "--checkpoint_every=1")
     err = capsys.readouterr().err
-    assert "No space left on device" in err and "resume with --ckpt_path" in err
     ckpts = tmp_path / "r/version_0/checkpoints"
+    assert "no space left on the device" in err and "No space left on device" in err
+    assert f"{ckpts / 'last.ckpt'} (step 1) is intact" in err
+    assert f"resume with the same command and --ckpt_path={ckpts / 'last.ckpt'}" in err
     assert not list(ckpts.glob(".*.tmp"))  # nothing half-written
     assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 1
 
@@ -394,3 +396,33 @@ def test_wandb_offline_from_the_command_line_has_no_git_root_warning(tmp_path):
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*")), "W&B wrote its run"
     assert "git root" not in proc.stdout + proc.stderr
     assert "wandb sync" in proc.stdout + proc.stderr
+
+
+def test_a_full_disk_is_named_with_the_intact_checkpoint_and_the_resume_command(
+        tmp_path, capsys, monkeypatch):
+    """torch's writer reports a full disk as a RuntimeError without an errno: the message
+    says "no space left", names the newest intact checkpoint (here a periodic one: no
+    last.ckpt yet) with its step, and the command that resumes from it."""
+    real, calls = torch.save, []
+
+    def full(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) >= 2:
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write "
+                               "failed")
+        return real(obj, f, *a, **k)
+
+    usage = dnirnn.checkpointing.shutil.disk_usage
+    monkeypatch.setattr(dnirnn.checkpointing.torch, "save", full)
+    monkeypatch.setattr(dnirnn.checkpointing.shutil, "disk_usage",
+                        lambda p: usage(p)._replace(free=4096))
+    exits(2, "fit", "--config", "copy_dni", f"--trainer.default_root_dir={tmp_path / 'r'}",
+          *TINY, "--trainer.max_steps=10", "--data.init_args.steps_per_epoch=100",
+          "--checkpoint_every=1", "--keep_checkpoints=3")
+    err = capsys.readouterr().err
+    ckpts = sorted((tmp_path / "r/version_0/checkpoints").glob("*.ckpt"))
+    assert len(ckpts) >= 1 and not list(ckpts[0].parent.glob(".*.tmp"))
+    (intact,) = [c for c in ckpts if c.name != "last.ckpt"] or ckpts
+    assert "no space left on the device" in err and err.count("could not write") == 0, err
+    assert f"{intact} (step 1) is intact" in err and f"--ckpt_path={intact}" in err, err
+    assert "summary above" not in err and len(err.strip().splitlines()) == 1

@@ -13,9 +13,11 @@ import torch
 
 from dnirnn.cli import main
 
+from . import ptb_files
+
 ROOT = Path(__file__).resolve().parents[1]
-PTB = os.environ.get("DNIRNN_DATA") or str(ROOT.parent / "shared" / "data" / "ptb")
-HAVE_PTB = (Path(PTB) / "ptb.train.txt").exists()
+PTB = ptb_files.PTB  # (DNIRNN_DATA, the per-user cache, ../shared/data/ptb)
+HAVE_PTB = ptb_files.PTB_ROOT is not None
 TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--model.core.embed_size=8"]
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
@@ -52,7 +54,7 @@ def last_ckpt(root: Path) -> dict:
 @pytest.mark.parametrize("recipe", list(CASES))
 def test_ddp_two_processes_equal_one_process(recipe, tmp_path, monkeypatch):
     if recipe.startswith("ptb") and not HAVE_PTB:
-        pytest.skip(f"no PTB files at {PTB}")
+        pytest.skip(ptb_files.WHERE)
     monkeypatch.chdir(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     ddp = subprocess.run(

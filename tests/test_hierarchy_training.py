@@ -4,7 +4,6 @@ layout as documented; and config errors that name the field and the fix."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,13 @@ from dnirnn.data.recall import Recall
 from dnirnn.lit_hierarchy import HierarchyModule
 from dnirnn.tasks import RecallTask
 
+from . import ptb_files
 from .test_training import _resume_matches, fit, rows, train_losses
 
 ROOT = Path(__file__).resolve().parents[1]
-PTB = os.environ.get("DNIRNN_DATA") or str(ROOT.parent / "shared" / "data" / "ptb")
+PTB = ptb_files.PTB  # (DNIRNN_DATA, the per-user cache, ../shared/data/ptb)
 needs_ptb = pytest.mark.skipif(
-    not (Path(PTB) / "ptb.train.txt").exists(), reason=f"no PTB files at {PTB}"
+    ptb_files.PTB_ROOT is None, reason=ptb_files.WHERE
 )
 RECIPES = ["recall_tbptt", "recall_dni", "recall_hier_dni", "ptb_char_hier_dni"]
 HIER_TINY = ["--model.hidden_size=8", "--model.slow_hidden=8", "--model.core.embed_size=8",
@@ -49,7 +49,7 @@ def tiny(recipe: str) -> list[str]:
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_new_recipe_runs_end_to_end(recipe, tmp_path):
     if recipe.startswith("ptb") and not (Path(PTB) / "ptb.train.txt").exists():
-        pytest.skip(f"no PTB files at {PTB}")
+        pytest.skip(ptb_files.WHERE)
     extra = ["--trainer.max_steps=3", "--trainer.log_every_n_steps=1", *tiny(recipe)]
     if recipe.startswith("ptb"):
         extra += ["--trainer.val_check_interval=3"]

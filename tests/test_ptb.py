@@ -2,7 +2,6 @@
 checksum verification and the (offline, file://) download path. No network access."""
 
 import hashlib
-import os
 import shutil
 import urllib.error
 import urllib.request
@@ -15,6 +14,8 @@ from dnirnn.data import ptb
 from dnirnn.data.ptb import DataError, batchify, ensure_ptb, load_corpus, word2char
 from dnirnn.data.vocab import Vocab
 
+from . import ptb_files
+
 WORD_EOS = {"train": 929_589, "valid": 73_760, "test": 82_430}
 CHAR_EOS = {"train": 5_017_482, "valid": 393_042, "test": 442_423}
 UNDERSCORES = {"train": 845_453, "valid": 67_020, "test": 74_908}
@@ -26,20 +27,10 @@ CHAR_SHA256 = {
 }
 
 
-def _find_data_root() -> Path | None:
-    env = os.environ.get("DNIRNN_DATA")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "shared/data/ptb")
-    for root in candidates:
-        if all((root / name).is_file() for name in ptb.FILENAMES.values()):
-            return root
-    return None
-
-
-DATA_ROOT = _find_data_root()
+DATA_ROOT = ptb_files.PTB_ROOT  # the toolkit's lookup, then ../shared/data/ptb
 needs_data = pytest.mark.skipif(
     DATA_ROOT is None,
-    reason="PTB files not found: set DNIRNN_DATA to a folder with ptb.{train,valid,test}.txt",
+    reason=ptb_files.WHERE,
 )
 
 
@@ -288,3 +279,30 @@ def test_corrupt_download_leaves_nothing(monkeypatch, tmp_path):
         ensure_ptb(root)
     assert "sha256" in str(info.value) and str(root / "ptb.train.txt") in str(info.value)
     assert _ptb_files(root) == []  # no partial or corrupt file, no temp file
+
+
+def test_the_ptb_tests_find_the_files_where_the_toolkit_does(tmp_path, monkeypatch):
+    """DNIRNN_DATA first, then the per-user cache ($XDG_CACHE_HOME/dnirnn/ptb, where a PTB
+    recipe's first run puts them), then ../shared/data/ptb (CI); a folder counts only with
+    all three files."""
+    def fill(folder):
+        folder.mkdir(parents=True)
+        for name in ptb.FILENAMES.values():
+            (folder / name).write_text("")
+        return folder
+
+    monkeypatch.setattr(ptb_files, "SHARED", tmp_path / "shared")
+    monkeypatch.delenv("DNIRNN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert ptb_files.find_ptb() is None
+    cache = fill(tmp_path / "xdg" / "dnirnn" / "ptb")
+    assert ptb_files.find_ptb() == cache
+    monkeypatch.setenv("DNIRNN_DATA", str(tmp_path / "empty"))  # without the files: the cache
+    assert ptb_files.find_ptb() == cache
+    env = fill(tmp_path / "env")
+    monkeypatch.setenv("DNIRNN_DATA", str(env))
+    assert ptb_files.find_ptb() == env
+    monkeypatch.delenv("DNIRNN_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "nothing"))
+    shared = fill(tmp_path / "shared")
+    assert ptb_files.find_ptb() == shared

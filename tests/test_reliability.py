@@ -25,10 +25,12 @@ from dnirnn.cli import main
 from dnirnn.datamodules import CopyDataModule
 from dnirnn.lit import DNIModule
 
+from . import ptb_files
+
 ROOT = Path(__file__).resolve().parents[1]
-PTB = os.environ.get("DNIRNN_DATA") or str(ROOT.parent / "shared" / "data" / "ptb")
+PTB = ptb_files.PTB  # (DNIRNN_DATA, the per-user cache, ../shared/data/ptb)
 needs_ptb = pytest.mark.skipif(
-    not (Path(PTB) / "ptb.train.txt").exists(), reason=f"no PTB files at {PTB}"
+    ptb_files.PTB_ROOT is None, reason=ptb_files.WHERE
 )
 TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--model.core.embed_size=8"]
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
@@ -112,12 +114,21 @@ def test_window_span_larger_than_stream(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("download", ["false", "true"])
-def test_missing_data_folder_offline(capsys, tmp_path, download):
+def test_missing_data_folder_offline(capsys, tmp_path, monkeypatch, download):
+    """Offline (the download refused here: no network in tests), the error names the file
+    and the fix, and the failed download leaves no folder behind, nor a run folder."""
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     missing = tmp_path / "nowhere" / "ptb"
     err = fails(capsys, "ptb_char_tbptt", tmp_path / "run", f"--data.init_args.root={missing}",
                 f"--data.init_args.download={download}", *TINY)
     assert str(missing / "ptb.train.txt") in err and "DNIRNN_DATA" in err
-    assert not (missing / "ptb.train.txt").exists()
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "run").exists()
 
 
 @needs_ptb
@@ -286,3 +297,32 @@ def test_non_finite_step_stops_before_its_checkpoint(capsys, tmp_path, monkeypat
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
     assert not list(root.glob("version_*/checkpoints/*step=7.ckpt"))
     assert "last.ckpt" in saved and "epoch=1-step=6.ckpt" in saved
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_finished_run_is_left_alone_and_contradicting_options_refused(capsys, tmp_path):
+    """Resuming a run at its max_steps trains nothing and writes nothing (a line, exit 0); a
+    max_steps below the checkpoint's step, other model options in the same run folder and
+    --seeds with --ckpt_path are refused (exit 2); the run folder stays byte for byte."""
+    root = tmp_path / "run"
+    version = fit("copy_dni", root, "--trainer.max_steps=6", *COPY)
+    last = version / "checkpoints" / "last.ckpt"
+    before = tree(root)
+    main(base("copy_dni", root) + ["--trainer.max_steps=6", f"--ckpt_path={last}", *COPY])
+    out = capsys.readouterr().out
+    assert "is at step 6, the run's max_steps: there is nothing to train" in out
+    assert tree(root) == before
+    for extra, message in ((["--trainer.max_steps=3"], "is below the step of --ckpt_path"),
+                           (["--trainer.max_steps=8", "--model.window=3"],
+                            "model.window: 2 in the checkpoint, 3 given"),
+                           (["--trainer.max_steps=8", "--seeds=0,1"], "--seeds starts one")):
+        with pytest.raises(SystemExit) as info:
+            main(base("copy_dni", root) + [*extra, f"--ckpt_path={last}", *COPY])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "nothing was written" in err.lower(), err
+        assert tree(root) == before

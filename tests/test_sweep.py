@@ -465,3 +465,35 @@ def test_the_documented_grid_example_loads(tmp_path):
     assert len(g.cells) == 2 * 2 * 3 + 1 * 1 * 3  # the grid's seeds in both blocks
     assert [t["metrics"] for t in g.tables] == [["level", "test_bpc"]]
     assert {c.recipe for c in g.cells} == {"copy_tbptt", "copy_dni", "ptb_char_dni"}
+
+
+def test_a_report_never_replaces_cells_it_does_not_have(tmp_path, capsys):
+    """`--report` where the committed report holds finished cells whose folders here are
+    failed here: exit 2, the report and its cells.csv left byte for byte; a sweep that ran
+    sets them aside (``*.before-sweep.*``) before writing."""
+    path = grid_file(tmp_path, "runs: runs\nout: results/r.md\nrecipe: copy_dni\n"
+                               "axes: {T: [2, 3]}\nmetrics: {level: curriculum/max_level_solved}\n")
+    g = load_grid(path)
+    for c in g.cells:
+        fake_cell(c, [{"step": 0, "curriculum/max_level_solved": 5}])
+    main([str(path), "--report"])
+    before = g.out.read_text()
+    table = g.out.with_suffix("") / "cells.csv"
+    rows = table.read_text()
+    assert "2 of 2 cells done" in capsys.readouterr().out
+    (g.cells[1].root / "done.json").unlink()  # a rerun of it failed here
+    write_json(g.cells[1].root / "failed.json", {"stage": "fit", "returncode": 1})
+    with pytest.raises(SystemExit) as e:
+        main([str(path), "--report"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "T3 (failed)" in err and "left as it is" in err and "--out" in err
+    assert len(err.strip().splitlines()) == 1
+    assert g.out.read_text() == before and table.read_text() == rows
+    # a fresh checkout (no folders): the report is rewritten from its cells.csv, unchanged
+    import shutil
+    shutil.rmtree(tmp_path / "runs")
+    main([str(path), "--report"])
+    assert "2 of 2 cells done (2 as recorded" in capsys.readouterr().out
+    from dnirnn.sweep.report import set_aside
+    assert [p.name for p in set_aside(g)] == ["r.before-sweep.md", "cells.before-sweep.csv"]

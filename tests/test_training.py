@@ -4,7 +4,6 @@ offline, and exact resume from a mid-run checkpoint."""
 from __future__ import annotations
 
 import csv
-import os
 import time
 from pathlib import Path
 
@@ -16,15 +15,16 @@ from dnirnn.cli import main
 from dnirnn.datamodules import PTBDataModule
 from dnirnn.tasks import CopyTask
 
+from . import ptb_files
 from .wandb_records import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 # The hierarchy's and the recall task's recipes run shrunk in tests/test_hierarchy_training.py.
 RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml")
                  if "hier" not in p.stem and not p.stem.startswith("recall"))
-PTB = os.environ.get("DNIRNN_DATA") or str(ROOT.parent / "shared" / "data" / "ptb")
+PTB = ptb_files.PTB  # (DNIRNN_DATA, the per-user cache, ../shared/data/ptb)
 needs_ptb = pytest.mark.skipif(
-    not (Path(PTB) / "ptb.train.txt").exists(), reason=f"no PTB files at {PTB}"
+    ptb_files.PTB_ROOT is None, reason=ptb_files.WHERE
 )
 TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--model.core.embed_size=8"]
 # (the hierarchy's three synthesizers share one hidden width)
@@ -70,7 +70,7 @@ def train_losses(version: Path) -> dict[int, float]:
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_runs_end_to_end(recipe, tmp_path):
     if recipe.startswith("ptb") and not (Path(PTB) / "ptb.train.txt").exists():
-        pytest.skip(f"no PTB files at {PTB}")
+        pytest.skip(ptb_files.WHERE)
     extra = ["--trainer.max_steps=3", "--trainer.log_every_n_steps=1",
              *tiny(recipe)]
     if recipe.startswith("ptb"):

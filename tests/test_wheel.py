@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("setup.py", "pyproject.toml", "README.md", "LICENSE", "dnirnn", "recipes")
+SOURCES = ("setup.py", "pyproject.toml", "README.md", "LICENSE", "dnirnn", "recipes", "grids")
 TINY = ["--trainer.max_steps=3", "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false", "--wandb=false", "--model.hidden_size=8",
         "--data.init_args.steps_per_epoch=2", "--data.init_args.batch_size=4"]
@@ -77,7 +77,9 @@ def test_wheel_holds_every_package_and_recipe_without_warnings(wheel):
     shipped = {"/".join(n.split("/")[:-1]).replace("/", ".") for n in names
                if n.startswith("dnirnn/") and n.endswith(".py")}
     assert shipped == tree_packages()  # dnirnn.synthesizers, dnirnn.hierarchy, ... all
-    yamls = {n for n in names if n.endswith(".yaml")}
+    yamls = {n for n in names if n.endswith(".yaml") and not n.startswith("dnirnn/grids/")}
+    assert {n for n in names if n.startswith("dnirnn/grids/")} == {
+        f"dnirnn/grids/{p.name}" for p in (ROOT / "grids").glob("*.yaml")}
     assert yamls == {f"dnirnn/recipes/{p.relative_to(ROOT / 'recipes').as_posix()}"
                      for p in (ROOT / "recipes").rglob("*.yaml")}
     assert "dnirnn/recipes/overlays/dni_paper.yaml" in yamls
@@ -137,3 +139,19 @@ def test_the_wheel_trains_by_name_from_any_folder(wheel):
     assert (version / "checkpoints" / "last.ckpt").is_file()
     config = (version / "config.yaml").read_text()
     assert "fit: adam" in config  # the overlay was applied over the recipe
+
+
+def test_the_wheel_ships_the_grids(wheel):
+    """``dnirnn sweep --list`` and ``--dry-run`` of a shipped grid, from the installed wheel."""
+    listing = run(wheel, "-m", "dnirnn", "sweep", "--list")
+    assert listing.returncode == 0, listing.stderr[-3000:]
+    assert "table1_cpu " in listing.stdout and str(wheel["site"]) in listing.stdout
+    dry = run(wheel, "-m", "dnirnn", "sweep", "table1_cpu", "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "dnirnn fit --config copy_tbptt" in dry.stdout and "[new]" in dry.stdout
+    assert not (wheel["cwd"] / "runs" / "table1_cpu").exists()  # a dry run writes nothing
+
+
+def test_gitignore_lists_what_a_build_leaves():
+    lines = (ROOT / ".gitignore").read_text().splitlines()
+    assert "build/" in lines and "dist/" in lines and "*.egg-info/" in lines

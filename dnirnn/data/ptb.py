@@ -178,6 +178,7 @@ def _download(split: str, dest: Path) -> None:
     expected = SHA256[dest.name]
     urls = _urls(split)
     failures = []
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -189,6 +190,11 @@ def _download(split: str, dest: Path) -> None:
             return
         except (OSError, urllib.error.URLError, DataError, ValueError) as e:
             failures.append(f"{url}: {e}")
+    for folder in made:  # (innermost first) a failed download leaves no empty folder behind
+        try:
+            folder.rmdir()
+        except OSError:
+            break
     raise DataError(
         f"PTB file {dest} is missing and could not be downloaded:\n  "
         + "\n  ".join(failures)

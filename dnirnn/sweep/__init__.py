@@ -84,7 +84,10 @@ takes the run's best value for the task metrics of ``dnirnn plot`` (max level so
 validation BPC / perplexity / bits) and the last value otherwise; ``wall_s`` is the cell's
 wall time. Numbers are read from the cells' files when the report is written
 (``dnirnn.sweep.report``), so ``--report`` after editing ``metrics:`` needs no rerun; a cell
-without a folder is read from its row of the report's committed ``cells.csv``.
+without a folder is read from its row of the report's committed ``cells.csv``. A report
+never replaces finished cells it does not have (their folders here failed, or are partial or
+stale): ``--report`` then refuses (exit 2, nothing written; ``--out`` writes it beside), and
+a sweep that ran first keeps the old files as ``*.before-sweep.md`` / ``.csv``.
 """
 
 from __future__ import annotations
@@ -131,7 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     p = _parser()
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     if a.list:
-        for name, path in list_grids().items():
+        grids = list_grids()
+        if not grids:
+            p.exit(2, "dnirnn sweep: error: no shipped grids found (neither the installed "
+                      "package's dnirnn/grids nor a checkout's grids/); give a grid file.\n")
+        for name, path in grids.items():
             print(f"{name:<24} {path}")
         return
     if not a.grid:
@@ -172,8 +179,20 @@ def main(argv: list[str] | None = None) -> None:
         meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         (grid.runs / "sweep.json").write_text(json.dumps(meta, indent=1) + "\n")
     from dnirnn.sweep.cells import cell_data
-    from dnirnn.sweep.report import write_csv, write_report
+    from dnirnn.sweep.report import lost_cells, set_aside, write_csv, write_report
 
+    lost = lost_cells(grid, cell_data(grid))
+    if lost:  # a report never replaces results of cells it does not have
+        names = ", ".join(f"{d.cell.name} ({d.state})" for d in lost)
+        if a.report:
+            p.exit(2, f"dnirnn sweep: error: {grid.out} holds {len(lost)} finished cell(s) "
+                      f"that a report written now would not have: {names}. Their folders "
+                      f"here are not finished. {grid.out} was left as it is. Finish them "
+                      f"(dnirnn sweep {a.grid}), or write the report beside it with "
+                      f"--out {grid.out.with_name(grid.out.stem + '_new.md')}.\n")
+        kept_as = set_aside(grid)
+        print(f"{grid.out} held {len(lost)} finished cell(s) that this report does not have "
+              f"({names}): kept as {' and '.join(map(str, kept_as))}", flush=True)
     out, pngs = write_report(grid)
     data = cell_data(grid)
     table = write_csv(grid, out.with_suffix("") / "cells.csv")

@@ -304,6 +304,38 @@ def write_report(grid: Grid) -> tuple[Path, list[Path]]:
     return out, pngs
 
 
+def held_cells(out: Path) -> set[str]:
+    """The cells that the report ``out`` holds as done: the rows of its ``cells.csv`` and the
+    rows of its cells table marked done."""
+    names: set[str] = set()
+    table = out.with_suffix("") / "cells.csv"
+    if table.is_file():
+        with open(table, newline="") as f:
+            names |= {r["cell"] for r in csv.DictReader(f) if r.get("cell")}
+    if out.is_file():
+        names |= set(re.findall(r"^\| (\S+) \| done \|", out.read_text(), re.M))
+    return names
+
+
+def lost_cells(grid: Grid, data: list[CellData]) -> list[CellData]:
+    """The grid's cells that the existing report holds as done but a report written now would
+    not (their folders here are unfinished, or the report's files are not this grid's)."""
+    held = held_cells(grid.out)
+    return [d for d in data if d.cell.name in held and d.state != "done"]
+
+
+def set_aside(grid: Grid) -> list[Path]:
+    """Copies the report and its ``cells.csv`` to ``*.before-sweep.*`` beside them."""
+    out, table = grid.out, grid.out.with_suffix("") / "cells.csv"
+    kept_as = []
+    for path, to in ((out, out.with_name(f"{out.stem}.before-sweep.md")),
+                     (table, table.with_name("cells.before-sweep.csv"))):
+        if path.is_file():
+            shutil.copyfile(path, to)
+            kept_as.append(to)
+    return kept_as
+
+
 def write_csv(grid: Grid, path: Path) -> Path:
     """Every done cell's labels and metric values, one row each (for your own analysis)."""
     data = cell_data(grid)
