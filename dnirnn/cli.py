@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 import sys
@@ -370,6 +371,9 @@ def main(args: list[str] | None = None) -> None:
     exit code 130. ``--seeds=0,1,2`` runs one fit per seed, then compares them."""
     args = sys.argv[1:] if args is None else list(args)
     keep_freed_memory()
+    # (the seed is in the run's config.yaml; Lightning's "Seed set to N" would come before
+    # any one-line error)
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     if wants_short_help(args):
         from dnirnn.cli_help import print_help
 

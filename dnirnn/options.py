@@ -166,7 +166,10 @@ class SynthesizerOptions(Group):
         self.need(self.kind in KINDS, "kind", f"must be one of {KINDS}")
         self.need(self.fit in FITS, "fit", f"must be one of {FITS}")
         self.need(self.fit != "rls" or self.kind == "linear", "fit",
-                  f"'rls' fits linear maps: also set --{self.GROUP}.kind=linear")
+                  f"least squares ('rls') fits linear maps, and {self.GROUP}.kind is "
+                  f"{self.kind!r}: for an {self.kind} synthesizer set --{self.GROUP}.fit=adam "
+                  f"(the paper's fit; --config dni_paper sets the paper's synthesizer whole), "
+                  f"or keep least squares with --{self.GROUP}.kind=linear")
         self.need(_positive_int(self.positions), "positions",
                   "must be an integer >= 1 (1: one shared map)")
         self.need(self.context in CONTEXTS, "context", f"must be one of {CONTEXTS}")

@@ -33,8 +33,10 @@ def _sandbox(cli_sandbox):
     (lambda: CoreOptions(dropout=1.0), "model.core.dropout: must be in [0, 1)"),
     (lambda: CoreOptions(embed_size=0), "model.core.embed_size: must be an integer >= 1"),
     (lambda: SynthesizerOptions(kind="lstm"), "model.synthesizer.kind: must be one of"),
-    (lambda: SynthesizerOptions(fit="rls"),
-     "model.synthesizer.fit: 'rls' fits linear maps: also set --model.synthesizer.kind=linear"),
+    (lambda: SynthesizerOptions(fit="rls", kind="mlp"),
+     "model.synthesizer.fit: least squares ('rls') fits linear maps, and "
+     "model.synthesizer.kind is 'mlp': for an mlp synthesizer set "
+     "--model.synthesizer.fit=adam (the paper's fit; --config dni_paper"),
     (lambda: SynthesizerOptions(hidden=0), "model.synthesizer.hidden: must be an integer"),
     (lambda: SynthesizerOptions(rls_share=2.0), "model.synthesizer.rls_share: must be in"),
     (lambda: InterfaceOptions(delay=0), "model.interface.delay: must be an integer >= 1"),
@@ -101,6 +103,21 @@ def test_synthesizer_given_a_kind_points_to_synthesizer_kind(capsys, tmp_path, w
     err = capsys.readouterr().err
     assert "model.synthesizer is a group of options now" in err
     assert "--model.synthesizer.kind=linear" in err
+
+
+@pytest.mark.parametrize("given", [["--model.synthesizer.kind=mlp"],
+                                   ["--config", "ptb_char_dni"]])
+def test_an_mlp_with_least_squares_names_the_way_to_an_mlp(capsys, tmp_path, given):
+    """The message names the field whose value it quotes, and the way to an mlp
+    synthesizer (its Adam fit, or the paper's overlay), before anything else is printed."""
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "copy_dni", *given,
+              f"--trainer.default_root_dir={tmp_path / 'run'}"])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("dnirnn: error: model.synthesizer.fit: least squares ('rls')")
+    assert "--model.synthesizer.fit=adam" in err and "dni_paper" in err
+    assert "Seed set" not in out + err and not (tmp_path / "run").exists()
 
 
 def test_a_checkpoint_of_before_the_groups_is_refused_naming_the_change(tmp_path):
