@@ -56,7 +56,7 @@ from dnirnn.decoupled.parallel import as_peer_lost, release_workers, remember_co
 from dnirnn.interrupt import PeriodicCheckpoint, parse_every
 from dnirnn.lit import DNIModule
 from dnirnn.malloc import keep_freed_memory
-from dnirnn.recipe import RecipeNotFound, configs_first, resolve_config_args
+from dnirnn.recipe import RecipeNotFound, configs_first, nulls_in_groups, resolve_config_args
 from dnirnn.recurrent import NonFiniteLossError, RecurrentModule
 from dnirnn.runs import (
     COMPLETED,
@@ -380,7 +380,7 @@ def main(args: list[str] | None = None) -> None:
         return print_help(args)
     args = [a for a in args if a != "--help-all"] + (["--help"] if "--help-all" in args else [])
     try:
-        args = configs_first(resolve_config_args(args))
+        args = nulls_in_groups(configs_first(resolve_config_args(args)))
     except RecipeNotFound as e:
         fail(str(e))
     seeds, args = pop_seeds(args)

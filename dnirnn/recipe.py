@@ -11,6 +11,7 @@ here: ``dnirnn recipes`` is instant.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 
 INSTALLED_DIR = Path(__file__).resolve().parent / "recipes"  # pip install . (a wheel)
@@ -108,6 +109,28 @@ def configs_first(args: list[str]) -> list[str]:
         (configs if a.startswith("--config=") else rest).append(a)
         i += 1
     return [args[0], *configs, *rest]
+
+
+_NESTED = re.compile(r"^--model\.(?:init_args\.)?([A-Za-z_]\w*)\.([A-Za-z_]\w*)$")
+
+
+def nulls_in_groups(args: list[str]) -> list[str]:
+    """``--model.GROUP.FIELD=null`` as ``--model.GROUP={FIELD: null}`` (the same merge into
+    the group's other values): jsonargparse hands a null given to a field of a class_path
+    model's nested group on as the string 'None', which no nullable field takes."""
+    out, i = [], 0
+    while i < len(args):
+        key, eq, value = args[i].partition("=")
+        m = _NESTED.match(key)
+        step = 2 if m and not eq and i + 1 < len(args) else 1  # ("--model.g.f VALUE")
+        if step == 2:
+            value = args[i + 1]
+        if m and (eq or step == 2) and value in ("null", "None", "~"):
+            out.append(f"--model.{m.group(1)}={{{m.group(2)}: null}}")
+        else:
+            out += args[i : i + step]
+        i += step
+    return out
 
 
 def first_comment(path: Path) -> str:

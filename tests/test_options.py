@@ -120,6 +120,26 @@ def test_an_mlp_with_least_squares_names_the_way_to_an_mlp(capsys, tmp_path, giv
     assert "Seed set" not in out + err and not (tmp_path / "run").exists()
 
 
+def test_null_reaches_a_nested_group_and_keeps_the_rest(tmp_path):
+    """``--model.targets.horizon=null`` (or ``... null``) sets that field alone to null."""
+    import yaml
+
+    from dnirnn.recipe import nulls_in_groups
+
+    assert nulls_in_groups(["fit", "--model.targets.horizon", "null", "--model.window=3",
+                            "--model.init_args.synthesizer.guard=null"]) == [
+        "fit", "--model.targets={horizon: null}", "--model.window=3",
+        "--model.synthesizer={guard: null}"]
+    root = tmp_path / "run"
+    main(["fit", "--config", "copy_dni", "--model.targets.horizon=null",
+          "--model.synthesizer.guard", "null", "--trainer.max_steps=1", "--wandb=false",
+          "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={root}"])
+    model = yaml.safe_load((root / "version_0/config.yaml").read_text())["model"]
+    model = model.get("init_args", model)
+    assert model["targets"]["horizon"] is None and model["targets"]["lam"] == 1.0
+    assert model["synthesizer"]["guard"] is None and model["synthesizer"]["fit"] == "rls"
+
+
 def test_a_checkpoint_of_before_the_groups_is_refused_naming_the_change(tmp_path):
     version = fit("copy_dni", tmp_path, *COPY, *TINY)
     path = version / "checkpoints" / "last.ckpt"
