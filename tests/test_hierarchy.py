@@ -20,18 +20,42 @@ from dnirnn.hierarchy import (
     HierarchyState,
     SlowWindow,
     TwoTimescaleRNN,
-    adam_optimizers,
     fast_window_gradients,
     hierarchy_update,
     slow_window_gradients,
 )
-from dnirnn.optim import Optimizers
+from dnirnn.optim import Optimizers, adam
 from dnirnn.state import detach_state, flatten_state
 from dnirnn.window import Window, split_windows
 
 from .conftest import mse_steps
 
 B, IN, OUT = 3, 4, 2
+
+
+def adam_optimizers(
+    net: TwoTimescaleRNN,
+    lr: float = 1e-3,
+    synthesizer_lr: float | None = None,
+    clip: float | None = None,
+    synthesizer_clip: float | None = None,
+) -> HierarchyOptimizers:
+    """Adam for every part (``synthesizer_lr`` defaults to ``lr``); none for a synthesizer
+    fitted by least squares."""
+    slr = lr if synthesizer_lr is None else synthesizer_lr
+
+    def opt(module: nn.Module | None, rate: float) -> torch.optim.Optimizer | None:
+        return None if module is None or module.fit != "adam" else adam(module.parameters(), rate)
+
+    return HierarchyOptimizers(
+        fast=Optimizers(adam(net.fast_parameters(), lr),
+                        opt(net.fast_synthesizer, slr), clip, synthesizer_clip),
+        slow=Optimizers(adam(net.slow_parameters(), lr),
+                        opt(net.slow_synthesizer, slr), clip, synthesizer_clip),
+        interface=opt(net.interface_synthesizer, slr),
+        interface_clip=synthesizer_clip,
+    )
+
 
 
 pytestmark = pytest.mark.usefixtures("float64")  # exactness is checked in float64

@@ -42,7 +42,6 @@ from dnirnn.hierarchy.model import (
 from dnirnn.hierarchy.update import (
     HierarchyOptimizers,
     HierarchyResult,
-    adam_optimizers,
     hierarchy_update,
 )
 from dnirnn.hierarchy.windows import (
@@ -57,6 +56,6 @@ from dnirnn.hierarchy.windows import (
 __all__ = [
     "FastWindowGradients", "HierarchyConfig", "HierarchyOptimizers", "HierarchyOracle",
     "HierarchyResult", "HierarchyState", "SlowWindow", "SlowWindowGradients", "TwoTimescaleRNN",
-    "adam_optimizers", "fast_window_gradients", "hierarchy_update", "init_forget_bias",
+    "fast_window_gradients", "hierarchy_update", "init_forget_bias",
     "slow_window_gradients",
 ]

@@ -16,7 +16,7 @@ from dnirnn.hierarchy.windows import (
     fast_window_gradients,
     slow_window_gradients,
 )
-from dnirnn.optim import Optimizers, adam, zero_grad
+from dnirnn.optim import Optimizers, zero_grad
 from dnirnn.state import State, flatten_state
 from dnirnn.synthesizers.interface import SyntheticGradient
 from dnirnn.window import Window, split_windows
@@ -53,30 +53,6 @@ class HierarchyOptimizers:
     def interface_fit(self) -> Optimizers:
         """``M_if``'s optimizer and clip as the engine's ``fit`` takes them (no core of its own)."""
         return Optimizers(None, self.interface, None, self.interface_clip)
-
-
-def adam_optimizers(
-    net: TwoTimescaleRNN,
-    lr: float = 1e-3,
-    synthesizer_lr: float | None = None,
-    clip: float | None = None,
-    synthesizer_clip: float | None = None,
-) -> HierarchyOptimizers:
-    """Adam for every part (``synthesizer_lr`` defaults to ``lr``); none for a synthesizer
-    fitted by least squares."""
-    slr = lr if synthesizer_lr is None else synthesizer_lr
-
-    def opt(module: nn.Module | None, rate: float) -> torch.optim.Optimizer | None:
-        return None if module is None or module.fit != "adam" else adam(module.parameters(), rate)
-
-    return HierarchyOptimizers(
-        fast=Optimizers(adam(net.fast_parameters(), lr),
-                        opt(net.fast_synthesizer, slr), clip, synthesizer_clip),
-        slow=Optimizers(adam(net.slow_parameters(), lr),
-                        opt(net.slow_synthesizer, slr), clip, synthesizer_clip),
-        interface=opt(net.interface_synthesizer, slr),
-        interface_clip=synthesizer_clip,
-    )
 
 
 def _fit(synthesizer: nn.Module | None, opts: Optimizers, inputs: Tensor,
