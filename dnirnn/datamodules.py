@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from dnirnn.data.ptb import LEVELS, load_corpus
+from dnirnn.data.ptb_corpus import LEVELS, load_corpus
 from dnirnn.tasks import CopyTask, LanguageModelTask, RecallTask
 
 PTB_VOCAB = {"char": 50, "word": 10_000}

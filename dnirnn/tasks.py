@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from dnirnn.data import repeat_copy
-from dnirnn.data.ptb import Corpus, batchify
+from dnirnn.data.ptb_corpus import Corpus, batchify
 from dnirnn.data.recall import Recall
 
 LN2 = math.log(2.0)

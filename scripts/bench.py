@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dnirnn.data.ptb import Corpus
+from dnirnn.data.ptb_corpus import Corpus
 from dnirnn.data.vocab import Vocab
 from dnirnn.datamodules import _TaskDataModule
 from dnirnn.dni import train_span

@@ -20,11 +20,12 @@ import dnirnn.dni
 import dnirnn.lit
 import dnirnn.runs
 from dnirnn import compare
-from dnirnn.cli import main, make_loggers, pop_seeds
+from dnirnn.cli import main, pop_seeds
 from dnirnn.curriculum import solved_level
 from dnirnn.data import ptb
 from dnirnn.main import main as dnirnn_main
 from dnirnn.recipe import list_overlays, list_recipes, resolve_config
+from dnirnn.runs import make_loggers
 from dnirnn.tasks import CopyTask
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnirnn.data import ptb
-from dnirnn.data.ptb import DataError, batchify, ensure_ptb, load_corpus, word2char
+from dnirnn.data import ptb, ptb_corpus
+from dnirnn.data.ptb import DataError, ensure_ptb
+from dnirnn.data.ptb_corpus import batchify, load_corpus, word2char
 from dnirnn.data.vocab import Vocab
 
 from . import ptb_files
@@ -103,7 +104,7 @@ def test_char_level_statistics(char_corpus):
 @needs_data
 def test_stream_stats_match_readme():
     for split in ptb.SPLITS:
-        stats = ptb.stream_stats(ptb.read_split(DATA_ROOT, split))
+        stats = ptb_corpus.stream_stats(ptb.read_split(DATA_ROOT, split))
         assert stats["lines"] == LINES[split]
         assert stats["words_eos"] == WORD_EOS[split]
         assert stats["chars_eos"] == CHAR_EOS[split]
@@ -123,18 +124,18 @@ def test_char_tokens_equal_char_file_symbols():
     # The char-level tokens are the symbols of ptb.char.*.txt with "\n" read as <eos>.
     text = ptb.read_split(DATA_ROOT, "valid")
     symbols = ["<eos>" if s == "\n" else s for s in word2char(text).split(" ")[:-1]]
-    assert symbols == list(ptb.char_tokens(text))
+    assert symbols == list(ptb_corpus.char_tokens(text))
 
 
 def test_tokenisation_small():
     text = " the cat <unk> \n a N b \n"
-    assert list(ptb.word_tokens(text)) == ["the", "cat", "<unk>", "<eos>", "a", "N", "b", "<eos>"]
-    assert list(ptb.char_tokens(text)) == list("the_cat_<unk>") + ["<eos>"] + list("a_N_b") + [
-        "<eos>"
-    ]
+    assert list(ptb_corpus.word_tokens(text)) == ["the", "cat", "<unk>", "<eos>", "a", "N", "b",
+                                                  "<eos>"]
+    assert list(ptb_corpus.char_tokens(text)) == list("the_cat_<unk>") + ["<eos>"] + list(
+        "a_N_b") + ["<eos>"]
     assert word2char(text) == "t h e _ c a t _ < u n k > \n a _ N _ b \n "
     with pytest.raises(ValueError, match="level"):
-        list(ptb.tokenize(text, "byte"))
+        list(ptb_corpus.tokenize(text, "byte"))
 
 
 # --------------------------------------------------------------------------------------
@@ -183,10 +184,10 @@ def test_vocab_roundtrip():
 
 
 def test_a_split_with_words_unseen_in_train_names_them():
-    vocab = Vocab.build(ptb.tokenize("a b\n", "word"))
-    assert ptb._encode_split(vocab, "b a\n", "word", "valid").tolist() == [1, 0, 2]
+    vocab = Vocab.build(ptb_corpus.tokenize("a b\n", "word"))
+    assert ptb_corpus._encode_split(vocab, "b a\n", "word", "valid").tolist() == [1, 0, 2]
     with pytest.raises(DataError, match=r"valid split has 2 token types missing .*'c', 'd'"):
-        ptb._encode_split(vocab, "a c d c\n", "word", "valid")
+        ptb_corpus._encode_split(vocab, "a c d c\n", "word", "valid")
 
 
 # --------------------------------------------------------------------------------------

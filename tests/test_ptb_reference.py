@@ -16,7 +16,7 @@ import yaml
 from torch import nn
 
 from dnirnn.cli import main
-from dnirnn.data.ptb import Corpus
+from dnirnn.data.ptb_corpus import Corpus
 from dnirnn.data.vocab import Vocab
 from dnirnn.datamodules import PTBDataModule
 from dnirnn.lit import DNIModule

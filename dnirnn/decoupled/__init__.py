@@ -17,7 +17,8 @@ Modules, one concept each (the first four know nothing of Lightning):
 - ``pipeline``: a group's ticks, messages and between-step state (``GroupRunner``,
   ``run_step``), shared by the one-process simulation and the parallel run;
 - ``lit``: ``DecoupledModule``, the LightningModule (``dnirnn fit --config
-  ptb_char_decoupled``), and ``config``, its configuration checks;
+  ptb_char_decoupled``); ``collective``, what its processes share besides the pipeline's
+  messages (step sums, the parameters before evaluation, the checkpoint's groups);
 - ``parallel``: ``LayerParallelStrategy`` (a process per group, Lightning's DDP launch
   without the DDP wrapper) and the watchdog that stops a run whose peer died.
 """

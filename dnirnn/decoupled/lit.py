@@ -17,14 +17,9 @@ are refreshed from their owners (broadcast) before each validation and test, whe
 process runs the whole stack over the whole stream (evaluation is not pipelined: its wall
 time is one process's). Per training step one all-reduce of a few numbers gives every
 process the step's loss, diagnostics and finiteness (the last group has the loss).
-
-Checkpoints (written by rank 0, gathered from every process): ``state_dict`` is the whole
-model (every group's parameters and synthesizers, least-squares statistics included, from
-the process that trains it), and the section ``decoupled`` holds each group's optimizer
-states and its runner (carried state, windows not yet run, messages received and not yet
-used, outputs waiting for their gradient: ``GroupRunner.state_dict``; every message sent in a
-step is received by its end, so nothing is lost on the wire). Resume is exact. The core's
-optimizers are the module's own, not Lightning's (their states differ per process).
+Checkpoints are written by rank 0, gathered from every process; resume is exact. These
+collectives: ``dnirnn.decoupled.collective``. The core's optimizers are the module's own, not
+Lightning's (their states differ per process).
 
 Metrics: ``train/loss``, ``train/bpc`` (or the task's), ``train/grad_norm`` (mean over the
 groups' updates), ``train/sg_loss``, ``train/sg_cos``, ``train/target_norm`` (the temporal
@@ -38,9 +33,15 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from dnirnn.decoupled.collective import (
+    reduce_sums,
+    restore_runners,
+    save_groups,
+    share_parameters,
+    step_sums,
+)
 from dnirnn.decoupled.layers import Group, group_optimizers
 from dnirnn.decoupled.pipeline import GroupRunner, WindowData, run_step
 from dnirnn.decoupled.schedule import Schedule
@@ -69,10 +70,6 @@ from dnirnn.window import Window, masked_task_loss, split_windows
 
 # the module steps its own optimizers (one set per group and process), so Lightning has none
 warnings.filterwarnings("ignore", message=r".*configure_optimizers` returned `None`")
-
-_SUMS = ("nats", "count", "bad", "updates", "grad_norm", "target_norm", "sg_loss", "sg_cos",
-         "fitted", "interface_norm", "interfaced", "interface_sg_loss", "interface_sg_cos",
-         "interface_target_norm", "interface_fits")
 
 
 class DecoupledModule(RecurrentModule):
@@ -226,11 +223,7 @@ class DecoupledModule(RecurrentModule):
             self._runners.append(GroupRunner(g, self.groups[g], opts, self.schedule,
                                              transport, warmup=0 if i is None else i.warmup))
         if self._restore is not None:
-            for r in self._runners:
-                saved = self._restore["groups"][r.g]
-                if saved is not None:
-                    _load_optimizers(r, saved["optimizers"])
-                    r.load_state_dict(saved["runner"])
+            restore_runners(self._runners, self._restore)
             self._restore = None
         return self._runners
 
@@ -247,15 +240,12 @@ class DecoupledModule(RecurrentModule):
                            end=batch.last and i == len(ws) - 1) for i, w in enumerate(ws)]
         results, fits, ok = run_step(runners, data)
         self.carried = None  # (the carried states are the runners')
-        return _sums(results, fits, ok, self.groups[0].layers.lstm.weight_hh_l0)
+        return step_sums(results, fits, ok, self.groups[0].layers.lstm.weight_hh_l0)
 
     def _log_train(self, sums: dict[str, Tensor]) -> None:
         """One all-reduce of the step's sums, every step (the loss lives in the last group's
         process); then as ``RecurrentModule._log_train``."""
-        vec = torch.stack([sums[k] for k in _SUMS])
-        if self.trainer.world_size > 1:
-            torch.distributed.all_reduce(vec)
-        s = dict(zip(_SUMS, vec))
+        s = reduce_sums(sums, self.trainer.world_size)
         self.last_finite = s["bad"] == 0
         metrics = self.task.metrics(s["nats"], s["count"])
         self.last_train_error = metrics.get("bits_per_step")
@@ -282,11 +272,7 @@ class DecoupledModule(RecurrentModule):
 
     def _share_parameters(self) -> None:
         """Every group's layers from the process that trains it, to every process."""
-        if self.trainer.world_size <= 1 or not torch.distributed.is_initialized():
-            return
-        for g, group in enumerate(self.groups):
-            for t in group.layers.state_dict().values():
-                torch.distributed.broadcast(t, src=g)
+        share_parameters(self.groups, self.trainer.world_size)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
@@ -315,68 +301,13 @@ class DecoupledModule(RecurrentModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        mine = {}
-        for r in self._runners or []:
-            mine[r.g] = {"params": {k: v.detach().cpu() for k, v
-                                    in self.groups[r.g].state_dict().items()},
-                         "optimizers": _optimizer_states(r), "runner": r.state_dict()}
-        if self.trainer.world_size > 1:
-            every = [None] * self.trainer.world_size if self.trainer.global_rank == 0 else None
-            torch.distributed.gather_object(mine, every, dst=0)
-            if every is None:
-                return
-            mine = {g: v for part in every for g, v in part.items()}
-        for g, saved in mine.items():
-            checkpoint["state_dict"].update({f"groups.{g}.{k}": v
-                                             for k, v in saved.pop("params").items()})
-        checkpoint["decoupled"] = {"groups": [mine.get(g) for g in range(len(self.groups))]}
+        save_groups(checkpoint, self._runners or [], self.groups, self.trainer.world_size,
+                    self.trainer.global_rank)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         self._restore = checkpoint.get("decoupled")
         self._runners = None
-
-
-def _parts(r: GroupRunner) -> dict[str, Any]:
-    opts = r.opts
-    return {"core": opts.core.core, "synthesizer": opts.core.synthesizer,
-            "interface": None if opts.interface is None else opts.interface.synthesizer}
-
-
-def _optimizer_states(r: GroupRunner) -> dict[str, Any]:
-    return {k: None if o is None else o.state_dict() for k, o in _parts(r).items()}
-
-
-def _load_optimizers(r: GroupRunner, states: dict[str, Any]) -> None:
-    for k, o in _parts(r).items():
-        if o is not None and states.get(k) is not None:
-            o.load_state_dict(states[k])
-
-
-def _sums(results, fits, ok: Tensor, like: Tensor) -> dict[str, Tensor]:
-    """The step's sums on the device (see ``_SUMS``), zeros where nothing happened."""
-    zero = torch.zeros((), device=like.device, dtype=torch.float32)
-
-    def total(values) -> Tensor:
-        values = [v.detach().float() for v in values]
-        return torch.stack(values).sum() if values else zero
-
-    interfaced = [r for r in results if r.interfaced]
-    return {
-        "nats": total(r.nats for r in results), "count": total(r.count for r in results),
-        "bad": total([~r.finite for r in results] + [~ok]
-                     + [~torch.isfinite(f.loss) for f in fits]),
-        "updates": zero + len(results), "grad_norm": total(r.grad_norm for r in results),
-        "target_norm": total(r.target_norm for r in results),
-        "sg_loss": total(r.sg_loss for r in results), "sg_cos": total(r.sg_cos for r in results),
-        "fitted": zero + sum(r.fitted for r in results),
-        "interface_norm": total(r.interface_norm for r in interfaced),
-        "interfaced": zero + len(interfaced),
-        "interface_sg_loss": total(f.loss for f in fits),
-        "interface_sg_cos": total(f.cos for f in fits),
-        "interface_target_norm": total(f.target_norm for f in fits),
-        "interface_fits": zero + len(fits),
-    }
 
 
 def _validate(args: dict[str, Any], synthesizer: SynthesizerOptions,

@@ -1,8 +1,10 @@
-"""Grid files: read, check and expand into cells (one ``dnirnn fit`` each) and their commands.
+"""Grid files: found by path or name, read, checked and expanded into cells (one ``dnirnn fit``
+each, with its recipe, overlays, overrides and folder) and a cell's environment.
 
 The format is documented in ``dnirnn/sweep/__init__.py``. Everything is checked when the
-file is read (keys, recipes, overlays, axis labels, templates, metric names), so a typo stops
-the sweep before its first cell runs. No Lightning import.
+file is read (keys, recipes, overlays, axis labels, templates; the report's metrics, tables
+and plots in ``dnirnn.sweep.report_spec``), so a typo stops the sweep before its first cell
+runs. No Lightning import.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 import yaml
 
 from dnirnn.recipe import list_recipes, recipe_dir
-from dnirnn.sweep.parts import Cell, Grid, GridError, Metric, Settings, cli_value, name_part
+from dnirnn.sweep.parts import Cell, Grid, GridError, Settings, cli_value, name_part
+from dnirnn.sweep.report_spec import as_list, checked_keys, read_report
 from dnirnn.sweep.sections import check_section
 
 GRID_KEYS = {"title", "description", "runs", "out", "recipe", "overlays", "args", "callbacks",
@@ -24,13 +27,6 @@ GRID_KEYS = {"title", "description", "runs", "out", "recipe", "overlays", "args"
              "sections"}
 BLOCK_KEYS = {"recipe", "overlays", "args", "callbacks", "threads", "test", "seeds", "axes"}
 VARIANT_KEYS = {"recipe", "overlays", "args", "callbacks", "threads", "test", "about"}
-METRIC_KEYS = {"key", "name", "file", "stage", "reduce", "from", "at", "where", "better",
-               "format"}
-TABLE_KEYS = {"title", "text", "rows", "columns", "metrics", "entry", "where", "exclude",
-              "reference", "wins"}
-PLOT_KEYS = {"by", "kind", "where", "exclude", "x"}
-ENTRIES = ("full", "spread", "mean", "median")
-REDUCE = ("last", "first", "min", "max", "mean", "best")
 SWEEP_OWNED = ("trainer.default_root_dir", "ckpt_path")
 _FIELD = re.compile(r"\{(\w+)\}")
 _LABEL = re.compile(r"[\w.+=-]+")
@@ -60,22 +56,6 @@ def find_grid(value: str) -> Path:
 
 
 # ---- reading --------------------------------------------------------------------------------
-
-def _keys(d: Any, allowed: set[str], where: str) -> dict:
-    if d is None:
-        return {}
-    if not isinstance(d, dict):
-        raise GridError(f"{where}: expected a mapping, got {d!r}.")
-    bad = sorted(set(map(str, d)) - allowed)
-    if bad:
-        raise GridError(f"{where}: unknown key(s) {', '.join(bad)}; allowed: "
-                        f"{', '.join(sorted(allowed))}.")
-    return d
-
-
-def _as_list(v: Any) -> list:
-    return [] if v is None else list(v) if isinstance(v, list | tuple) else [v]
-
 
 def _looks_like_path(v: str) -> bool:
     return "/" in v or v.endswith((".yaml", ".yml"))
@@ -167,13 +147,13 @@ def _settings(d: dict, where: str, reserved: set[str], resolve: _Resolver) -> Se
     if test not in (None, False, "best", "last"):
         raise GridError(f"{where}: test: best | last (the checkpoint to test), got {test!r}.")
     recipe = d.get("recipe")
-    for o in _as_list(d.get("overlays")):
+    for o in as_list(d.get("overlays")):
         if "{" not in str(o):
             resolve.overlay(str(o), where)
     if recipe is not None and "{" not in str(recipe):
         resolve.recipe(str(recipe), where)
     return Settings(None if recipe is None else str(recipe),
-                    [str(o) for o in _as_list(d.get("overlays"))], args, callbacks, threads,
+                    [str(o) for o in as_list(d.get("overlays"))], args, callbacks, threads,
                     test if test else None, d.get("about"))
 
 
@@ -204,7 +184,7 @@ def _label_values(axis: str, spec: Any, definition: Any, where: str,
     if isinstance(spec, dict):
         out = [(str(k), value(str(k), v)) for k, v in spec.items()]
     else:
-        labels = [str(x) for x in _as_list(spec)]
+        labels = [str(x) for x in as_list(spec)]
         if isinstance(definition, dict):
             known = {str(k): v for k, v in definition.items()}
             bad = [x for x in labels if x not in known]
@@ -238,36 +218,6 @@ def _fill(v: Any, labels: dict[str, str], where: str) -> Any:
     return _FIELD.sub(sub, v)
 
 
-def _metric(name: str, d: Any) -> Metric:
-    where = f"metric {name}"
-    if isinstance(d, str):
-        d = {"key": d}
-    d = dict(_keys(d, METRIC_KEYS, where))
-    if "key" not in d:
-        d["key"] = name
-    m = Metric(name=str(d.get("name", name)), key=str(d["key"]),
-               file=str(d.get("file", "metrics.csv")), stage=str(d.get("stage", "fit")),
-               reduce=d.get("reduce"), start=d.get("from"), at=d.get("at"),
-               where=dict(d.get("where") or {}), better=d.get("better"),
-               format=d.get("format"), column=name)
-    if m.start is not None and not (isinstance(m.start, int | float) and 0 <= m.start < 1):
-        raise GridError(f"{where}: from is a fraction of the run's steps in [0, 1), got "
-                        f"{m.start!r}.")
-    if m.at is not None and not isinstance(m.at, int):
-        raise GridError(f"{where}: at is a training step, got {m.at!r}.")
-    if m.reduce is not None and m.reduce not in REDUCE:
-        raise GridError(f"{where}: reduce is one of {', '.join(REDUCE)}, got {m.reduce!r}.")
-    if m.stage not in ("fit", "test"):
-        raise GridError(f"{where}: stage is fit or test, got {m.stage!r}.")
-    if m.better not in (None, "min", "max"):
-        raise GridError(f"{where}: better is min or max, got {m.better!r}.")
-    if m.file not in ("metrics.csv", "summary.json", "checkpoint") and not m.file.endswith(
-            ".jsonl"):
-        raise GridError(f"{where}: file is metrics.csv, summary.json, checkpoint or a "
-                        f"*.jsonl of the run folder, got {m.file!r}.")
-    return m
-
-
 def load_grid(path: str | Path, runs: str | None = None, out: str | None = None) -> Grid:
     """Reads and checks a grid file; raises ``GridError`` with what to change."""
     path = find_grid(str(path))
@@ -275,7 +225,7 @@ def load_grid(path: str | Path, runs: str | None = None, out: str | None = None)
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise GridError(f"{path} is not valid YAML: {e}") from None
-    raw = _keys(raw, GRID_KEYS, str(path))
+    raw = checked_keys(raw, GRID_KEYS, str(path))
     name = path.stem
     resolve = _Resolver(path.parent)
     top = _settings({k: raw[k] for k in BLOCK_KEYS - {"axes", "seeds"} if k in raw}, str(path),
@@ -288,12 +238,12 @@ def load_grid(path: str | Path, runs: str | None = None, out: str | None = None)
     runs_dir = Path(runs or raw.get("runs") or f"runs/{name}")
     cells: list[Cell] = []
     axes_order: list[str] = []
-    label_order = {str(a): [str(x) for x in (v if isinstance(v, dict) else _as_list(v))]
+    label_order = {str(a): [str(x) for x in (v if isinstance(v, dict) else as_list(v))]
                    for a, v in defs.items()}
     about: dict[str, dict[str, str]] = {}
     for i, block in enumerate(blocks):
         where = f"{path}, block {i + 1}" if raw.get("blocks") else str(path)
-        block = _keys(block, BLOCK_KEYS, where)
+        block = checked_keys(block, BLOCK_KEYS, where)
         bset = _settings({k: v for k, v in block.items() if k not in ("axes", "seeds")}, where,
                          VARIANT_KEYS, resolve)
         axes = [(str(a), _label_values(str(a), spec, defs.get(a), where, resolve))
@@ -302,7 +252,7 @@ def load_grid(path: str | Path, runs: str | None = None, out: str | None = None)
         if seeds is not None:
             if "seed" in dict(axes):
                 raise GridError(f"{where}: `seeds:` makes the axis `seed`; do not name one.")
-            axes.append(("seed", [(str(int(s)), Settings()) for s in _as_list(seeds)]))
+            axes.append(("seed", [(str(int(s)), Settings()) for s in as_list(seeds)]))
         for a, values in axes:
             if a not in axes_order:
                 axes_order.append(a)
@@ -342,71 +292,13 @@ def load_grid(path: str | Path, runs: str | None = None, out: str | None = None)
         raise GridError(f"{path}: no cells.")
     axes_order = [a for a in axes_order if a != "seed"] + (["seed"] if "seed" in axes_order
                                                            else [])
-    metrics_raw = raw.get("metrics") or []
-    if isinstance(metrics_raw, list):  # keys, or mappings with key: (and name:)
-        metrics_raw = {str(m.get("name", m.get("key")) if isinstance(m, dict) else m): m
-                       for m in metrics_raw}
-    metrics = {str(k): _metric(str(k), v) for k, v in metrics_raw.items()}
-    tables = [_table(t, i, metrics, axes_order) for i, t in enumerate(
-        _as_list(raw.get("tables")) or [{}])]
-    plots = [_plot(p, i, axes_order) for i, p in enumerate(_as_list(raw.get("plots")))]
+    metrics, tables, plots = read_report(raw, axes_order)
     sections = [check_section(s, i, axes_order, label_order) for i, s in enumerate(
-        _as_list(raw.get("sections")))]
+        as_list(raw.get("sections")))]
     out_path = Path(out or raw.get("out") or runs_dir / "report.md")
     return Grid(path, name, str(raw.get("title") or name), str(raw.get("description") or ""),
                 runs_dir, out_path, cells, metrics, tables, plots, axes_order, label_order,
                 about, top.threads, sections)
-
-
-def _axes_list(v: Any, where: str, axes: list[str]) -> list[str]:
-    out = [str(a) for a in _as_list(v)]
-    bad = [a for a in out if a not in axes]
-    if bad:
-        raise GridError(f"{where}: no axis {', '.join(bad)}; axes: {', '.join(axes)}.")
-    return out
-
-
-def _table(t: Any, i: int, metrics: dict[str, Metric], axes: list[str]) -> dict:
-    where = f"table {i + 1}"
-    t = dict(_keys(t, TABLE_KEYS, where))
-    t["metrics"] = [str(m) for m in _as_list(t.get("metrics"))] or list(metrics)
-    bad = [m for m in t["metrics"] if m not in metrics and m != "wall_s"]
-    if bad:
-        raise GridError(f"{where}: no metric {', '.join(bad)}; metrics: "
-                        f"{', '.join([*metrics, 'wall_s'])}.")
-    t["columns"] = _axes_list(t.get("columns"), where, axes)
-    t["rows"] = _axes_list(t["rows"], where, axes) if "rows" in t else [
-        a for a in axes if a != "seed" and a not in t["columns"]]
-    if t.get("entry", "full") not in ENTRIES:
-        raise GridError(f"{where}: entry is {', '.join(ENTRIES)}, got {t['entry']!r}.")
-    if (t.get("wins") or t.get("reference")) and len(t["columns"]) != 1:
-        raise GridError(f"{where}: wins and reference need `columns:` to be one axis.")
-    for k in ("where", "exclude"):
-        _axes_list(list((t.get(k) or {}).keys()), where, axes)
-    return t
-
-
-def _plot(p: Any, i: int, axes: list[str]) -> dict:
-    where = f"plot {i + 1}"
-    p = dict(_keys(p, PLOT_KEYS, where))
-    p["by"] = _axes_list(p.get("by"), where, axes)
-    if p.get("kind", "compare") not in ("compare", "boundary"):
-        raise GridError(f"{where}: kind is compare (dnirnn plot's panels) or boundary "
-                        f"(cos per boundary, from diagnostics.jsonl).")
-    for k in ("where", "exclude"):
-        _axes_list(list((p.get(k) or {}).keys()), where, axes)
-    return p
-
-
-def selected(cell: Cell, spec: dict) -> bool:
-    """Whether a cell passes a table's or plot's ``where:`` / ``exclude:`` filters."""
-    for axis, allowed in (spec.get("where") or {}).items():
-        if cell.labels.get(axis) not in {str(x) for x in _as_list(allowed)}:
-            return False
-    for axis, banned in (spec.get("exclude") or {}).items():
-        if cell.labels.get(axis) in {str(x) for x in _as_list(banned)}:
-            return False
-    return True
 
 
 def env_for(cell: Cell) -> dict[str, str]:

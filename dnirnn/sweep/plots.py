@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dnirnn import compare
-from dnirnn.sweep.grid import selected
 from dnirnn.sweep.parts import Grid, name_part, row_name
+from dnirnn.sweep.report_spec import selected
 
 if TYPE_CHECKING:
     from dnirnn.sweep.cells import CellData

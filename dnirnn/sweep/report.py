@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from dnirnn.sweep.cells import CellData, better, cell_data
-from dnirnn.sweep.grid import grid_dir, selected
+from dnirnn.sweep.grid import grid_dir
 from dnirnn.sweep.parts import Grid, Metric, row_name, shown
 from dnirnn.sweep.plots import plots
+from dnirnn.sweep.report_spec import selected
 from dnirnn.sweep.runner import read_json
 from dnirnn.sweep.sections import SECTIONS
 

@@ -209,7 +209,7 @@ def goals(res: dict, spec: dict) -> list[str]:
 
 def speed(grid: Grid, spec: dict, data: list[CellData], folder: Path) -> list[str] | None:
     """The section's Markdown lines, or None where no cell has curves here."""
-    from dnirnn.sweep.grid import selected
+    from dnirnn.sweep.report_spec import selected
 
     tps = spec["tokens_per_step"]
     cells: dict[str, dict[str, dict]] = {}
