@@ -29,8 +29,8 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar
 
-KINDS = ("linear", "mlp")  # (dnirnn.synthesizers.SYNTHESIZER_KINDS)
-FITS = ("adam", "rls")  # (dnirnn.synthesizers.FITS)
+KINDS = ("linear", "mlp")  # the synthesizer networks (dnirnn.synthesizers.network)
+FITS = ("adam", "rls")  # how a synthesizer is fitted (dnirnn.synthesizers.interface)
 CONTEXTS = ("none", "phase", "target")
 PHASE_CONTEXT = 3  # the width of the "phase" context: [input phase, answer phase, k / K]
 

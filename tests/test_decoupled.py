@@ -24,6 +24,7 @@ from dnirnn.decoupled import (
 from dnirnn.dni import DNIRNN, window_update
 from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.optim import Optimizers
+from dnirnn.options import SynthesizerOptions
 from dnirnn.synthesizers import build_synthesizer
 from dnirnn.tasks import lm_step_loss
 from dnirnn.window import Window
@@ -48,9 +49,9 @@ def groups(c: LSTMCore, n: int, temporal: str | None = None, interface: str | No
     out = []
     for layers in split_core(c, n):
         synth = None if temporal is None else build_synthesizer(
-            layers.state_size, kind=temporal, hidden_size=7, fit=fit)
+            layers.state_size, SynthesizerOptions(kind=temporal, hidden=7, fit=fit))
         face = None if interface is None or layers.readout is not None else build_synthesizer(
-            H, kind=interface, hidden_size=7, fit=fit,
+            H, SynthesizerOptions(kind=interface, hidden=7, fit=fit),
             context_size=V if context == "target" else 0)
         out.append(Group(layers, lm_step_loss, B * T, synthesizer=synth, interface=face,
                          sg_scale=sg_scale, context=context))
@@ -299,7 +300,7 @@ def test_one_group_is_the_dni_engine(fit, kind, float64):
     import copy
 
     c = core(layers=2)
-    synth = build_synthesizer(c.state_size, kind=kind, hidden_size=7, fit=fit)
+    synth = build_synthesizer(c.state_size, SynthesizerOptions(kind=kind, hidden=7, fit=fit))
     torch.nn.init.normal_(synth.maps[0][-1].weight if fit == "adam" else synth.W, std=0.1)
     net = DNIRNN(copy.deepcopy(c), lm_step_loss, B * T, "dni", copy.deepcopy(synth),
                  targets={"scale": 0.5})

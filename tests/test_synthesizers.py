@@ -13,7 +13,7 @@ from dnirnn.dni import DNIRNN, window_update
 from dnirnn.engine.truth import future_gradients
 from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.optim import Optimizers, adam
-from dnirnn.options import TargetOptions
+from dnirnn.options import SynthesizerOptions, TargetOptions
 from dnirnn.state import detach_state, flatten_state, unflatten_state
 from dnirnn.synthesizers import (
     LeastSquaresSynthesizer,
@@ -186,13 +186,15 @@ def test_rls_end_step_sums_the_pairs_of_every_rank_before_solving():
 
 def test_rls_needs_a_linear_kind_and_valid_settings():
     with pytest.raises(ValueError, match="linear"):
-        build_synthesizer(4, fit="rls", kind="mlp")
+        SynthesizerOptions(fit="rls", kind="mlp")
     with pytest.raises(ValueError, match="forget"):
         LeastSquaresSynthesizer(4, forget=0.0)
     with pytest.raises(ValueError, match="ridge"):
         LeastSquaresSynthesizer(4, ridge=0.0)
     with pytest.raises(ValueError, match="fit"):
-        build_synthesizer(4, fit="sgd")
+        SynthesizerOptions(fit="sgd")
+    assert isinstance(build_synthesizer(4, SynthesizerOptions(fit="rls", kind="linear")),
+                      LeastSquaresSynthesizer)
 
 
 # ---- λ-return targets ----------------------------------------------------------------------

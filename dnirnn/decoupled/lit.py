@@ -150,16 +150,10 @@ class DecoupledModule(RecurrentModule):
         for layers in split_core(lstm, groups):
             synth = face = None
             if boundary == "dni":
-                synth = build_synthesizer(layers.state_size, fit=s.fit, kind=s.kind,
-                                          hidden_size=s.hidden or layers.state_size,
-                                          hidden_layers=s.layers, forget=s.rls_forget,
-                                          ridge=s.rls_ridge)
+                synth = build_synthesizer(layers.state_size, s)
             if i is not None and layers.readout is None:
                 face = build_synthesizer(
-                    hidden_size, fit=i.fit, kind=i.kind, hidden_size=i.hidden or hidden_size,
-                    hidden_layers=i.layers,
-                    context_size=output_size if i.context == "target" else 0,
-                    forget=i.rls_forget, ridge=i.rls_ridge)
+                    hidden_size, i, context_size=output_size if i.context == "target" else 0)
             built.append(Group(layers, TASKS[task], 1.0, synthesizer=synth, interface=face,
                                sg_scale=targets.scale,
                                interface_scale=1.0 if i is None else i.scale,

@@ -67,12 +67,8 @@ def make_parts(spec: EngineSpec) -> Parts:
     synth = guard = aux = None
     if spec.boundary in ("dni", "dni_aux"):
         s = spec.synthesizer
-        synth = build_synthesizer(
-            core.state_size, fit=s.fit, kind=s.kind,
-            hidden_size=core.state_size if s.hidden is None else s.hidden,
-            hidden_layers=s.layers, context_size=PHASE_CONTEXT if s.context == "phase" else 0,
-            positions=s.positions, forget=s.rls_forget, ridge=s.rls_ridge,
-            inputs=s.rls_input, share=s.rls_share)
+        synth = build_synthesizer(core.state_size, s,
+                                  context_size=PHASE_CONTEXT if s.context == "phase" else 0)
         if s.guard is not None:
             guard = NormGuard(s.positions, s.guard)
     if spec.boundary == "dni_aux":  # the Aux head A: o_t (H) -> predicted g_{k+1} (S)

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dnirnn.options import FITS, SynthesizerOptions
 from dnirnn.state import State, detach_state, zero_state
-from dnirnn.synthesizers import FITS, SYNTHESIZER_KINDS, build_synthesizer
+from dnirnn.synthesizers import SYNTHESIZER_KINDS, build_synthesizer
 from dnirnn.synthesizers.interface import SyntheticGradient
 from dnirnn.window import StepLoss, Window, masked_task_loss
 
@@ -138,9 +139,9 @@ def _synthesizer(cfg: HierarchyConfig, kind: str | None, size: int) -> nn.Module
     """A synthesizer ``size -> size`` of ``kind`` fitted as ``cfg.synthesizer_fit`` says."""
     if kind is None:
         return None
-    return build_synthesizer(size, fit=cfg.synthesizer_fit, kind=kind,
-                             hidden_size=cfg.synthesizer_hidden, hidden_layers=1,
-                             forget=cfg.rls_forget, ridge=cfg.rls_ridge)
+    return build_synthesizer(size, SynthesizerOptions(
+        kind=kind, fit=cfg.synthesizer_fit, hidden=cfg.synthesizer_hidden, layers=1,
+        rls_forget=cfg.rls_forget, rls_ridge=cfg.rls_ridge))
 
 
 class TwoTimescaleRNN(nn.Module):

@@ -19,38 +19,25 @@ from __future__ import annotations
 
 from torch import nn
 
+from dnirnn.options import SynthesizerOptions
 from dnirnn.synthesizers.interface import NormGuard
 from dnirnn.synthesizers.least_squares import LeastSquaresSynthesizer
 from dnirnn.synthesizers.network import SYNTHESIZER_KINDS, Synthesizer
 
-FITS = ("adam", "rls")
-
-__all__ = ["FITS", "SYNTHESIZER_KINDS", "LeastSquaresSynthesizer", "NormGuard", "Synthesizer",
+__all__ = ["SYNTHESIZER_KINDS", "LeastSquaresSynthesizer", "NormGuard", "Synthesizer",
            "build_synthesizer"]
 
 
-def build_synthesizer(
-    state_size: int,
-    *,
-    fit: str = "adam",
-    kind: str = "mlp",
-    hidden_size: int = 512,
-    hidden_layers: int = 1,
-    context_size: int = 0,
-    positions: int = 1,
-    forget: float = 0.8,
-    ridge: float = 0.1,
-    inputs: str = "state",
-    share: float = 0.0,
-) -> nn.Module:
-    """A synthesizer fitted by ``fit``: "adam" (a network, ``kind`` linear or mlp) or "rls"
-    (linear maps by least squares; ``kind`` must be "linear")."""
-    if fit not in FITS:
-        raise ValueError(f"synthesizer fit must be one of {FITS}, got {fit!r}")
-    if fit == "rls":
-        if kind != "linear":
-            raise ValueError("synthesizer_fit 'rls' fits linear maps: set synthesizer: linear")
-        return LeastSquaresSynthesizer(state_size, context_size, positions, forget, ridge,
-                                       inputs, share)
-    return Synthesizer(state_size, kind, hidden_size, hidden_layers, context_size, positions)
-
+def build_synthesizer(size: int, options: SynthesizerOptions = SynthesizerOptions(), *,
+                      context_size: int = 0) -> nn.Module:
+    """The synthesizer an options group names (``dnirnn.options.SynthesizerOptions``, which
+    checks the fit against the kind), mapping a ``size``-wide input (and ``context_size``
+    context features) to a ``size``-wide gradient: a ``LeastSquaresSynthesizer`` for
+    ``fit: rls``, else a ``Synthesizer`` network of ``options.hidden`` units (None: ``size``),
+    fitted by its own Adam."""
+    o = options
+    if o.fit == "rls":
+        return LeastSquaresSynthesizer(size, context_size, o.positions, o.rls_forget,
+                                       o.rls_ridge, o.rls_input, o.rls_share)
+    return Synthesizer(size, o.kind, size if o.hidden is None else o.hidden, o.layers,
+                       context_size, o.positions)

@@ -19,7 +19,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-SYNTHESIZER_KINDS = ("linear", "mlp")
+from dnirnn.options import KINDS
+
+SYNTHESIZER_KINDS = KINDS  # (declared with the options: dnirnn.options)
 
 
 def _map(width: int, state_size: int, kind: str, hidden_size: int, layers: int) -> nn.Module:
