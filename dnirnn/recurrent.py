@@ -235,7 +235,8 @@ class RecurrentModule(L.LightningModule):
         t = self.task
         self.log_dict({"curriculum/level": float(t.level), "curriculum/length": float(t.length),
                        "curriculum/repeats": float(t.repeats),
-                       "curriculum/max_level_solved": float(t.max_level_solved)},
+                       "curriculum/max_level_solved": float(t.max_level_solved),
+                       "curriculum/max_length_solved": float(t.max_length_solved)},
                       on_step=True, prog_bar=False)
         self.log("level", float(t.level), prog_bar=True, on_step=True, logger=False)
 

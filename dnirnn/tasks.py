@@ -222,7 +222,10 @@ class CopyTask(EpisodicTask):
 
     The level is ``(length L, repeats R)``; it starts at ``(start_length, 1)`` and ``advance``
     raises it (copy: L+1; repeat copy: R up to L, then L+1). ``max_level_solved`` is the
-    answer length ``L * R`` of the largest level whose error fell below the threshold.
+    answer length ``L * R`` of the largest level whose error fell below the threshold, and
+    ``max_length_solved`` the largest pattern length ``L`` solved at any ``R``: the
+    dependency a repeat-copy level tests (its first answer comes ``L + 1`` steps, plus any
+    delay, after its input), which ``L * R`` hides.
     """
 
     episodic = True
@@ -243,6 +246,7 @@ class CopyTask(EpisodicTask):
                                                 norm_max=norm_max, delay=delay)
         self.repeat = repeat
         self.length, self.repeats, self.max_level_solved = start_length, 1, 0
+        self.max_length_solved = 0
         self.input_size = self.generator.obs_size
         self.output_size = self.generator.target_size
 
@@ -259,6 +263,7 @@ class CopyTask(EpisodicTask):
     def advance(self) -> None:
         """The current level is solved: record it and move to the next."""
         self.max_level_solved = max(self.max_level_solved, self.level)
+        self.max_length_solved = max(self.max_length_solved, self.length)
         self.length, self.repeats = repeat_copy.next_level(self.length, self.repeats, self.repeat)
 
     def sample(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
@@ -268,11 +273,13 @@ class CopyTask(EpisodicTask):
 
     def state_dict(self) -> dict[str, Any]:
         return {"length": self.length, "repeats": self.repeats,
-                "max_level_solved": self.max_level_solved}
+                "max_level_solved": self.max_level_solved,
+                "max_length_solved": self.max_length_solved}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.length, self.repeats = int(state["length"]), int(state["repeats"])
         self.max_level_solved = int(state["max_level_solved"])
+        self.max_length_solved = int(state.get("max_length_solved", 0))  # (older checkpoints)
 
 
 class RecallTask(EpisodicTask):

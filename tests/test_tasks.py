@@ -210,6 +210,23 @@ def test_next_level_sequences():
         next_level(0, 1, repeat=True)
 
 
+def test_the_largest_length_solved_is_kept_beside_the_level():
+    """Repeat copy: (1,1) (2,1) (2,2) (3,1) solved -> level 4 = 2·2, length 3; the length
+    survives the checkpoint's task state (and an older state without it reads as 0)."""
+    from dnirnn.tasks import CopyTask
+
+    task = CopyTask(repeat=True)
+    for _ in range(4):
+        task.advance()
+    assert (task.max_level_solved, task.max_length_solved) == (4, 3)
+    again = CopyTask(repeat=True)
+    again.load_state_dict(task.state_dict())
+    assert again.max_length_solved == 3
+    old = {k: v for k, v in task.state_dict().items() if k != "max_length_solved"}
+    again.load_state_dict(old)
+    assert again.max_length_solved == 0
+
+
 def test_to_human_readable_shows_pattern():
     task = RepeatCopy(num_bits=4, norm_max=10)
     L, R = 5, 3
