@@ -88,6 +88,7 @@ def test_grid_expands_blocks_labels_seeds_and_templates(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"colour": 1}, "unknown key(s) colour"),
+    ({"seed": [0, 1]}, "unknown key(s) seed. Did you mean seeds?"),
     ({"recipe": "copy_dnii"}, "no recipe 'copy_dnii'"),
     ({"overlays": ["no_such"]}, "no overlay 'no_such'"),
     ({"args": {"trainer.default_root_dir": "x"}}, "set by the sweep"),

@@ -5,6 +5,7 @@ plot or section applies to the cells (:func:`selected`). No Lightning import.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from dnirnn.sweep.parts import Cell, GridError, Metric
@@ -26,7 +27,9 @@ def checked_keys(d: Any, allowed: set[str], where: str) -> dict:
         raise GridError(f"{where}: expected a mapping, got {d!r}.")
     bad = sorted(set(map(str, d)) - allowed)
     if bad:
-        raise GridError(f"{where}: unknown key(s) {', '.join(bad)}; allowed: "
+        near = [m for b in bad for m in difflib.get_close_matches(b, allowed, n=1, cutoff=0.6)]
+        hint = f" Did you mean {', '.join(near)}?" if near else ""
+        raise GridError(f"{where}: unknown key(s) {', '.join(bad)}.{hint} Allowed: "
                         f"{', '.join(sorted(allowed))}.")
     return d
 
