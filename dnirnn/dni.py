@@ -332,8 +332,6 @@ def window_update(
         ready = targets.flush()
     if fit_now:  # 5. and 6. (phi): delta_k, with M_phi(s_k) made beside g_{k+1}
         ready = [Ready(wg.start_flat, delta, window.context, window.position)]
-    if not net.trains_synthesizer:
-        ready = []
     sg_loss, sg_cos, fitted = net.fit_ready(opts, ready, wg.prediction)
     zero = torch.zeros((), device=wg.loss.device, dtype=wg.loss.dtype)
     target_norm = torch.linalg.vector_norm(delta)

@@ -122,8 +122,6 @@ class DNIModule(RecurrentModule):
         check_flat(locals(), ("window", "windows_per_step", "depth", "hidden_size",
                               "num_layers", "eval_chunk", "input_size", "output_size"))
         check_dni(boundary, synthesizer, targets, depth)
-        self.core_options, self.synthesizer_options = core, synthesizer
-        self.targets_options, self.optim_options = targets, optim
         self.save_hyperparameters(as_hparams(locals()))
         self.spec = EngineSpec(task, input_size, output_size, hidden_size, num_layers,
                                boundary, depth, lr, core, synthesizer, targets, optim)
@@ -134,7 +132,7 @@ class DNIModule(RecurrentModule):
 
     def check_task(self, task: Any, world: int) -> None:
         super().check_task(task, world)
-        if self.synthesizer_options.context == "phase" and not isinstance(task, CopyTask):
+        if self.spec.synthesizer.context == "phase" and not isinstance(task, CopyTask):
             raise ValueError("model.synthesizer.context: 'phase' needs a copy / repeat-copy "
                              "task (it marks the input and answer phases); use 'none'")
         if self.hparams.depth > 1 and world > 1:
@@ -151,7 +149,7 @@ class DNIModule(RecurrentModule):
             rank=self.trainer.global_rank if world > 1 else 0)
 
     def configure_optimizers(self):
-        o = self.optim_options
+        o = self.spec.optim
         opts = make_optimizers(self.engine, self.spec)
         core = opts[0]
         schedule = build_scheduler(core, o.lr_scheduler, o.lr_scheduler_args)
@@ -171,7 +169,7 @@ class DNIModule(RecurrentModule):
         schedule = self._schedule()
         if schedule is not None and not on_validation(schedule):
             t = self.trainer
-            advance(schedule, t.current_epoch if self.optim_options.lr_scheduler_interval == "epoch"
+            advance(schedule, t.current_epoch if self.spec.optim.lr_scheduler_interval == "epoch"
                     else t.global_step)
 
     def on_validation_epoch_end(self) -> None:
@@ -239,7 +237,7 @@ class DNIModule(RecurrentModule):
         past the first answer step). Built from Python numbers with one host-to-device copy
         per step; each window gets a view.
         """
-        if self.synthesizer_options.context == "none" or self.engine.synthesizer is None:
+        if self.spec.synthesizer.context == "none" or self.engine.synthesizer is None:
             return None
         rows = []
         for k in range(windows):

@@ -66,6 +66,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "dni_span": ("copy_dni", {**LS, "targets.lam": 1.0, "targets.horizon": None}),
     "oracle": ("copy_tbptt", {"boundary": "oracle", "targets.oracle_windows": 1000}),
     "recipe": ("copy_dni", {}),  # the shipped copy_dni recipe as it stands
+    "tbptt_deep4": ("copy_tbptt", {"depth": 4}),  # TBPTT(T, 4T)
+    "hybrid4": ("copy_dni", {"depth": 4}),  # the recipe's synthesizer + TBPTT(T, 4T)
 }
 STYLE = {  # variant: (marker, label) for the plot
     "tbptt": ("o", "TBPTT at T"), "tbptt_2T": ("o", "TBPTT at 2T"),
@@ -73,6 +75,7 @@ STYLE = {  # variant: (marker, label) for the plot
     "oracle": ("*", "oracle"), "dni_paper": ("v", "DNI, paper"),
     "dni_h1": ("^", "DNI H=1"), "dni_h2": ("^", "DNI H=2"), "dni_h4": ("^", "DNI H=4"),
     "dni_span": ("D", "DNI, span (full BPTT for the synthesizer)"),
+    "tbptt_deep4": ("s", "TBPTT(T, 4T)"), "hybrid4": ("P", "hybrid, depth 4"),
 }
 
 

@@ -97,6 +97,16 @@ def test_hybrid_with_the_true_residual_sums_to_full_bptt(depth, window):
                                    rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("boundary, kw", [("tbptt", {}), ("oracle", {"oracle_windows": 2}),
+                                         ("dni", {"lam": 1.0, "horizon": 2})])
+def test_at_most_depth_windows_are_held(boundary, kw):
+    """However long the episode, the deeper backward holds K windows' graphs (max(K, H))."""
+    x, y = data(24)
+    net = make(boundary, 3, **kw)
+    episode(net, split_windows(x, y, 2), random_state(net))
+    assert net.targets.max_held == 3 and len(net.targets) == 0
+
+
 def test_hybrid_fits_dnis_targets():
     """With a synthesizer, the hybrid's targets are DNI's: the window's own bootstrapped
     ``delta_k = dl_k/ds_k + beta J_k^T g_{k+1}`` (H = 1), whatever the depth."""

@@ -170,6 +170,8 @@ class KeptWindows:
         boundary ``j - H + 1``'s, or at an episode end every waiting boundary's. Keeps the
         windows still needed: those waiting for their target, and the last K - 1 for the
         next window's deeper backward."""
+        if self.horizon == 1:
+            link.waiting = False  # (no targets are made here: kept for the deeper backward only)
         self.links.append(link)
         self.max_held = max(self.max_held, len(self.links))
         if episode_end:
