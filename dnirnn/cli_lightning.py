@@ -28,11 +28,11 @@ from dnirnn.interrupt import PeriodicCheckpoint, parse_every
 from dnirnn.lit import DNIModule
 from dnirnn.preflight import CKPT_ALIASES, check_precision, check_resume, preflight
 from dnirnn.runs import (
-    LEVEL,
     RunRecord,
     StepLabels,
     ValidateAtEnd,
     check_writable,
+    curriculum_figure,
     make_loggers,
     monitor_for,
     run_folder_of,
@@ -55,8 +55,9 @@ class BestCheckpoint(ModelCheckpoint):
     def _monitor_candidates(self, trainer: L.Trainer) -> dict:
         candidates = super()._monitor_candidates(trainer)
         task = getattr(trainer.lightning_module, "task", None)
-        if self.monitor == LEVEL and task is not None:
-            candidates[LEVEL] = torch.tensor(float(task.max_level_solved))
+        figure = curriculum_figure(self.monitor, task)
+        if figure is not None:
+            candidates[self.monitor] = torch.tensor(figure)
         return candidates
 
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:

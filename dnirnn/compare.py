@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 # (metric, better): the first one a run logged ranks it
-HEADLINE = (("curriculum/max_level_solved", "max"), ("val/bpc", "min"), ("val/ppl", "min"),
+HEADLINE = (("curriculum/max_delay_solved", "max"), ("curriculum/max_level_solved", "max"), ("val/bpc", "min"), ("val/ppl", "min"),
             ("val/bits_per_step", "min"))
 VAL_KEYS = ("val/bpc", "val/ppl", "val/bits_per_step")
 # keys that may differ between runs of one group (seeds, where the run went, resumption)
@@ -160,6 +160,8 @@ def panels(runs: list[Run]) -> list[tuple[str, list[str]]]:
     out += [(k, [k]) for k in VAL_KEYS if k in keys]
     out.append(("curriculum level (solid) and max level solved (dashed)",
                 ["curriculum/level", "curriculum/max_level_solved"]))
+    out.append(("curriculum delay (solid) and max delay solved (dashed)",
+                ["curriculum/delay", "curriculum/max_delay_solved"]))
     cos = sorted(k for k in keys if k.startswith("diag/") and "cos" in k)
     out.append(("synthetic gradient vs true future gradient: cosine", cos))
     out.append(("synthetic gradient vs its bootstrapped target: cosine", ["train/sg_cos"]))

@@ -94,6 +94,9 @@ class ScoreAtSolvedLevel(L.Callback):
         if task is None or not hasattr(task, "max_level_solved"):
             return
         self.checkpoint_level = task.state_dict()
+        if getattr(task, "grow", "length") == "delay":
+            self._choose_delay(task)
+            return
         level = solved_level(task)
         if level is None:
             why = (f"the checkpoint solved no level yet, so this is its current level "
@@ -103,6 +106,18 @@ class ScoreAtSolvedLevel(L.Callback):
                    f"(its curriculum was at length {task.length} x repeats {task.repeats})")
             task.length, task.repeats = level
         self.scored = {"length": task.length, "repeats": task.repeats,
+                       "level": task.length * task.repeats, "why": why}
+
+    def _choose_delay(self, task: Any) -> None:
+        """A delay curriculum's checkpoint: scored at its largest delay solved."""
+        if task.max_delay_solved < 0:
+            why = (f"the checkpoint solved no delay yet, so this is its current delay "
+                   f"({task.delay})")
+        else:
+            why = (f"the checkpoint's max_delay_solved = {task.max_delay_solved} (its "
+                   f"curriculum was at delay {task.delay})")
+            task.generator.delay = task.max_delay_solved
+        self.scored = {"length": task.length, "repeats": task.repeats, "delay": task.delay,
                        "level": task.length * task.repeats, "why": why}
 
     def _restore(self, pl_module: Any) -> None:

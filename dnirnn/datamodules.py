@@ -160,6 +160,9 @@ class CopyDataModule(_TaskDataModule):
         seed: seeds the episode generator (batch p uses a generator seeded by (seed, p)).
         delay: D silent steps between the input and the answer (0: the NTM task), so the
             dependencies are longer than the pattern by D (a task past any fixed horizon).
+        grow: what the curriculum raises: "length" (L, and R for repeat copy) or "delay"
+            (D, by one a solve from ``delay``, at the fixed pattern length ``start_length``;
+            ``curriculum/max_delay_solved`` is the largest D solved).
     """
 
     def __init__(
@@ -173,6 +176,7 @@ class CopyDataModule(_TaskDataModule):
         start_length: int = 1,
         seed: int = 0,
         delay: int = 0,
+        grow: str = "length",
     ) -> None:
         super().__init__()
         for name, v in (("num_bits", num_bits), ("batch_size", batch_size),
@@ -184,7 +188,7 @@ class CopyDataModule(_TaskDataModule):
             raise ValueError(f"data.delay must be an integer >= 0 (0: no delay), got {delay!r}")
         self.steps_per_epoch = steps_per_epoch
         self.task = CopyTask(repeat, num_bits, norm_max, batch_size, seed, start_length,
-                             val_batches, delay)
+                             val_batches, delay, grow)
         self.task_name = "copy"
         self.input_size, self.output_size = self.task.input_size, self.task.output_size
 

@@ -233,11 +233,14 @@ class RecurrentModule(L.LightningModule):
 
     def _log_curriculum(self) -> None:
         t = self.task
-        self.log_dict({"curriculum/level": float(t.level), "curriculum/length": float(t.length),
-                       "curriculum/repeats": float(t.repeats),
-                       "curriculum/max_level_solved": float(t.max_level_solved),
-                       "curriculum/max_length_solved": float(t.max_length_solved)},
-                      on_step=True, prog_bar=False)
+        figures = {"curriculum/level": float(t.level), "curriculum/length": float(t.length),
+                   "curriculum/repeats": float(t.repeats),
+                   "curriculum/max_level_solved": float(t.max_level_solved),
+                   "curriculum/max_length_solved": float(t.max_length_solved)}
+        if t.grow == "delay":
+            figures.update({"curriculum/delay": float(t.delay),
+                            "curriculum/max_delay_solved": float(t.max_delay_solved)})
+        self.log_dict(figures, on_step=True, prog_bar=False)
         self.log("level", float(t.level), prog_bar=True, on_step=True, logger=False)
 
     # ---- evaluation: the whole stream forward with carried state -------------------------

@@ -45,7 +45,8 @@ def monitor_for(datamodule: Any) -> tuple[str, str]:
     """``(metric, "min" | "max")``: the metric that ranks checkpoints of this task."""
     task = getattr(datamodule, "task_name", None)
     if task == "copy":
-        return "curriculum/max_level_solved", "max"
+        grow = getattr(getattr(datamodule, "task", None), "grow", "length")
+        return CURRICULUM[grow], "max"
     if task == "lm":
         return ("val/bpc", "min") if getattr(datamodule, "level", "char") == "char" \
             else ("val/ppl", "min")
@@ -116,7 +117,17 @@ def make_loggers(root: Path, project: str = "dnirnn", use_wandb: bool = True,
     return [csv, wandb]
 
 
-LEVEL = "curriculum/max_level_solved"  # the copy tasks' headline metric
+# the copy tasks' headline metric, by what the curriculum raises (``CopyTask.grow``): the
+# largest level L·R solved, or the largest delay D solved; read from the task at every step
+CURRICULUM = {"length": "curriculum/max_level_solved", "delay": "curriculum/max_delay_solved"}
+
+
+def curriculum_figure(monitor: str, task: Any) -> float | None:
+    """The task's own value of the curriculum metric ``monitor`` (no sync), or None when
+    ``monitor`` is not a curriculum metric or there is no task."""
+    if monitor not in CURRICULUM.values() or task is None:
+        return None
+    return float(getattr(task, monitor.split("/")[1]))
 
 
 class RunRecord(L.Callback):
@@ -157,11 +168,11 @@ class RunRecord(L.Callback):
     def _track_level(self, trainer: L.Trainer, pl_module: Any) -> None:
         """The largest level solved, from the curriculum itself (a Python int: no sync), and
         the step at which it was first reached."""
-        if self.monitor != LEVEL or getattr(pl_module, "task", None) is None:
+        level = curriculum_figure(self.monitor, getattr(pl_module, "task", None))
+        if level is None:
             return
-        level = float(pl_module.task.max_level_solved)
         if self.best is None or level > self.best["value"]:
-            self.best = {"metric": LEVEL, "value": level, "step": trainer.global_step}
+            self.best = {"metric": self.monitor, "value": level, "step": trainer.global_step}
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
@@ -170,7 +181,7 @@ class RunRecord(L.Callback):
             self._write(trainer, pl_module, "validate")
 
     def _track(self, trainer: L.Trainer) -> None:
-        if self.monitor == LEVEL:  # (tracked at every step)
+        if self.monitor in CURRICULUM.values():  # (tracked at every step)
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None or not math.isfinite(float(value)):
@@ -271,11 +282,14 @@ def format_summary(record: dict, trainer: L.Trainer | None = None) -> str:
                                            else f"{k} = {v}" for k, v in sorted(shown.items())))
     cur, scored = record.get("curriculum"), record.get("scored_at")
     if scored:
-        lines.append(f"  scored at length {scored['length']} x repeats {scored['repeats']}: "
-                     f"{scored['why']}")
+        at = f", delay {scored['delay']}" if "delay" in scored else ""
+        lines.append(f"  scored at length {scored['length']} x repeats {scored['repeats']}"
+                     f"{at}: {scored['why']}")
     elif cur and "max_level_solved" in cur:
+        delay = (f", max delay solved {cur['max_delay_solved']}, now at delay {cur['delay']}"
+                 if cur.get("delay") else "")
         lines.append(f"  curriculum: max level solved {cur['max_level_solved']}, "
-                     f"now at length {cur.get('length')} x repeats {cur.get('repeats')}")
+                     f"now at length {cur.get('length')} x repeats {cur.get('repeats')}{delay}")
     lines.append(f"  run folder: {record['run_dir']}  (summary.json, metrics.csv)")
     ckpts = record.get("checkpoints") or {}
     for name in ("best", "last"):

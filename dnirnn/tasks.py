@@ -75,6 +75,7 @@ def lm_step_loss(logits: Tensor, y: Tensor) -> Tensor:
 
 
 # each task's per-step loss (the engine's ``StepLoss``), by the name models are given
+GROWS = ("length", "delay")  # what the copy curriculum raises (``CopyTask``)
 TASKS = {"lm": lm_step_loss, "copy": repeat_copy.step_loss, "recall": lm_step_loss}
 TOKEN_TASKS = ("lm", "recall")  # token inputs (an embedding); the others read features
 
@@ -226,6 +227,11 @@ class CopyTask(EpisodicTask):
     ``max_length_solved`` the largest pattern length ``L`` solved at any ``R``: the
     dependency a repeat-copy level tests (its first answer comes ``L + 1`` steps, plus any
     delay, after its input), which ``L * R`` hides.
+
+    ``grow="delay"`` makes the curriculum raise the delay D instead (from ``delay``, by one a
+    solve) at a fixed level ``(start_length, 1)``: ``max_delay_solved`` is the largest D
+    solved (-1 until the first solve), the dependency past any fixed horizon that a method
+    carries credit over.
     """
 
     episodic = True
@@ -240,13 +246,19 @@ class CopyTask(EpisodicTask):
         start_length: int = 1,
         val_batches: int = 2,
         delay: int = 0,
+        grow: str = "length",
     ) -> None:
         super().__init__(batch_size, seed, val_batches)
+        if grow not in GROWS:
+            raise ValueError(f"data.grow must be one of {GROWS} (what the curriculum raises), "
+                             f"got {grow!r}")
+        self.grow = grow
         self.generator = repeat_copy.RepeatCopy(num_bits=num_bits, repeat=repeat,
                                                 norm_max=norm_max, delay=delay)
         self.repeat = repeat
         self.length, self.repeats, self.max_level_solved = start_length, 1, 0
         self.max_length_solved = 0
+        self.max_delay_solved = -1
         self.input_size = self.generator.obs_size
         self.output_size = self.generator.target_size
 
@@ -264,7 +276,17 @@ class CopyTask(EpisodicTask):
         """The current level is solved: record it and move to the next."""
         self.max_level_solved = max(self.max_level_solved, self.level)
         self.max_length_solved = max(self.max_length_solved, self.length)
-        self.length, self.repeats = repeat_copy.next_level(self.length, self.repeats, self.repeat)
+        self.max_delay_solved = max(self.max_delay_solved, self.delay)
+        if self.grow == "delay":
+            self.generator.delay += 1
+        else:
+            self.length, self.repeats = repeat_copy.next_level(self.length, self.repeats,
+                                                               self.repeat)
+
+    @property
+    def delay(self) -> int:
+        """D, the current delay (fixed unless ``grow="delay"``)."""
+        return self.generator.delay
 
     def sample(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         ep = self.generator.sample(self.batch_size, self.length, self.repeats,
@@ -274,12 +296,17 @@ class CopyTask(EpisodicTask):
     def state_dict(self) -> dict[str, Any]:
         return {"length": self.length, "repeats": self.repeats,
                 "max_level_solved": self.max_level_solved,
-                "max_length_solved": self.max_length_solved}
+                "max_length_solved": self.max_length_solved, "delay": self.delay,
+                "max_delay_solved": self.max_delay_solved}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.length, self.repeats = int(state["length"]), int(state["repeats"])
         self.max_level_solved = int(state["max_level_solved"])
-        self.max_length_solved = int(state.get("max_length_solved", 0))  # (older checkpoints)
+        # (older checkpoints have neither the length nor the delay solved, nor a moving delay)
+        self.max_length_solved = int(state.get("max_length_solved", 0))
+        self.generator.delay = int(state.get("delay", self.delay))
+        self.max_delay_solved = int(state.get("max_delay_solved",
+                                              self.delay if self.max_level_solved else -1))
 
 
 class RecallTask(EpisodicTask):

@@ -227,6 +227,47 @@ def test_the_largest_length_solved_is_kept_beside_the_level():
     assert again.max_length_solved == 0
 
 
+def test_a_delay_curriculum_raises_the_delay_at_a_fixed_level():
+    """grow="delay": each solve raises D by one from ``delay`` and keeps (L, R); the episodes
+    grow by the delay; the largest D solved survives the checkpoint's task state; a
+    delay-mode checkpoint is scored at its largest D solved, then restored."""
+    from types import SimpleNamespace
+
+    from dnirnn.curriculum import ScoreAtSolvedLevel
+    from dnirnn.tasks import CopyTask
+
+    task = CopyTask(start_length=2, delay=3, grow="delay")
+    assert (task.delay, task.max_delay_solved) == (3, -1)
+    g = torch.Generator().manual_seed(0)
+    assert task.sample(g)[0].shape[0] == 2 * 2 + 2 + 3
+    for _ in range(3):
+        task.advance()
+    assert (task.length, task.repeats, task.delay, task.max_delay_solved) == (2, 1, 6, 5)
+    assert task.max_level_solved == 2 and task.sample(g)[0].shape[0] == 2 * 2 + 2 + 6
+    again = CopyTask(start_length=2, delay=3, grow="delay")
+    again.load_state_dict(task.state_dict())
+    assert (again.delay, again.max_delay_solved) == (6, 5)
+    score = ScoreAtSolvedLevel()
+    module = SimpleNamespace(task=again)
+    score._choose(module)
+    assert again.delay == 5 and score.scored["delay"] == 5
+    score._restore(module)
+    assert again.delay == 6
+    with pytest.raises(ValueError, match="data.grow must be one of"):
+        CopyTask(grow="lenght")
+    from dnirnn.datamodules import CopyDataModule
+    from dnirnn.runs import curriculum_figure, monitor_for
+
+    # the headline (best checkpoint, summary) is the largest delay solved
+    assert monitor_for(CopyDataModule(grow="delay")) == ("curriculum/max_delay_solved", "max")
+    assert monitor_for(CopyDataModule()) == ("curriculum/max_level_solved", "max")
+    assert curriculum_figure("curriculum/max_delay_solved", again) == 6 - 1
+    assert curriculum_figure("val/loss", again) is None
+    fixed = CopyTask(delay=4)  # grow="length": D stays, the length grows
+    fixed.advance()
+    assert (fixed.length, fixed.delay, fixed.max_delay_solved) == (2, 4, 4)
+
+
 def test_to_human_readable_shows_pattern():
     task = RepeatCopy(num_bits=4, norm_max=10)
     L, R = 5, 3
