@@ -1,0 +1,196 @@
+"""Where a training step's time goes, per method: an exclusive split of the engine's time.
+
+Each variant (``scripts/episode_cost.py``'s names: a shipped recipe plus overrides) trains on
+Copy episodes of a fixed length L, batch B, at window T, in a FRESH process, with the engine's
+own loop (``dnirnn.dni.train_span``). The engine's functions are wrapped, in this script only,
+by timers that charge each moment to the innermost part running (exclusive time, so the
+parts add up to the step):
+
+- ``forward+backward``: the window's forward, its own loss's backward and the injection;
+- ``predict``: the synthesizer's predictions (g_{k+1}, M(s_k)), guard included;
+- ``targets chain``: the kept windows' state-only VJPs that make the H-window targets;
+- ``deeper backward``: TBPTT(T, K·T)'s backward through the kept windows (and the hybrid's
+  transport of g);
+- ``observe``: the synthesizer's fit on the ready pairs (least squares: the GEMMs into A, b);
+- ``solve``: the end of the training step (least squares: the Cholesky solves);
+- ``optimizer``: the core's clip and Adam step;
+- ``other``: the rest of ``train_span`` (bookkeeping, norms, finiteness checks).
+
+Times are CPU time of the process (``time.process_time``: one thread, so another process on
+the machine disturbs it far less than wall time), medians over the steps after ``--warmup``.
+Every variant's ratio to TBPTT at T is measured in the same run::
+
+    OMP_NUM_THREADS=1 python scripts/profile_window.py --variants tbptt recipe tbptt_deep4 \\
+        hybrid4 dni_paper --length 40 --batch 256 --window 2 --steps 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("forward+backward", "predict", "targets chain", "deeper backward", "observe",
+         "solve", "optimizer", "other")
+
+
+class Clock:
+    """Exclusive CPU time per part: a stack of running parts; each moment is charged to the
+    innermost one."""
+
+    def __init__(self) -> None:
+        self.totals = dict.fromkeys(PARTS, 0.0)
+        self.stack = ["other"]
+        self.last = time.process_time()
+        self.wrapped: list[tuple[object, str, object]] = []
+
+    def _charge(self) -> None:
+        now = time.process_time()
+        self.totals[self.stack[-1]] += now - self.last
+        self.last = now
+
+    def wrap(self, owner: object, name: str, part: str) -> None:
+        fn = getattr(owner, name)
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            self._charge()
+            self.stack.append(part)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._charge()
+                self.stack.pop()
+
+        self.wrapped.append((owner, name, owner.__dict__[name]))
+        setattr(owner, name, timed)
+
+    def unwrap(self) -> None:
+        """Puts every wrapped function back."""
+        for owner, name, fn in reversed(self.wrapped):
+            setattr(owner, name, fn)
+        self.wrapped.clear()
+
+    def reset(self) -> None:
+        self.totals = dict.fromkeys(PARTS, 0.0)
+        self.last = time.process_time()
+
+
+def measure(variant: str, length: int, batch: int, window: int, steps: int,
+            warmup: int) -> dict:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import dnirnn.dni as dni
+    from dnirnn.engine import kept
+    from dnirnn.synthesizers.interface import SyntheticGradient
+
+    clock = Clock()
+    clock.wrap(dni.DNIRNN, "window_gradients", "forward+backward")
+    clock.wrap(SyntheticGradient, "__call__", "predict")
+    clock.wrap(SyntheticGradient, "pair", "predict")
+    clock.wrap(kept.KeptWindows, "_chain", "targets chain")
+    clock.wrap(kept.KeptWindows, "deepen", "deeper backward")
+    clock.wrap(kept.KeptWindows, "transport", "deeper backward")
+    clock.wrap(SyntheticGradient, "observe", "observe")
+    clock.wrap(dni.DNIRNN, "end_step", "solve")
+    clock.wrap(dni, "step", "optimizer")
+
+    try:
+        return _train(clock, variant, length, batch, window, steps, warmup)
+    finally:
+        clock.unwrap()
+
+
+def _train(clock: Clock, variant: str, length: int, batch: int, window: int, steps: int,
+           warmup: int) -> dict:
+    import torch
+    from episode_cost import VARIANTS, model_args
+
+    import dnirnn.dni as dni
+    from dnirnn.engine.build import build
+    from dnirnn.lit import DNIModule
+    from dnirnn.tasks import CopyTask
+
+    torch.manual_seed(0)
+    recipe, overrides = VARIANTS[variant]
+    args = model_args(recipe, overrides, window)
+    task = CopyTask(repeat=False, batch_size=batch, seed=0, start_length=length)
+    module = DNIModule(task="copy", input_size=task.input_size, output_size=task.output_size,
+                       **args)
+    torch.manual_seed(0)
+    engine, opts = build(module.spec, loss_norm=task.loss_norm(window))
+    module.task = task
+    rows = []
+    for s in range(steps):
+        windows = module.windows(task.batch("train", s))
+        clock.reset()
+        t0 = time.process_time()
+        dni.train_span(engine, opts, windows, engine.core.zero_state(batch), reset=True,
+                       last=True)
+        clock._charge()
+        rows.append({"total": time.process_time() - t0, **clock.totals})
+    keep = rows[warmup:]
+    out = {"variant": variant, "length": length, "batch": batch, "window": window,
+           "windows_per_episode": len(windows), "steps": len(keep)}
+    out["ms"] = {k: round(1e3 * statistics.median(r[k] for r in keep), 2)
+                 for k in ("total", *PARTS)}
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    base = next((r for r in rows if r["variant"] == "tbptt"), None)
+    head = ["variant", "CPU ms / step", "steps/s vs TBPTT at T", *PARTS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ms = r["ms"]
+        ratio = "–" if base is None else f"{base['ms']['total'] / ms['total']:.2f}x"
+        parts = [f"{ms[p]:.0f} ({100 * ms[p] / ms['total']:.0f}%)" if ms[p] >= 0.5 else "–"
+                 for p in PARTS]
+        lines.append(f"| {r['variant']} | {ms['total']:.0f} | {ratio} | " + " | ".join(parts)
+                     + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", nargs="+",
+                   default=["tbptt", "recipe", "tbptt_deep4", "hybrid4", "dni_paper"])
+    p.add_argument("--length", type=int, default=40)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--window", type=int, default=2)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        print(json.dumps(measure(a.worker, a.length, a.batch, a.window, a.steps, a.warmup)))
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                       os.environ.get("PYTHONPATH")]))}
+    rows = []
+    for v in a.variants:
+        cmd = [sys.executable, __file__, "--worker", v, "--length", str(a.length), "--batch",
+               str(a.batch), "--window", str(a.window), "--steps", str(a.steps), "--warmup",
+               str(a.warmup)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            raise SystemExit(f"{v} failed:\n{out.stderr[-3000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"  {v:12s} {rows[-1]['ms']['total']:8.1f} CPU ms/step", flush=True)
+    print(f"\nCopy L = {a.length}, batch {a.batch}, T = {a.window}: CPU ms per training step "
+          f"(median of {a.steps - a.warmup}), exclusive parts (share of the step)\n")
+    print(table(rows))
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
