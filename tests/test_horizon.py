@@ -43,9 +43,16 @@ def run_episode(net: DNIRNN, opts: Optimizers, windows, monkeypatch) -> dict[int
         state = window_update(net, opts, w, state, episode_start=k == 0,
                               episode_end=k == len(windows) - 1,
                               next_context=None).state
-        assert net.targets is None or len(net.targets) <= (net.sg_horizon or len(windows))
+        assert net.targets is None or len(net.targets) <= held_at_most(net, len(windows))
     net.end_step(opts)
     return got
+
+
+def held_at_most(net: DNIRNN, n_windows: int) -> int:
+    """The window graphs the kept windows may hold: H (the block chain: 2H - 1), or the
+    episode (an unbounded horizon), or K for the deeper backward."""
+    h = net.sg_horizon or n_windows
+    return max(net.depth, 2 * h - 1 if net.targets.chain == "block" else h)
 
 
 def boundary_states(net: DNIRNN, windows) -> list[torch.Tensor]:
