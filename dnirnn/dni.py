@@ -76,7 +76,8 @@ class DNIRNN(nn.Module):
         targets: what the boundary injects and the synthesizer regresses
             (``dnirnn.options.TargetOptions``: beta as ``scale``, the Aux weight, the
             oracle's look-ahead W, λ as ``lam`` and the ``horizon`` H of the λ-return;
-            ``horizon`` None with ``lam``: to the episode's end, a stream's step end).
+            ``horizon`` None with ``lam``: to the episode's end, a stream's step end; the
+            ``chain`` that makes them: each boundary's own, or one per block of H).
         guard: caps each synthetic gradient relative to its targets' running RMS (or None).
         aux: the Aux head, already made (``dni_aux``; None: a new ``nn.Linear``).
         resumable: the kept windows record what rebuilds their graphs on resume (streams,
@@ -125,7 +126,8 @@ class DNIRNN(nn.Module):
         self.depth = depth
         self.targets = (KeptWindows(core, self.core_parameters(), self.sg_horizon,
                                     1.0 if self.sg_lambda is None else self.sg_lambda,
-                                    self.sg_scale, resumable, depth)
+                                    self.sg_scale, resumable, depth,
+                                    targets.chain if self.sg_lambda is not None else "window")
                         if depth > 1 or (self.sg_lambda is not None and self.sg_horizon != 1)
                         else None)
 

@@ -14,7 +14,8 @@ group                options
 ``model.synthesizer`` ``SynthesizerOptions``: the temporal synthesizer and its fit
 ``model.interface``  ``InterfaceOptions``: the interface synthesizer (hierarchy, decoupled)
 ``model.targets``    ``TargetOptions``: what the boundary injects and what the synthesizer
-                     regresses (β, λ, the horizon, Aux, the oracle's look-ahead)
+                     regresses (β, λ, the horizon and its chain, Aux, the oracle's
+                     look-ahead)
 ``model.optim``      ``OptimOptions``: the core's optimizer, schedule and clip
 ===================  ======================================================================
 
@@ -32,6 +33,7 @@ from typing import Any, ClassVar
 KINDS = ("linear", "mlp")  # the synthesizer networks (dnirnn.synthesizers.network)
 FITS = ("adam", "rls")  # how a synthesizer is fitted (dnirnn.synthesizers.interface)
 CONTEXTS = ("none", "phase", "target")
+CHAINS = ("window", "block")  # how the kept windows' chain makes horizon targets (engine.kept)
 PHASE_CONTEXT = 3  # the width of the "phase" context: [input phase, answer phase, k / K]
 
 
@@ -235,6 +237,13 @@ class TargetOptions(Group):
         horizon: with ``lam``: H windows of exact credit in the target (ready H - 1 windows
             later; the last H windows' graphs are kept: the memory of TBPTT over H * T
             steps); null: to the episode's end (streams: the training step's end).
+        chain: how the kept windows make the horizon's targets (docs/design.md §1, "Kept
+            windows"). "window": every boundary gets exactly H windows, by its own chain of
+            H - 1 state-only vector-Jacobian products (H - 1 per window). "block": one
+            chain every H windows, headed by the newest window's own target, gives a block of
+            H boundaries theirs at once: horizons H .. 2H - 1 (never shorter than H), about
+            2 (H - 1) / H products per window, and 2H - 1 windows' graphs held instead of H.
+            Needs ``lam`` and a bounded ``horizon`` >= 2.
         aux_weight: weight of the Aux loss (``boundary: dni_aux``).
         oracle_windows: W, windows of look-ahead of the ``oracle`` boundary.
     """
@@ -243,6 +252,7 @@ class TargetOptions(Group):
     scale: float = 1.0
     lam: float | None = None
     horizon: int | None = None
+    chain: str = "window"
     aux_weight: float = 1.0
     oracle_windows: int = 1
 
@@ -256,6 +266,12 @@ class TargetOptions(Group):
         self.need(self.horizon in (None, 1) or self.lam is not None, "horizon",
                   "a horizon > 1 is a λ-return: also set --model.targets.lam (1.0: no "
                   "bootstrapping inside the horizon)")
+        self.need(self.chain in CHAINS, "chain", f"must be one of {CHAINS}")
+        self.need(self.chain == "window" or (self.lam is not None and self.horizon is not None
+                                             and self.horizon >= 2), "chain",
+                  "the block chain makes the targets of a bounded λ-return: set "
+                  "--model.targets.lam and --model.targets.horizon >= 2, or "
+                  "--model.targets.chain=window")
         self.need(self.aux_weight >= 0, "aux_weight", "must be >= 0")
         self.need(_positive_int(self.oracle_windows), "oracle_windows",
                   "must be an integer >= 1")
@@ -300,7 +316,7 @@ class OptimOptions(Group):
 # decoupled stack) do not take: each must stay at its default (``Group.unused``)
 ADAM_ONLY = ("optimizer", "optimizer_args", "lr_scheduler", "lr_scheduler_args",
              "lr_scheduler_interval")
-SCALE_ONLY = ("lam", "horizon", "aux_weight", "oracle_windows")
+SCALE_ONLY = ("lam", "horizon", "chain", "aux_weight", "oracle_windows")
 
 
 def as_hparams(args: dict[str, Any]) -> dict[str, Any]:

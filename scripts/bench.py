@@ -22,6 +22,8 @@ random token stream of ``vocab`` symbols, Adam lr 1e-3, core gradient clip 1.0):
   dni_rls_h4         (same as dni_rls, with the 4-window λ-return target, λ = 1, and the guard
                      2: the copy recipes' bounded-memory synthesizer on a stream; the last 4
                      windows' graphs are kept and 3 state-only VJPs run per window)
+  dni_rls_h4_block   (same as dni_rls_h4, its targets made by one chain per block of 4 windows:
+                     targets.chain="block", horizons 4..7, 7 graphs kept, 1.5 VJPs per window)
   dni_rls_lambda     (same as dni_rls, with λ-return targets, λ = 1, and the guard 2: the copy
                      recipes' synthesizer on a stream; one more forward + backward per step)
   naive_lightning  Lightning's documented TBPTT pattern: automatic optimisation, one window
@@ -90,8 +92,8 @@ PRESETS = {
 }
 VARIANTS = (
     "floor", "bare", "engine_tbptt", "engine_dni", "engine_dni_aux",
-    "tbptt", "dni", "dni_aux", "dni_linear", "dni_rls", "dni_rls_h4", "dni_rls_lambda",
-    "naive_lightning",
+    "tbptt", "dni", "dni_aux", "dni_linear", "dni_rls", "dni_rls_h4", "dni_rls_h4_block",
+    "dni_rls_lambda", "naive_lightning",
 )
 RATIOS = {  # name: (numerator, denominator)
     "dni_over_tbptt": ("dni", "tbptt"),
@@ -99,6 +101,7 @@ RATIOS = {  # name: (numerator, denominator)
     "dni_linear_over_tbptt": ("dni_linear", "tbptt"),
     "dni_rls_over_tbptt": ("dni_rls", "tbptt"),
     "dni_rls_h4_over_tbptt": ("dni_rls_h4", "tbptt"),
+    "dni_rls_h4_block_over_tbptt": ("dni_rls_h4_block", "tbptt"),
     "dni_rls_lambda_over_tbptt": ("dni_rls_lambda", "tbptt"),
     "tbptt_over_bare": ("tbptt", "bare"),
     "bare_over_floor": ("bare", "floor"),
@@ -438,6 +441,11 @@ def runner(name: str) -> Callable[[BenchConfig, int, torch.device], float]:
         return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
                                                  fit="rls", synth={"guard": 2.0},
                                                  targets={"lam": 1.0, "horizon": 4})
+    if name == "dni_rls_h4_block":
+        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
+                                                 fit="rls", synth={"guard": 2.0},
+                                                 targets={"lam": 1.0, "horizon": 4,
+                                                          "chain": "block"})
     if name == "dni_rls_lambda":
         return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
                                                  fit="rls", synth={"guard": 2.0},

@@ -18,7 +18,11 @@ section, exactly as ``dnirnn fit`` builds it; Lightning's per-step overhead, the
 every variant, is left out. Run it on a quiet machine, one variant at a time (it does that).
 
     OMP_NUM_THREADS=1 python scripts/episode_cost.py --lengths 40 80 --batch 256 --steps 30 \\
-        [--variants tbptt dni_h2 ...] [--window 2] [--json results/horizon/episode_cost.json]
+        [--variants tbptt dni_h2 ...] [--window 2] [--repeats 5] \\
+        [--json results/horizon/episode_cost.json]
+
+``--repeats R`` runs the variants R times round-robin (a fresh process each, the order rotated
+per repetition) and reports the medians: on a shared machine, compare ratios so measured.
 
 ``--plot CELLS`` draws the level each variant reaches (a sweep's ``cells.csv``: median over
 seeds, bars from the lowest to the highest seed) against its measured peak memory (the rows
@@ -68,6 +72,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "recipe": ("copy_dni", {}),  # the shipped copy_dni recipe as it stands
     "tbptt_deep4": ("copy_tbptt", {"depth": 4}),  # TBPTT(T, 4T)
     "hybrid4": ("copy_dni", {"depth": 4}),  # the recipe's synthesizer + TBPTT(T, 4T)
+    # the recipe with its targets made by one chain per block of H windows (horizons H..2H-1)
+    "recipe_block": ("copy_dni", {"targets.chain": "block"}),
 }
 STYLE = {  # variant: (marker, label) for the plot
     "tbptt": ("o", "TBPTT at T"), "tbptt_2T": ("o", "TBPTT at 2T"),
@@ -76,6 +82,7 @@ STYLE = {  # variant: (marker, label) for the plot
     "dni_h1": ("^", "DNI H=1"), "dni_h2": ("^", "DNI H=2"), "dni_h4": ("^", "DNI H=4"),
     "dni_span": ("D", "DNI, span (full BPTT for the synthesizer)"),
     "tbptt_deep4": ("s", "TBPTT(T, 4T)"), "hybrid4": ("P", "hybrid, depth 4"),
+    "recipe_block": ("^", "DNI H=4, block chain"),
 }
 
 
@@ -156,26 +163,52 @@ def measure_one(variant: str, length: int, batch: int, window: int, steps: int,
             "model": shown(args)}
 
 
-def run(variants, lengths, batch, window, steps, warmup) -> list[dict]:
+def run(variants, lengths, batch, window, steps, warmup, repeats: int = 1) -> list[dict]:
+    """Each variant in a fresh process, ``repeats`` times round-robin (the order rotated per
+    repetition, so a loaded machine's drift hits every variant alike); a row per variant and
+    length holds the medians over the repetitions (``*_all``: every repetition's)."""
     rows = []
     for length in lengths:
-        for v in variants:
-            cmd = [sys.executable, __file__, "--worker", v, "--lengths", str(length),
-                   "--batch", str(batch), "--window", str(window), "--steps", str(steps),
-                   "--warmup", str(warmup)]
-            env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-                   # measure the dnirnn of this checkout, whatever the venv has installed
-                   "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
-                                                               os.environ.get("PYTHONPATH")]))}
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if out.returncode != 0:
-                raise SystemExit(f"{v} at L={length} failed:\n{out.stderr[-3000:]}")
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            print(f"  L={length:3d} {v:12s} peak {row['peak_rss_mb']:7.1f} MB  training "
-                  f"{row['train_mb']:7.1f} MB  {row['ms_per_step']:8.1f} ms/step "
-                  f"({row['cpu_ms_per_step']:.1f} CPU)", flush=True)
+        reps: dict[str, list[dict]] = {v: [] for v in variants}
+        for rep in range(repeats):
+            shift = rep % len(variants)
+            for v in [*variants[shift:], *variants[:shift]]:
+                row = run_worker(v, length, batch, window, steps, warmup)
+                reps[v].append(row)
+                print(f"  L={length:3d} {v:12s} peak {row['peak_rss_mb']:7.1f} MB  training "
+                      f"{row['train_mb']:7.1f} MB  {row['ms_per_step']:8.1f} ms/step "
+                      f"({row['cpu_ms_per_step']:.1f} CPU)", flush=True)
+        rows += [median_row(reps[v]) for v in variants]
     return rows
+
+
+MEASURED = ("peak_rss_mb", "base_rss_mb", "train_mb", "ms_per_step", "cpu_ms_per_step")
+
+
+def median_row(reps: list[dict]) -> dict:
+    """One row of the medians of a variant's repetitions (and, with more than one, each
+    repetition's figures in ``<figure>_all``)."""
+    row = dict(reps[0])
+    if len(reps) > 1:
+        for key in MEASURED:
+            row[f"{key}_all"] = [r[key] for r in reps]
+            row[key] = round(statistics.median(row[f"{key}_all"]), 2)
+        row["repeats"] = len(reps)
+    return row
+
+
+def run_worker(v: str, length: int, batch: int, window: int, steps: int, warmup: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", v, "--lengths", str(length),
+           "--batch", str(batch), "--window", str(window), "--steps", str(steps),
+           "--warmup", str(warmup)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           # measure the dnirnn of this checkout, whatever the venv has installed
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                       os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{v} at L={length} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def table(rows: list[dict]) -> str:
@@ -260,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--window", type=int, default=2)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="fresh processes per variant, round-robin; rows hold the medians")
     p.add_argument("--json", type=Path, nargs="+",
                    help="write the rows here (with --plot: read the rows from these)")
     p.add_argument("--plot", type=Path, metavar="CELLS_CSV",
@@ -277,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.steps <= a.warmup:
         raise SystemExit(f"--steps ({a.steps}) must exceed --warmup ({a.warmup})")
-    rows = run(a.variants, a.lengths, a.batch, a.window, a.steps, a.warmup)
+    rows = run(a.variants, a.lengths, a.batch, a.window, a.steps, a.warmup, a.repeats)
     print(table(rows))
     if a.json:
         a.json[0].parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,8 @@ def test_bench_json_has_every_variant_and_ratio(bench):
         assert set(r["tokens_per_s"]) == set(bench.VARIANTS)
         assert all(_positive(v) for v in r["tokens_per_s"].values())
         for key in ("dni_over_tbptt", "dni_aux_over_tbptt", "dni_linear_over_tbptt",
-                    "dni_rls_over_tbptt", "dni_rls_h4_over_tbptt", "dni_rls_lambda_over_tbptt",
+                    "dni_rls_over_tbptt", "dni_rls_h4_over_tbptt", "dni_rls_h4_block_over_tbptt",
+                    "dni_rls_lambda_over_tbptt",
                     "tbptt_over_bare", "bare_over_floor"):
             assert _positive(r["ratios"][key]), key
         assert set(r["ratios"]) == set(bench.RATIOS)

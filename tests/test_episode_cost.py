@@ -22,7 +22,8 @@ def cost():
     return module
 
 
-@pytest.mark.parametrize("variant", ["tbptt_2T", "dni_h2", "dni_paper", "dni_h1"])
+@pytest.mark.parametrize("variant", ["tbptt_2T", "dni_h2", "dni_paper", "dni_h1",
+                                     "recipe_block"])
 def test_a_variant_is_built_from_its_recipe_and_measured(cost, variant):
     row = cost.measure_one(variant, length=3, batch=4, window=2, steps=3, warmup=1)
     assert row["windows_per_episode"] == (2 if variant == "tbptt_2T" else 4)  # 2L + 2 = 8 steps
@@ -30,11 +31,24 @@ def test_a_variant_is_built_from_its_recipe_and_measured(cost, variant):
     assert row["ms_per_step"] > 0 and row["cpu_ms_per_step"] > 0
     if variant == "dni_h2":
         assert row["model"]["targets.horizon"] == 2 and row["model"]["synthesizer.fit"] == "rls"
+    elif variant == "recipe_block":
+        assert row["model"]["targets.chain"] == "block" and row["model"]["targets.horizon"] == 4
     elif variant == "tbptt_2T":
         assert row["model"]["window"] == 4 and row["model"]["boundary"] == "tbptt"
     else:  # the one-window target, whatever the copy recipe's horizon
         assert row["model"]["targets.lam"] is None and row["model"]["targets.horizon"] is None
     assert "tbptt_2T" in cost.table([{**row, "variant": "tbptt_2T"}])
+
+
+def test_repeats_are_reported_as_medians(cost):
+    reps = [{"variant": "recipe", "length": 40, "ms_per_step": ms, "cpu_ms_per_step": ms / 2,
+             "peak_rss_mb": 500.0 + ms, "base_rss_mb": 400.0, "train_mb": 100.0 + ms}
+            for ms in (30.0, 10.0, 20.0)]
+    row = cost.median_row(reps)
+    assert row["ms_per_step"] == 20.0 and row["cpu_ms_per_step"] == 10.0
+    assert row["peak_rss_mb"] == 520.0 and row["repeats"] == 3
+    assert row["ms_per_step_all"] == [30.0, 10.0, 20.0]
+    assert cost.median_row(reps[:1]) == reps[0]
 
 
 def test_level_against_memory_plot(cost, tmp_path):

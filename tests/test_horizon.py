@@ -43,9 +43,16 @@ def run_episode(net: DNIRNN, opts: Optimizers, windows, monkeypatch) -> dict[int
         state = window_update(net, opts, w, state, episode_start=k == 0,
                               episode_end=k == len(windows) - 1,
                               next_context=None).state
-        assert net.targets is None or len(net.targets) <= (net.sg_horizon or len(windows))
+        assert net.targets is None or len(net.targets) <= held_at_most(net, len(windows))
     net.end_step(opts)
     return got
+
+
+def held_at_most(net: DNIRNN, n_windows: int) -> int:
+    """The window graphs the kept windows may hold: H (the block chain: 2H - 1), or the
+    episode (an unbounded horizon), or K for the deeper backward."""
+    h = net.sg_horizon or n_windows
+    return max(net.depth, 2 * h - 1 if net.targets.chain == "block" else h)
 
 
 def boundary_states(net: DNIRNN, windows) -> list[torch.Tensor]:
@@ -191,13 +198,16 @@ def test_graphs_held_stay_at_the_horizon_and_are_freed(windows_per_episode, monk
 
 
 @needs_ptb
-def test_stream_resumes_exactly_with_targets_in_flight(tmp_path):
-    """H = 3 windows, 2 windows per step: every checkpoint holds 2 waiting windows whose
+@pytest.mark.parametrize("chain, waiting", [("window", 2), ("block", 4)])
+def test_stream_resumes_exactly_with_targets_in_flight(chain, waiting, tmp_path):
+    """H = 3 windows, 2 windows per step: the checkpoint after step 4 holds the waiting
+    windows (2; the block chain: boundaries 4 .. 7, one window short of their chain) whose
     graphs are rebuilt on resume (data, parameters and dropout RNG as they were). The
     synthetic gradient is too small here to move the loss's floats, so the check is on the
     synthesizer's own record and final state, bit for bit."""
     extra = ["--model.synthesizer.kind=linear", "--model.synthesizer.fit=rls",
              "--model.targets.lam=0.9", "--model.targets.horizon=3",
+             f"--model.targets.chain={chain}",
              "--model.synthesizer.guard=2.0",
              "--data.init_args.batch_size=20000", "--model.windows_per_step=2",
              "--trainer.limit_val_batches=2", "--model.eval_chunk=64", "--model.core.dropout=0.1",
@@ -205,7 +215,7 @@ def test_stream_resumes_exactly_with_targets_in_flight(tmp_path):
     _resume_matches("ptb_char_dni", tmp_path, 8, 4, *extra)
     full, resumed = (next((tmp_path / run).rglob("version_0")) for run in ("full", "resumed"))
     ckpt = torch.load(full / "checkpoints" / _ckpt_name(full, 4), weights_only=False)
-    assert len(ckpt["dnirnn"]["horizon"]["links"]) == 2
+    assert len(ckpt["dnirnn"]["horizon"]["links"]) == waiting
     for key in ("train/sg_cos", "train/sg_norm"):
         a, b = ({int(r["step"]): r[key] for r in rows(v) if r.get(key)} for v in (full, resumed))
         assert all(a[step] == b[step] for step in range(5, 8)), key

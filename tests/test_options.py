@@ -169,13 +169,14 @@ def test_a_nested_override_reaches_the_engine(tmp_path):
     from dnirnn.sweep.grid import load_grid
 
     version = fit("copy_dni", tmp_path, *COPY, *TINY, "--model.synthesizer.rls_forget=0.9",
-                  "--model.targets.horizon=2")
+                  "--model.targets.horizon=2", "--model.targets.chain=block")
     ckpt = torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)
     hp = ckpt["hyper_parameters"]
     assert hp["synthesizer"]["rls_forget"] == 0.9 and hp["synthesizer"]["positions"] == 32
-    assert hp["targets"] == {**hp["targets"], "horizon": 2, "lam": 1.0}
+    assert hp["targets"] == {**hp["targets"], "horizon": 2, "lam": 1.0, "chain": "block"}
     model = DNIModule(**{k: v for k, v in hp.items() if not k.startswith("_")})
     assert model.engine.synthesizer.forget == 0.9 and model.engine.targets.horizon == 2
+    assert model.engine.targets.chain == "block"
     cell = next(c for c in load_grid(str(ROOT / "grids" / "horizon.yaml")).cells
                 if c.name == "copy_T2_dni_h2_s0")
     assert "--model.targets.horizon=2" in cell.fit_args()

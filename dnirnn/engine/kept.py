@@ -2,10 +2,15 @@ r"""Kept windows: the graphs of the last windows, held for a later backward (``K
 
 Two consumers (docs/design.md §1, "Targets" and "A deeper backward"): the synthesizer's
 H-window λ-return targets, by a chain of state-only vector-Jacobian products headed by each
-window's own ``delta_j`` (``push``, ``flush``), and the core's deeper backward of
+window's own ``delta_j`` (``push``, ``flush``: with ``chain="window"`` one chain of H - 1
+products per window, each boundary's target exactly H windows deep; with ``chain="block"``
+one chain every H windows, through the 2H - 1 windows from the oldest waiting boundary to the
+newest, which hands the oldest H boundaries their targets at once, H .. 2H - 1 windows deep),
+and the core's deeper backward of
 TBPTT(T, K·T) and the hybrid (``deepen_window``). After window j's update its graph from
 ``s_j`` to ``s_{j+1}`` is kept (a ``Link``; the loss's branch is not needed, ``_vjp``) while a
-consumer still needs it: at most max(H, K) graphs, the memory of TBPTT over that many windows.
+consumer still needs it: at most max(H, K) graphs (the block chain: max(2H - 1, K)), the
+memory of TBPTT over that many windows.
 
 Each kept forward runs under ``ParameterSnapshot`` (the core steps in place after every
 window; a later VJP uses the parameters the window's data went through) and, on the CPU,
@@ -128,10 +133,13 @@ class KeptWindows:
         resumable: each kept window records what rebuilds its graph on resume (streams,
             whose chains cross training steps).
         depth: K, the windows the core's backward runs through (``deepen``): TBPTT(T, K·T).
+        chain: "window" (each boundary its own chain, exactly H windows deep) or "block"
+            (one chain per H windows for a block of H boundaries, H .. 2H - 1 deep).
     """
 
     def __init__(self, core: nn.Module, params: list[Tensor], horizon: int | None,
-                 lam: float, beta: float, resumable: bool = False, depth: int = 1) -> None:
+                 lam: float, beta: float, resumable: bool = False, depth: int = 1,
+                 chain: str = "window") -> None:
         if horizon is not None and horizon < 2 and depth < 2:
             raise ValueError(f"KeptWindows needs a horizon >= 2 (or None) or a depth >= 2, "
                              f"got {horizon} and {depth}; H = 1 is the window's own target")
@@ -140,7 +148,10 @@ class KeptWindows:
                              "must not be flushed at a stream's step end)")
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"lambda must be in [0, 1], got {lam}")
-        self.core, self.params, self.depth = core, params, depth
+        if chain not in ("window", "block") or (chain == "block" and (horizon or 0) < 2):
+            raise ValueError(f"chain must be 'window', or 'block' with a horizon >= 2, got "
+                             f"{chain!r} with horizon {horizon}")
+        self.core, self.params, self.depth, self.chain = core, params, depth, chain
         self.horizon, self.lam, self.beta = horizon, float(lam), float(beta)
         self.layers = core.cfg.num_layers
         self.links: deque[Link] = deque()
@@ -167,8 +178,9 @@ class KeptWindows:
 
     def push(self, link: Link, episode_end: bool) -> list[Ready]:
         """Adds window j's link (after its update) and returns the targets now ready:
-        boundary ``j - H + 1``'s, or at an episode end every waiting boundary's. Keeps the
-        windows still needed: those waiting for their target, and the last K - 1 for the
+        boundary ``j - H + 1``'s (``chain="window"``); the oldest H waiting boundaries' once
+        2H - 1 windows wait (``"block"``); at an episode end every waiting boundary's. Keeps
+        the windows still needed: those waiting for their target, and the last K - 1 for the
         next window's deeper backward."""
         if self.horizon == 1:
             link.waiting = False  # (no targets are made here: kept for the deeper backward only)
@@ -178,7 +190,9 @@ class KeptWindows:
             return self.flush()
         ready = []
         h = self.horizon
-        if h is not None and 1 < h <= len(self.links) and self.links[-h].waiting:
+        if self.chain == "block":
+            ready = self._block()
+        elif h is not None and 1 < h <= len(self.links) and self.links[-h].waiting:
             oldest = self.links[-h]
             target = self._chain(list(self.links)[-h:], keep=False)[-1]
             oldest.waiting = False
@@ -198,6 +212,21 @@ class KeptWindows:
         links = links[first:]
         targets = self._chain(links, keep=True)[::-1]
         return [Ready(l.state, t, l.context, l.position) for l, t in zip(links, targets)]
+
+    def _block(self) -> list[Ready]:
+        """The block chain: once the waiting windows (a suffix of the kept ones) number
+        2H - 1, ONE chain headed by the newest one's ``delta_j`` walks back through all of
+        them (2H - 2 state-only products) and the oldest H boundaries take their targets,
+        H .. 2H - 1 windows deep (the newest H - 1 wait for the next chain, H windows on:
+        each of their values here would be shorter than H)."""
+        h = self.horizon
+        waiting = [l for l in self.links if l.waiting]
+        if len(waiting) < 2 * h - 1:
+            return []
+        targets = self._chain(waiting, keep=True)[::-1]
+        for l in waiting[:h]:
+            l.waiting = False
+        return [Ready(l.state, t, l.context, l.position) for l, t in zip(waiting, targets[:h])]
 
     # ---- the deeper backward: TBPTT(T, K·T), and the hybrid's synthetic gradient --------
 
