@@ -62,7 +62,14 @@ def test_kept_graphs_give_tbptt_k1_k2(depth, window):
     net, s0 = make("tbptt", depth), None
     s0 = random_state(net)
     got = episode(net, windows, s0)
+    want = tbptt_by_recomputation(net, windows, s0, depth)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
+
+def tbptt_by_recomputation(net: DNIRNN, windows, s0, depth: int) -> list[torch.Tensor]:
+    """TBPTT(T, K·T)'s summed gradients by its definition: each window's loss through a
+    forward recomputed from K - 1 windows back."""
     params, want = net.core_parameters(), [torch.zeros_like(p) for p in net.core_parameters()]
     states = [s0]
     for w in windows:  # the detached state at each window's start
@@ -76,8 +83,7 @@ def test_kept_graphs_give_tbptt_k1_k2(depth, window):
         for acc, g in zip(want, torch.autograd.grad(loss, params, allow_unused=True)):
             if g is not None:
                 acc += g
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    return want
 
 
 @pytest.mark.parametrize("depth, window", [(2, 2), (3, 2), (4, 1), (6, 2)])

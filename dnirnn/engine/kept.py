@@ -14,8 +14,10 @@ memory of TBPTT over that many windows.
 
 Each kept forward runs under ``ParameterSnapshot`` (the core steps in place after every
 window; a later VJP uses the parameters the window's data went through) and, on the CPU,
-PyTorch's native LSTM kernels (``native_rnn``: oneDNN's fused backward computes every weight
-gradient whether asked or not, so a state-only VJP through it would cost a full backward).
+PyTorch's native LSTM kernels where the targets' chain will walk it (``native_rnn``: oneDNN's
+fused backward computes every weight gradient whether asked or not, so a state-only VJP
+through it would cost a full backward); with no targets to make (TBPTT(T, K·T)) every VJP
+wants the weights' gradients, and the fused kernels stay.
 On streams the chains cross training steps: ``state_dict`` holds what rebuilds the graphs on
 resume (each window's data, start state, parameter copies and RNG state).
 """
@@ -170,8 +172,14 @@ class KeptWindows:
                       "rng": torch.get_rng_state()}
         snap = ParameterSnapshot(self.params)
         with torch.autograd.graph.saved_tensors_hooks(*snap.hooks()), \
-                native_rnn(window.x.device):
+                self._kernels(window.x.device):
             yield record
+
+    def _kernels(self, device: torch.device):
+        """The CPU's native kernels where state-only VJPs will walk the graph (the targets'
+        chain); with no targets to make (TBPTT(T, K·T), the oracle) every VJP also asks for
+        the parameters' gradients, which oneDNN's fused backward computes at once."""
+        return native_rnn(device) if self.horizon != 1 else contextlib.nullcontext()
 
     def __len__(self) -> int:
         return len(self.links)
@@ -365,7 +373,7 @@ class KeptWindows:
                     p.copy_(v.to(device))
             torch.set_rng_state(rec["rng"])
             snap = ParameterSnapshot(params)
-            with torch.enable_grad(), native_rnn(device), \
+            with torch.enable_grad(), self._kernels(device), \
                     torch.autograd.graph.saved_tensors_hooks(*snap.hooks()):
                 _, _, end = self.core(rec["x"].to(device), start)
         finally:
