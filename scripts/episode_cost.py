@@ -72,6 +72,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "recipe": ("copy_dni", {}),  # the shipped copy_dni recipe as it stands
     "tbptt_deep4": ("copy_tbptt", {"depth": 4}),  # TBPTT(T, 4T)
     "hybrid4": ("copy_dni", {"depth": 4}),  # the recipe's synthesizer + TBPTT(T, 4T)
+    "tbptt_deep2": ("copy_tbptt", {"depth": 2}),  # TBPTT(T, 2T)
+    "hybrid2": ("copy_dni", {"depth": 2, "targets.horizon": 2}),
     # the recipe with its targets made by one chain per block of H windows (horizons H..2H-1)
     "recipe_block": ("copy_dni", {"targets.chain": "block"}),
 }
@@ -82,6 +84,7 @@ STYLE = {  # variant: (marker, label) for the plot
     "dni_h1": ("^", "DNI H=1"), "dni_h2": ("^", "DNI H=2"), "dni_h4": ("^", "DNI H=4"),
     "dni_span": ("D", "DNI, span (full BPTT for the synthesizer)"),
     "tbptt_deep4": ("s", "TBPTT(T, 4T)"), "hybrid4": ("P", "hybrid, depth 4"),
+    "tbptt_deep2": ("s", "TBPTT(T, 2T)"), "hybrid2": ("P", "hybrid, depth 2"),
     "recipe_block": ("^", "DNI H=4, block chain"),
 }
 
