@@ -85,32 +85,81 @@ def arg_docs(doc: str) -> dict[str, str]:
     return out
 
 
-def class_options(path: str) -> tuple[str, list[tuple[str, Any, str]]]:
-    """``(name, [(option, default, text), ...])`` of a class's ``__init__``, read from its
-    module's source (``dnirnn.lit.DNIModule``) without importing it."""
+def _source_class(path: str) -> tuple[str, ast.Module, ast.ClassDef] | None:
+    """``(module, its syntax tree, the class)`` of ``dnirnn.lit.DNIModule``, or None."""
     module, name = path.rsplit(".", 1)
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        return name, []
+        return None
     tree = ast.parse(Path(spec.origin).read_text())
     cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
-    init = next((n for n in (cls.body if cls else []) if isinstance(n, ast.FunctionDef)
-                 and n.name == "__init__"), None)
+    return None if cls is None else (module, tree, cls)
+
+
+def _class_path(module: str, tree: ast.Module, name: str) -> str | None:
+    """The dotted path of the class ``name`` as ``module`` sees it (defined or imported)."""
+    if any(isinstance(n, ast.ClassDef) and n.name == name for n in tree.body):
+        return f"{module}.{name}"
+    for n in tree.body:
+        if isinstance(n, ast.ImportFrom) and n.module:
+            for a in n.names:
+                if (a.asname or a.name) == name:
+                    return f"{n.module}.{a.name}"
+    return None
+
+
+def init_params(path: str) -> tuple[list[tuple[str, ast.expr | None]], dict[str, str]]:
+    """A class's ``__init__`` parameters ``[(name, default), ...]`` and their docs, read from
+    the source. A ``**kwargs`` passed on, to ``super().__init__(**kwargs)`` or to a class
+    called with it, stands for that class's parameters but those the call names: they
+    follow the class's own, as jsonargparse resolves them. A parameter's doc is the class's,
+    else the one's it passes it on to."""
+    found = _source_class(path)
+    init = found and next((n for n in found[2].body if isinstance(n, ast.FunctionDef)
+                           and n.name == "__init__"), None)
     if init is None:
-        return name, []
-    docs = arg_docs(ast.get_docstring(cls) or "")
-    params = init.args.args[1:]
-    defaults = [None] * (len(params) - len(init.args.defaults)) + list(init.args.defaults)
-    out = []
-    for p, d in zip(params, defaults):
+        return [], {}
+    module, tree, cls = found
+    args = init.args.args[1:]
+    defaults = [None] * (len(args) - len(init.args.defaults)) + list(init.args.defaults)
+    params, docs = list(zip((a.arg for a in args), defaults)), {}
+    kwargs = init.args.kwarg.arg if init.args.kwarg else None
+    for call in (n for n in ast.walk(init) if isinstance(n, ast.Call) and kwargs):
+        if not any(k.arg is None and getattr(k.value, "id", None) == kwargs
+                   for k in call.keywords):
+            continue
+        f = call.func
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Call) \
+                and getattr(f.value.func, "id", None) == "super":
+            target = cls.bases[0].id if isinstance(cls.bases[0], ast.Name) else None
+        else:
+            target = getattr(f, "id", None)
+        target = target and _class_path(module, tree, target)
+        if target:
+            more, docs = init_params(target)
+            given = {k.arg for k in call.keywords} | {n for n, _ in params}
+            params += [(n, d) for n, d in more if n not in given]
+        break
+    return params, {**docs, **arg_docs(ast.get_docstring(cls) or "")}
+
+
+def class_options(path: str) -> tuple[str, list[tuple[str, Any, str]]]:
+    """``(name, [(option, default, text), ...])`` of a class's ``__init__``
+    (``init_params``; an option group's as ``group.field``, after the flat options), read
+    from its module's source (``dnirnn.lit.DNIModule``) without importing it."""
+    params, docs = init_params(path)
+    flat, groups = [], []
+    for p, d in params:
         try:
             value = ast.literal_eval(d) if d is not None else None
         except ValueError:
             value = ast.unparse(d)
         group = re.fullmatch(r"(\w+Options)\((.*)\)", value) if isinstance(value, str) else None
-        out += (group_options(p.arg, group.group(1)) if group
-                else [(p.arg, value, docs.get(p.arg, ""))])
-    return name, out
+        if group:
+            groups += group_options(p, group.group(1))
+        else:
+            flat.append((p, value, docs.get(p, "")))
+    return path.rsplit(".", 1)[1], flat + groups
 
 
 def group_options(name: str, cls_name: str) -> list[tuple[str, Any, str]]:

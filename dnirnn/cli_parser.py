@@ -12,10 +12,7 @@ Abbreviated options (``--trainer.max_step``) are refused, with the "did you mean
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
-import importlib
-import inspect
 import re
 from typing import Any
 
@@ -23,7 +20,7 @@ from jsonargparse import set_parsing_settings
 from jsonargparse._formatters import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
 
-from dnirnn.cli_help import arg_docs
+from dnirnn.cli_help import class_options
 from dnirnn.options import Group
 from dnirnn.renamed import GROUPS, group_given_a_value, renamed
 
@@ -42,19 +39,10 @@ class ConfigError(ValueError):
 
 
 def _init_params(path: str) -> list[str]:
-    """The class's ``__init__`` parameters, and each option group's as ``group.field``."""
-    module, name = path.rsplit(".", 1)
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return []
-    out = []
-    for p, param in inspect.signature(cls.__init__).parameters.items():
-        if p != "self":
-            out.append(p)
-            if isinstance(param.default, Group):
-                out += [f"{p}.{f.name}" for f in dataclasses.fields(param.default)]
-    return out
+    """The class's ``__init__`` parameters (with those it passes on by ``**kwargs``:
+    ``dnirnn.cli_help.init_params``), and each option group's as ``group.field``."""
+    options = [name for name, _, _ in class_options(path)[1]]
+    return list(dict.fromkeys([o.split(".")[0] for o in options] + options))
 
 
 def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
@@ -159,15 +147,11 @@ class RawEpilogFormatter(DefaultHelpFormatter):
 
 def model_options_help(cls: Any) -> str:
     """``fit --help``'s epilog: the default model's options with defaults and meaning."""
-    docs = arg_docs(inspect.getdoc(cls) or "")
     lines = [f"Model options ({cls.__name__}, the default): --model.NAME=VALUE, or under model:",
              "in a recipe. Another model's: --model.help dnirnn.lit_hierarchy.HierarchyModule"]
-    for name, p in inspect.signature(cls.__init__).parameters.items():
-        if name == "self":
-            continue
-        text = docs.get(name, "")
+    for name, default, text in class_options(f"{cls.__module__}.{cls.__qualname__}")[1]:
         text = text if len(text) < 70 else text[:67] + "..."
-        lines.append(f"  {f'--model.{name}={p.default}':<34} {text}")
+        lines.append(f"  {f'--model.{name}={default}':<34} {text}")
     lines.append("Run folders, best.ckpt and summary.json: README.md; errors: docs/errors.md.")
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ from a mid-epoch checkpoint continues at the exact batch where it stopped.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -146,91 +147,42 @@ class PTBDataModule(_TaskDataModule):
         return self.task.num_batches("train", self._module().chunk)
 
 
-class CopyDataModule(_TaskDataModule):
-    """Copy (``repeat=false``) or Repeat Copy (``repeat=true``), generated on the fly.
+class _EpisodeDataModule(_TaskDataModule):
+    """A task of episodes generated on the fly: the module adds ``steps_per_epoch``; the
+    episodes' options are the task's own (``CopyTask``, ``RecallTask``), passed on."""
 
-    Args:
-        repeat: repeat copy (with the repeat-count channel) or plain copy.
-        num_bits: pattern width.
-        norm_max: the repeat count is presented as R / norm_max.
-        batch_size: episodes per training step.
-        steps_per_epoch: training steps per "epoch" (validation and checkpoint cadence).
-        val_batches: validation batches at the current level.
-        start_length: the curriculum's first pattern length.
-        seed: seeds the episode generator (batch p uses a generator seeded by (seed, p)).
-        delay: D silent steps between the input and the answer (0: the NTM task), so the
-            dependencies are longer than the pattern by D (a task past any fixed horizon).
-        grow: what the curriculum raises: "length" (L, and R for repeat copy) or "delay"
-            (D, by one a solve from ``delay``, at the fixed pattern length ``start_length``;
-            ``curriculum/max_delay_solved`` is the largest D solved).
-    """
-
-    def __init__(
-        self,
-        repeat: bool = False,
-        num_bits: int = 8,
-        norm_max: int = 10,
-        batch_size: int = 32,
-        steps_per_epoch: int = 100,
-        val_batches: int = 2,
-        start_length: int = 1,
-        seed: int = 0,
-        delay: int = 0,
-        grow: str = "length",
-    ) -> None:
+    def __init__(self, steps_per_epoch: int, task: CopyTask | RecallTask, name: str) -> None:
         super().__init__()
-        for name, v in (("num_bits", num_bits), ("batch_size", batch_size),
-                        ("steps_per_epoch", steps_per_epoch), ("val_batches", val_batches),
-                        ("start_length", start_length), ("norm_max", norm_max)):
-            if v < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {v}")
-        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
-            raise ValueError(f"data.delay must be an integer >= 0 (0: no delay), got {delay!r}")
-        self.steps_per_epoch = steps_per_epoch
-        self.task = CopyTask(repeat, num_bits, norm_max, batch_size, seed, start_length,
-                             val_batches, delay, grow)
-        self.task_name = "copy"
-        self.input_size, self.output_size = self.task.input_size, self.task.output_size
+        if steps_per_epoch < 1:
+            raise ValueError(f"data.steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        self.steps_per_epoch, self.task, self.task_name = steps_per_epoch, task, name
+        self.input_size, self.output_size = task.input_size, task.output_size
 
     def _epoch_length(self) -> int:
         return self.steps_per_epoch
 
 
-class RecallDataModule(_TaskDataModule):
-    """Delayed recall (``dnirnn.data.recall``): a key, a gap of distractors, ``Q`` queries.
+class CopyDataModule(_EpisodeDataModule):
+    """Copy (``repeat=false``) or Repeat Copy (``repeat=true``), generated on the fly; the
+    other options are ``CopyTask``'s (``repeat``, ``num_bits``, ``norm_max``, ``batch_size``,
+    ``seed``, ``start_length``, ``val_batches``, ``delay``, ``grow``).
 
     Args:
-        num_symbols: ``S``, the keys (chance: log2(S) bits per query).
-        length: ``N``, steps per episode; the key-to-query gap is ``N - query_steps``.
-        query_steps: ``Q``, scored steps at the end of the episode.
-        num_distractors: ``D``, the distractor tokens between key and queries.
-        batch_size: episodes per training step.
         steps_per_epoch: training steps per "epoch" (validation and checkpoint cadence).
-        val_batches: validation/test batches (fixed episodes).
-        seed: seeds the episode generator (batch p uses a generator seeded by (seed, p)).
     """
 
-    def __init__(
-        self,
-        num_symbols: int = 8,
-        length: int = 64,
-        query_steps: int = 8,
-        num_distractors: int = 8,
-        batch_size: int = 32,
-        steps_per_epoch: int = 100,
-        val_batches: int = 4,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        for name, v in (("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch),
-                        ("val_batches", val_batches)):
-            if v < 1:
-                raise ValueError(f"data.{name} must be >= 1, got {v}")
-        self.steps_per_epoch = steps_per_epoch
-        self.task = RecallTask(num_symbols, length, query_steps, num_distractors, batch_size,
-                               seed, val_batches)
-        self.task_name = "recall"
-        self.input_size, self.output_size = self.task.input_size, self.task.output_size
+    def __init__(self, steps_per_epoch: int = 100, **kwargs: Any) -> None:
+        super().__init__(steps_per_epoch, CopyTask(**kwargs), "copy")
 
-    def _epoch_length(self) -> int:
-        return self.steps_per_epoch
+
+class RecallDataModule(_EpisodeDataModule):
+    """Delayed recall (``dnirnn.data.recall``): a key, a gap of distractors, ``Q`` queries;
+    the other options are ``RecallTask``'s (``num_symbols``, ``length``, ``query_steps``,
+    ``num_distractors``, ``batch_size``, ``seed``, ``val_batches``).
+
+    Args:
+        steps_per_epoch: training steps per "epoch" (validation and checkpoint cadence).
+    """
+
+    def __init__(self, steps_per_epoch: int = 100, **kwargs: Any) -> None:
+        super().__init__(steps_per_epoch, RecallTask(**kwargs), "recall")

@@ -41,17 +41,7 @@ from dnirnn.optim import (
     build_scheduler,
     on_validation,
 )
-from dnirnn.options import (
-    PHASE_CONTEXT,
-    CoreOptions,
-    OptimOptions,
-    SynthesizerOptions,
-    TargetOptions,
-    as_hparams,
-    check_dni,
-    check_flat,
-    need,
-)
+from dnirnn.options import PHASE_CONTEXT, check_dni, check_flat, need
 from dnirnn.recurrent import RecurrentModule
 from dnirnn.state import State
 from dnirnn.tasks import TASKS, Batch, CopyTask
@@ -66,29 +56,16 @@ class DNIModule(RecurrentModule):
     The flat options are the ones typed most; the others are in groups (``dnirnn.options``):
     ``core`` (``CoreOptions``), ``synthesizer`` (``SynthesizerOptions``), ``targets``
     (``TargetOptions``) and ``optim`` (``OptimOptions``): ``--model.synthesizer.fit=rls``.
+    Every option but ``depth`` is ``RecurrentModule``'s (every model takes them).
 
     Args:
-        task: "lm" (token streams), "copy" (episodes) or "recall" (token episodes); linked
-            from the data module.
-        input_size: vocabulary size (lm, recall) or observation channels (copy); linked.
-        output_size: vocabulary size (lm, recall) or target channels (copy); linked.
-        hidden_size: LSTM units per layer.
-        num_layers: stacked LSTM layers.
-        boundary: "tbptt", "dni", "dni_aux" or "oracle" (see ``dnirnn.dni``).
-        window: T, the truncation window in steps.
-        windows_per_step: K, windows per ``training_step`` for streams (episodes always run
-            all their windows in one step).
         depth: the windows each update's backward runs through (docs/design.md §1): 1, the
             window's own; K > 1, TBPTT(T, K·T), and with ``dni`` or ``oracle`` the hybrid,
             whose synthetic gradient credits only what the K windows do not reach. Holds K
             windows' graphs (as ``targets.horizon`` K does).
+        boundary: "tbptt", "dni", "dni_aux" or "oracle" (see ``dnirnn.dni``).
         lr: core learning rate (of ``optim.optimizer``; the schedule anneals it).
-        eval_chunk: steps per validation/test batch; each runs in forward calls whose logits
-            fit ``eval_logits_bytes`` (the result is independent of both).
-        core: the core's construction (``CoreOptions``).
         synthesizer: the synthesizer M and its fit (``SynthesizerOptions``; ``dni``, ``dni_aux``).
-        targets: what the boundary injects and M regresses (``TargetOptions``).
-        optim: the core's optimizer, schedule and clip (``OptimOptions``).
     """
 
     trains_on_tail = True  # (a shorter last window is the mean over its own tokens)
@@ -97,34 +74,17 @@ class DNIModule(RecurrentModule):
                                  "grad_norm")}
     fit_keys = {"sg_loss", "sg_cos"}  # means over the boundaries fitted (``fitted``)
 
-    def __init__(
-        self,
-        task: str = "lm",
-        input_size: int = 1,
-        output_size: int = 1,
-        hidden_size: int = 256,
-        num_layers: int = 1,
-        boundary: str = "dni",
-        window: int = 8,
-        windows_per_step: int = 8,
-        depth: int = 1,
-        lr: float = 1e-3,
-        eval_chunk: int = 256,
-        core: CoreOptions = CoreOptions(),
-        synthesizer: SynthesizerOptions = SynthesizerOptions(),
-        targets: TargetOptions = TargetOptions(),
-        optim: OptimOptions = OptimOptions(),
-    ) -> None:
-        super().__init__()
-        core, synthesizer = CoreOptions.of(core), SynthesizerOptions.of(synthesizer)
-        targets, optim = TargetOptions.of(targets), OptimOptions.of(optim)
-        need(task in TASKS, "model.task", task, f"must be one of {tuple(TASKS)}")
-        check_flat(locals(), ("window", "windows_per_step", "depth", "hidden_size",
-                              "num_layers", "eval_chunk", "input_size", "output_size"))
-        check_dni(boundary, synthesizer, targets, depth)
-        self.save_hyperparameters(as_hparams(locals()))
-        self.spec = EngineSpec(task, input_size, output_size, hidden_size, num_layers,
-                               boundary, depth, lr, core, synthesizer, targets, optim)
+    def __init__(self, depth: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.save_options(locals())
+        hp = self.hparams
+        need(hp.task in TASKS, "model.task", hp.task, f"must be one of {tuple(TASKS)}")
+        check_flat(hp, ("depth",))
+        check_dni(hp.boundary, self.synthesizer_options, self.targets_options, depth)
+        self.spec = EngineSpec(hp.task, hp.input_size, hp.output_size, hp.hidden_size,
+                               hp.num_layers, hp.boundary, depth, hp.lr, self.core_options,
+                               self.synthesizer_options, self.targets_options,
+                               self.optim_options)
         # Outside a Trainer (tests, scripts) the engine has the loss scale 1; ``setup`` builds
         # it again, whole, from the same parts once the task and the processes are known.
         self.engine = assemble(self.spec, make_parts(self.spec))

@@ -54,7 +54,6 @@ from dnirnn.options import (
     SynthesizerOptions,
     TargetOptions,
     agree,
-    as_hparams,
     check_flat,
     need,
 )
@@ -74,14 +73,23 @@ RESULT_KEYS = {
 class HierarchyModule(RecurrentModule):
     """Trains a fast and a slow LSTM linked by synthetic gradients (``dnirnn.hierarchy``).
 
-    The flat options are ``DNIModule``'s (for the fast core) and the hierarchy's shape; the
-    others are the groups of ``dnirnn.options``: ``--model.interface.scale=0.1``.
+    The flat options are ``RecurrentModule``'s (as ``DNIModule``'s, for the fast core) and
+    the hierarchy's shape; the others are the groups of ``dnirnn.options``:
+    ``--model.interface.scale=0.1``.
 
     Args:
+        k: tick period: the slow core ticks once every ``k`` steps.
+        slow_hidden: slow LSTM units per layer (the top-down input ``m`` has this width).
+        slow_layers: slow LSTM layers.
+        slow_window: T_s, the slow core's truncation window in ticks; ``k * slow_window`` is a
+            multiple of ``window``.
+        synthesizer: ``M_f``, the fast core's synthesizer (``SynthesizerOptions``; ``dni``).
+        slow_synthesizer: ``M_s``, the slow core's (``SlowSynthesizerOptions``), or null.
+        interface: ``M_if`` (``InterfaceOptions``: predicts the slow core's gradient on the
+            bottom-up message; ``scale`` is β_if), or null: the slow level sends no gradient
+            to the fast core.
         task: "lm" (token streams) or "recall" (token episodes); linked from the data module.
             Copy episodes change length with the curriculum and are not supported.
-        input_size: vocabulary size; linked from the data module.
-        output_size: vocabulary size; linked from the data module.
         hidden_size: fast LSTM units per layer (the message ``u`` has this width).
         num_layers: fast LSTM layers.
         boundary: the fast core's truncation boundary: "dni" (its synthesizer ``M_f``,
@@ -89,19 +97,9 @@ class HierarchyModule(RecurrentModule):
         window: T_f, the fast core's truncation window in steps; a multiple of ``k``.
         windows_per_step: fast windows per ``training_step`` for streams; ``window *
             windows_per_step`` must be whole spans (``k * slow_window`` steps).
-        k: tick period: the slow core ticks once every ``k`` steps.
-        slow_hidden: slow LSTM units per layer (the top-down input ``m`` has this width).
-        slow_layers: slow LSTM layers.
-        slow_window: T_s, the slow core's truncation window in ticks; ``k * slow_window`` is a
-            multiple of ``window``.
         lr: learning rate of both cores (Adam; one optimizer per core).
         eval_chunk: steps per validation/test forward call; a multiple of ``k``.
         core: ``embed_size`` and ``forget_bias`` (of both cores) of ``CoreOptions``.
-        synthesizer: ``M_f``, the fast core's synthesizer (``SynthesizerOptions``; ``dni``).
-        slow_synthesizer: ``M_s``, the slow core's (``SlowSynthesizerOptions``), or null.
-        interface: ``M_if`` (``InterfaceOptions``: predicts the slow core's gradient on the
-            bottom-up message; ``scale`` is β_if), or null: the slow level sends no gradient
-            to the fast core.
         targets: ``scale``, β of ``M_f`` and ``M_s`` (``TargetOptions``).
         optim: ``clip``, each core's gradient-norm clip (``OptimOptions``).
 
@@ -121,53 +119,42 @@ class HierarchyModule(RecurrentModule):
 
     def __init__(
         self,
-        task: str = "lm",
-        input_size: int = 1,
-        output_size: int = 1,
-        hidden_size: int = 256,
-        num_layers: int = 1,
-        boundary: str = "dni",
-        window: int = 8,
-        windows_per_step: int = 8,
         k: int = 4,
         slow_hidden: int = 128,
         slow_layers: int = 1,
         slow_window: int = 16,
-        lr: float = 1e-3,
-        eval_chunk: int = 256,
-        core: CoreOptions = CoreOptions(),
         synthesizer: SynthesizerOptions = SynthesizerOptions(hidden=256),
         slow_synthesizer: SlowSynthesizerOptions | None = SlowSynthesizerOptions(hidden=256),
         interface: InterfaceOptions | None = InterfaceOptions(hidden=256),
-        targets: TargetOptions = TargetOptions(),
-        optim: OptimOptions = OptimOptions(),
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        core, targets = CoreOptions.of(core), TargetOptions.of(targets)
-        optim, synthesizer = OptimOptions.of(optim), SynthesizerOptions.of(synthesizer)
+        super().__init__(synthesizer=synthesizer, **kwargs)
         slow_synthesizer = SlowSynthesizerOptions.of(slow_synthesizer)
         interface = InterfaceOptions.of(interface)
-        self.save_hyperparameters(as_hparams(locals()))
-        synths = {"synthesizer": synthesizer if boundary == "dni" else None,
+        self.save_options(locals())
+        hp = self.hparams
+        synths = {"synthesizer": self.synthesizer_options if hp.boundary == "dni" else None,
                   "slow_synthesizer": slow_synthesizer,
                   "interface": interface}
-        _validate(self.hparams, core, synths, targets, optim)
-        self.core_options, self.optim_options, self.synths = core, optim, synths
+        _validate(hp, self.core_options, synths, self.targets_options, self.optim_options)
+        self.synths = synths
         m_f, m_s, m_if = synths.values()
         # (their shared settings; with no synthesizer at all, unused)
         shared = next((s for s in synths.values() if s is not None), SynthesizerOptions())
         cfg = HierarchyConfig(
-            input_size, output_size, k=k, fast_hidden=hidden_size, fast_layers=num_layers,
-            slow_hidden=slow_hidden, slow_layers=slow_layers, embed=True,
-            embed_size=core.embed_size, fast_window=window, slow_window=slow_window,
+            hp.input_size, hp.output_size, k=k, fast_hidden=hp.hidden_size,
+            fast_layers=hp.num_layers, slow_hidden=slow_hidden, slow_layers=slow_layers,
+            embed=True, embed_size=self.core_options.embed_size, fast_window=hp.window,
+            slow_window=slow_window,
             fast_synthesizer=m_f and m_f.kind, slow_synthesizer=m_s and m_s.kind,
             interface_synthesizer=m_if and m_if.kind,
             synthesizer_hidden=shared.hidden or 1, synthesizer_fit=shared.fit,
-            rls_forget=shared.rls_forget, rls_ridge=shared.rls_ridge, sg_scale=targets.scale,
+            rls_forget=shared.rls_forget, rls_ridge=shared.rls_ridge,
+            sg_scale=self.targets_options.scale,
             interface_sg_scale=1.0 if m_if is None else m_if.scale,
-            forget_bias=core.forget_bias,
+            forget_bias=self.core_options.forget_bias,
         )
-        self.engine = TwoTimescaleRNN(cfg, TASKS[task], 1.0)
+        self.engine = TwoTimescaleRNN(cfg, TASKS[hp.task], 1.0)
         self._opts: HierarchyOptimizers | None = None
 
     @property
@@ -278,9 +265,7 @@ def _validate(args: dict[str, Any], core: CoreOptions, synths: dict[str, Any],
          f"must be one of {TOKEN_TASKS} (token inputs)")
     need(args["boundary"] in ("dni", "tbptt"), "model.boundary", args["boundary"],
          "must be 'dni' (the fast core's synthesizer, model.synthesizer) or 'tbptt'")
-    check_flat(args, ("window", "windows_per_step", "hidden_size", "num_layers", "k",
-                      "slow_hidden", "slow_layers", "slow_window", "eval_chunk", "input_size",
-                      "output_size"))
+    check_flat(args, ("k", "slow_hidden", "slow_layers", "slow_window"))  # (and the shared)
     unused, by = HierarchyModule.UNUSED, "HierarchyModule"
     for group, names in (("core", core), ("targets", targets), ("optim", optim)):
         names.unused(unused[group], by)

@@ -29,6 +29,14 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from dnirnn.options import (
+    CoreOptions,
+    OptimOptions,
+    SynthesizerOptions,
+    TargetOptions,
+    as_hparams,
+    check_flat,
+)
 from dnirnn.tasks import Batch, CopyTask, LanguageModelTask, RecallTask
 from dnirnn.window import Window
 
@@ -40,11 +48,35 @@ class NonFiniteLossError(RuntimeError):
 class RecurrentModule(L.LightningModule):
     """What every dnirnn model shares (see the module docstring); not used on its own.
 
-    A subclass sets ``hparams`` with at least ``window``, ``windows_per_step``, ``eval_chunk``
-    (``save_hyperparameters`` in its ``__init__``) and implements the engine hooks:
-    ``zero_state``, ``run_windows``, ``eval_forward``, ``task_loss``, and
-    ``carried_tensors`` / ``carried_from_tensors`` when its state is not a plain ``(h, c)``;
-    and ``train_keys``, the per-update diagnostics it logs.
+    Its ``__init__`` declares the options every model takes, once: a subclass's ``__init__``
+    takes its own and ``**kwargs``, calls ``super().__init__(**kwargs)`` (jsonargparse reads
+    these options through that call: the CLI, the help, the recipes) and then
+    ``save_options(locals())``; it redeclares one whose default differs and passes it on by
+    name. It reads the options from ``hparams`` (the groups, normalised, as
+    ``core_options``, ``synthesizer_options``, ``targets_options``, ``optim_options``) and
+    implements the engine hooks: ``zero_state``, ``run_windows``, ``eval_forward``,
+    ``task_loss``, and ``carried_tensors`` / ``carried_from_tensors`` when its state is not
+    a plain ``(h, c)``; and ``train_keys``, the per-update diagnostics it logs.
+
+    Args:
+        task: "lm" (token streams), "copy" (episodes) or "recall" (token episodes); linked
+            from the data module.
+        input_size: vocabulary size (lm, recall) or observation channels (copy); linked.
+        output_size: vocabulary size (lm, recall) or target channels (copy); linked.
+        hidden_size: LSTM units per layer (``HierarchyModule``: of the fast core).
+        num_layers: stacked LSTM layers (``HierarchyModule``: of the fast core).
+        boundary: the truncation boundary: "dni" (the synthesizer ``synthesizer``), "tbptt"
+            (none), and ``DNIModule``'s "dni_aux" and "oracle" (see ``dnirnn.dni``).
+        window: T, the truncation window in steps (``HierarchyModule``: the fast core's).
+        windows_per_step: K, windows per ``training_step`` for streams (episodes always run
+            all their windows in one step).
+        lr: the cores' learning rate.
+        eval_chunk: steps per validation/test batch; each runs in forward calls whose logits
+            fit ``eval_logits_bytes`` (the result is independent of both).
+        core: the core's construction (``CoreOptions``).
+        synthesizer: the synthesizer M and its fit (``SynthesizerOptions``; ``dni``).
+        targets: what the boundary injects and M regresses (``TargetOptions``).
+        optim: the core's optimizer, schedule and clip (``OptimOptions``).
     """
 
     # train/<key> -> the attribute of the per-update results averaged over the step (logged
@@ -60,8 +92,21 @@ class RecurrentModule(L.LightningModule):
     # ``train_tail``); a module whose steps must be whole says no, and ``check_task`` stops
     trains_on_tail: bool = False
 
-    def __init__(self) -> None:
+    def __init__(self, task: str = "lm", input_size: int = 1, output_size: int = 1,
+                 hidden_size: int = 256, num_layers: int = 1, boundary: str = "dni",
+                 window: int = 8, windows_per_step: int = 8, lr: float = 1e-3,
+                 eval_chunk: int = 256, core: CoreOptions = CoreOptions(),
+                 synthesizer: SynthesizerOptions = SynthesizerOptions(),
+                 targets: TargetOptions = TargetOptions(),
+                 optim: OptimOptions = OptimOptions()) -> None:
         super().__init__()
+        core, synthesizer = CoreOptions.of(core), SynthesizerOptions.of(synthesizer)
+        targets, optim = TargetOptions.of(targets), OptimOptions.of(optim)
+        check_flat(locals(), ("window", "windows_per_step", "hidden_size", "num_layers",
+                              "eval_chunk", "input_size", "output_size"))
+        self.core_options, self.synthesizer_options = core, synthesizer
+        self.targets_options, self.optim_options = targets, optim
+        self.save_hyperparameters(as_hparams(locals()))
         self.automatic_optimization = False
         self.task: LanguageModelTask | CopyTask | RecallTask | None = None
         self.carried: Any = None  # the recurrent state carried between steps
@@ -71,6 +116,14 @@ class RecurrentModule(L.LightningModule):
         self.last_train_error: Tensor | None = None  # read by the curriculum callback
         self.last_finite: Tensor | None = None
         self._grad_hooks: list[Any] | None = None
+
+    def save_options(self, own: dict[str, Any]) -> None:
+        """The hparams (the run's config, the checkpoint's): the options above, then the
+        subclass's own, ``own`` (its ``__init__``'s ``locals()``, taken first thing after
+        ``super().__init__``: the ``kwargs`` passed on are left out)."""
+        own = {k: v for k, v in as_hparams(own).items() if k != "kwargs" and k not in
+               self.hparams}
+        self.save_hyperparameters({**self.hparams, **own})
 
     # ---- engine hooks -------------------------------------------------------------------
 

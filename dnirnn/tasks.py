@@ -174,6 +174,7 @@ class EpisodicTask:
     episodic = True
 
     def __init__(self, batch_size: int, seed: int, val_batches: int) -> None:
+        _at_least_one(batch_size=batch_size, val_batches=val_batches)
         self.batch_size, self.seed, self.val_batches = batch_size, seed, val_batches
         self.device = torch.device("cpu")
         self.rank, self.world = 0, 1
@@ -231,7 +232,21 @@ class CopyTask(EpisodicTask):
     ``grow="delay"`` makes the curriculum raise the delay D instead (from ``delay``, by one a
     solve) at a fixed level ``(start_length, 1)``: ``max_delay_solved`` is the largest D
     solved (-1 until the first solve), the dependency past any fixed horizon that a method
-    carries credit over.
+    carries credit over. Its options are ``CopyDataModule``'s (``data.*``).
+
+    Args:
+        repeat: repeat copy (with the repeat-count channel) or plain copy.
+        num_bits: pattern width.
+        norm_max: the repeat count is presented as R / norm_max.
+        batch_size: episodes per training step.
+        seed: seeds the episode generator (batch p uses a generator seeded by (seed, p)).
+        start_length: the curriculum's first pattern length.
+        val_batches: validation batches at the current level.
+        delay: D silent steps between the input and the answer (0: the NTM task), so the
+            dependencies are longer than the pattern by D (a task past any fixed horizon).
+        grow: what the curriculum raises: "length" (L, and R for repeat copy) or "delay"
+            (D, by one a solve from ``delay``, at the fixed pattern length ``start_length``;
+            ``curriculum/max_delay_solved`` is the largest D solved).
     """
 
     episodic = True
@@ -249,6 +264,9 @@ class CopyTask(EpisodicTask):
         grow: str = "length",
     ) -> None:
         super().__init__(batch_size, seed, val_batches)
+        _at_least_one(num_bits=num_bits, start_length=start_length, norm_max=norm_max)
+        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+            raise ValueError(f"data.delay must be an integer >= 0 (0: no delay), got {delay!r}")
         if grow not in GROWS:
             raise ValueError(f"data.grow must be one of {GROWS} (what the curriculum raises), "
                              f"got {grow!r}")
@@ -310,13 +328,14 @@ class CopyTask(EpisodicTask):
 
 
 class RecallTask(EpisodicTask):
-    """Delayed recall (``dnirnn.data.recall``): a key, a gap of distractors, queries.
+    """Delayed recall (``dnirnn.data.recall``): a key, a gap of distractors, queries. Its
+    options are ``RecallDataModule``'s (``data.*``).
 
     Args:
-        num_symbols: ``S``, the keys (and output classes).
-        length: ``N``, steps per episode.
-        query_steps: ``Q``, scored steps at the end.
-        num_distractors: ``D``, the distractor tokens.
+        num_symbols: ``S``, the keys and output classes (chance: log2(S) bits per query).
+        length: ``N``, steps per episode; the key-to-query gap is ``N - query_steps``.
+        query_steps: ``Q``, scored steps at the end of the episode.
+        num_distractors: ``D``, the distractor tokens between key and queries.
         batch_size: episodes per training step.
         seed: batch ``p`` of a split is drawn from a generator seeded by ``(seed, p, split)``.
         val_batches: validation/test batches (fixed episodes).
@@ -350,6 +369,13 @@ class RecallTask(EpisodicTask):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def _at_least_one(**options: int) -> None:
+    """The data module's integer ``options`` are >= 1 (the message names ``data.NAME``)."""
+    for name, v in options.items():
+        if v < 1:
+            raise ValueError(f"data.{name} must be >= 1, got {v}")
 
 
 def _check_shard(batch_size: int, world: int) -> None:

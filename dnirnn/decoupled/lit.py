@@ -52,13 +52,11 @@ from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.options import (
     ADAM_ONLY,
     SCALE_ONLY,
-    CoreOptions,
     InterfaceOptions,
     OptimOptions,
     SynthesizerOptions,
     TargetOptions,
     agree,
-    as_hparams,
     check_flat,
     need,
 )
@@ -75,30 +73,29 @@ warnings.filterwarnings("ignore", message=r".*configure_optimizers` returned `No
 class DecoupledModule(RecurrentModule):
     """A stacked LSTM cut into layer groups joined by interface synthesizers.
 
-    Flat: ``DNIModule``'s options and the cut's; the others in ``dnirnn.options``' groups.
+    Flat: ``RecurrentModule``'s options (as ``DNIModule``'s) and the cut's; the others in
+    ``dnirnn.options``' groups.
 
     Args:
-        task: "lm" (token streams, PTB) or "recall"; linked from the data module.
-        input_size, output_size: vocabulary sizes; linked from the data module.
-        hidden_size: LSTM units per layer (every layer: the messages have this width).
         num_layers: L, stacked layers.
         groups: G, layer groups (1 <= G <= L; consecutive layers, as equal as can be); with
             more than one process, one group per process (``trainer.devices = G``).
+        message_timeout: seconds a process waits for a message before it stops with an
+            error naming the group it waited for (a dead peer is reported at once).
+        interface: ``I_g`` (``InterfaceOptions``; ``context``: "target", the step's target
+            token one-hot, or "none"; ``hidden`` null: hidden_size), or null: no interface
+            (the groups below the last then get no gradient; an ablation).
+        task: "lm" (token streams, PTB) or "recall"; linked from the data module.
+        hidden_size: LSTM units per layer (every layer: the messages have this width).
         boundary: each group's truncation boundary: "dni" (its own temporal synthesizer
             ``M_g``, ``synthesizer``) or "tbptt".
         window: T, the truncation window (every group's).
         windows_per_step: K windows per training step for streams (one tick each).
         lr: θ_g's Adam learning rate.
-        eval_chunk: steps per validation/test batch.
-        message_timeout: seconds a process waits for a message before it stops with an
-            error naming the group it waited for (a dead peer is reported at once).
         core: ``embed_size``, ``init_range``, ``forget_bias`` (``CoreOptions``; no dropout,
             no tied weights across a cut).
         synthesizer: ``M_g``, each group's temporal synthesizer (``SynthesizerOptions``;
             ``hidden`` null: the group's state size).
-        interface: ``I_g`` (``InterfaceOptions``; ``context``: "target", the step's target
-            token one-hot, or "none"; ``hidden`` null: hidden_size), or null: no interface
-            (the groups below the last then get no gradient; an ablation).
         targets: ``scale``, β of ``M_g`` (``TargetOptions``).
         optim: ``clip``, each group's gradient-norm clip on its own norm (``OptimOptions``).
 
@@ -112,50 +109,37 @@ class DecoupledModule(RecurrentModule):
 
     def __init__(
         self,
-        task: str = "lm",
-        input_size: int = 1,
-        output_size: int = 1,
-        hidden_size: int = 256,
         num_layers: int = 2,
         groups: int = 2,
-        boundary: str = "dni",
-        window: int = 8,
-        windows_per_step: int = 8,
-        lr: float = 1e-3,
-        eval_chunk: int = 256,
         message_timeout: float = 300.0,
-        core: CoreOptions = CoreOptions(),
-        synthesizer: SynthesizerOptions = SynthesizerOptions(),
         interface: InterfaceOptions | None = InterfaceOptions(kind="linear", fit="rls",
                                                               context="target"),
-        targets: TargetOptions = TargetOptions(),
-        optim: OptimOptions = OptimOptions(),
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        core, synthesizer = CoreOptions.of(core), SynthesizerOptions.of(synthesizer)
-        interface, targets = InterfaceOptions.of(interface), TargetOptions.of(targets)
-        optim = OptimOptions.of(optim)
-        _validate(locals(), synthesizer, interface, targets, optim)
-        self.save_hyperparameters(as_hparams(locals()))
-        self.synthesizer_options, self.interface_options, self.optim_options = \
-            synthesizer, interface, optim
-        cfg = CoreConfig(input_size, output_size, hidden_size, num_layers,
-                         embed=task in TOKEN_TASKS, embed_size=core.embed_size,
+        super().__init__(num_layers=num_layers, **kwargs)
+        interface = InterfaceOptions.of(interface)
+        self.save_options(locals())
+        hp, core = self.hparams, self.core_options
+        _validate(hp, self.synthesizer_options, interface, self.targets_options,
+                  self.optim_options)
+        self.interface_options = interface
+        cfg = CoreConfig(hp.input_size, hp.output_size, hp.hidden_size, num_layers,
+                         embed=hp.task in TOKEN_TASKS, embed_size=core.embed_size,
                          dropout=core.dropout, tied=core.tied, init_range=core.init_range)
         check_splittable(cfg)
         group_bounds(num_layers, groups)
         lstm = LSTMCore(cfg)  # (the locked model's initialisation, then cut)
         init_forget_bias(lstm.lstm, core.forget_bias)
-        built, s, i = [], synthesizer, interface
+        built, s, i = [], self.synthesizer_options, interface
         for layers in split_core(lstm, groups):
             synth = face = None
-            if boundary == "dni":
+            if hp.boundary == "dni":
                 synth = build_synthesizer(layers.state_size, s)
             if i is not None and layers.readout is None:
-                face = build_synthesizer(
-                    hidden_size, i, context_size=output_size if i.context == "target" else 0)
-            built.append(Group(layers, TASKS[task], 1.0, synthesizer=synth, interface=face,
-                               sg_scale=targets.scale,
+                face = build_synthesizer(hp.hidden_size, i, context_size=hp.output_size
+                                         if i.context == "target" else 0)
+            built.append(Group(layers, TASKS[hp.task], 1.0, synthesizer=synth, interface=face,
+                               sg_scale=self.targets_options.scale,
                                interface_scale=1.0 if i is None else i.scale,
                                context="none" if i is None else i.context))
         self.groups = nn.ModuleList(built)
@@ -313,8 +297,7 @@ def _validate(args: dict[str, Any], synthesizer: SynthesizerOptions,
          "decoupled layers train on 'lm' (PTB) or 'recall'")
     need(args["boundary"] in ("dni", "tbptt"), "model.boundary", args["boundary"],
          "must be 'dni' or 'tbptt' (each group's truncation boundary)")
-    check_flat(args, ("window", "windows_per_step", "hidden_size", "num_layers", "groups",
-                      "eval_chunk", "input_size", "output_size"))
+    check_flat(args, ("groups",))  # (and the shared)
     need(args["message_timeout"] > 0, "model.message_timeout", args["message_timeout"],
          "must be > 0 (seconds)")
     by = "DecoupledModule"
