@@ -138,6 +138,7 @@ class RunRecord(L.Callback):
         self.ckpt_path, self.ckpt_step = ckpt_path, ckpt_step
         self.periodic, self.scored_at = periodic, scored_at
         self.best: dict[str, Any] | None = None
+        self.validated_at: int | None = None  # the step of the val/* metrics in this process
         self.wandb_id: str | None = None
         self.stopped_by = signal.SIGINT  # the signal that interrupted a fit
 
@@ -165,6 +166,7 @@ class RunRecord(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.validated_at = trainer.global_step
             self._track(trainer)
         elif trainer.state.fn == "validate":
             self._write(trainer, pl_module, "validate")
@@ -229,6 +231,8 @@ class RunRecord(L.Callback):
         if isinstance(per_epoch, int | float) and 0 < per_epoch < math.inf:
             record["epoch"] = round(step / per_epoch, 4)  # epochs trained, fractional
         record["last"] = {"step": step, "metrics": metrics}
+        if fit:  # (train/* is of the last step; val/* of the last validation, maybe earlier)
+            record["last"]["validated_at"] = self.validated_at
         task = getattr(pl_module, "task", None)
         if task is not None and task.episodic and hasattr(task, "max_level_solved"):
             scored = getattr(self.scored_at, "checkpoint_level", None)
@@ -264,11 +268,7 @@ def format_summary(record: dict, trainer: L.Trainer | None = None) -> str:
         lines.append(f"  best {best['metric']} = {best['value']:.4g} at step {best['step']}")
     elif stage.startswith("fit"):
         lines.append("  best: none (no validation ran)")
-    shown = {k: v for k, v in record["metrics"].items()
-             if k.split("/")[0] in ("val", "test") or k == "train/loss"}
-    if shown:
-        lines.append("  last " + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float)
-                                           else f"{k} = {v}" for k, v in sorted(shown.items())))
+    lines += last_lines(record)
     cur, scored = record.get("curriculum"), record.get("scored_at")
     if scored:
         lines.append(f"  scored at length {scored['length']} x repeats {scored['repeats']}: "
@@ -294,6 +294,29 @@ def format_summary(record: dict, trainer: L.Trainer | None = None) -> str:
             lines.append(f"  W&B ran offline (no API key configured); upload with:\n"
                          f"    wandb sync {lg.save_dir}/wandb/offline-run-*")
     return "\n".join(lines)
+
+
+def _values(metrics: dict) -> str:
+    return ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                     for k, v in sorted(metrics.items()))
+
+
+def last_lines(record: dict) -> list[str]:
+    """The last values, each beside the step it is of: the training loss is that of the last
+    step, the validation's of the last validation, which an interrupted fit may have run
+    many steps before. One line when they are of the same step."""
+    shown = {k: v for k, v in record["metrics"].items()
+             if k.split("/")[0] in ("val", "test") or k == "train/loss"}
+    if not shown:
+        return []
+    step = record["global_step"]
+    val_step = (record.get("last") or {}).get("validated_at", step)
+    held = {k: v for k, v in shown.items() if k.startswith("val/")}
+    if val_step in (step, None) or not held:
+        return [f"  last, at step {step}: {_values(shown)}"]
+    trained = {k: v for k, v in shown.items() if k not in held}
+    lines = [f"  last, at step {step}: {_values(trained)}"] if trained else []
+    return lines + [f"  last validation, at step {val_step}: {_values(held)}"]
 
 
 def resume_line(record: dict, ckpts: dict) -> str:
