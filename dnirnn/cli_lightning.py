@@ -143,13 +143,17 @@ class DNICLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def _resume(self, root: Path) -> dict[str, Any]:
-        """A fit from a checkpoint of ``root/version_N`` continues that folder and W&B run."""
+        """A fit from a checkpoint of ``root/version_N`` continues that folder and W&B run; a
+        validate / test of one writes its record inside that run folder, as
+        ``version_N/<stage>_<checkpoint>`` (``test_best``), not a new ``version_M``."""
         path = self._cfg().get("ckpt_path")
-        if self.subcommand != "fit" or self._ckpt is None:
+        if self._ckpt is None:
             return {}
         version = run_folder_of(path, root)
         if version is None:
             return {}
+        if self.subcommand != "fit":
+            return {"version": f"version_{version}/{self.subcommand}_{Path(path).stem}"}
         states = self._ckpt.get("callbacks") or {}
         record = next((v for k, v in states.items() if "RunRecord" in str(k)), {})
         return {"version": version, "resume_step": int(self._ckpt.get("global_step", 0)),

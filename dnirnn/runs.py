@@ -2,6 +2,7 @@
 
     runs/<recipe>/version_N/   metrics.csv, hparams.yaml, config.yaml, summary.json,
                                checkpoints/best.ckpt, last.ckpt (+ the last N periodic ones)
+        version_N/test_best/   a test (validate) of its best.ckpt: the same files, its score
 
 - ``monitor_for``: the task's headline metric, which picks ``best.ckpt``: the largest level
   solved (copy, repeat copy), validation bits per character (PTB char), perplexity (PTB
@@ -100,10 +101,11 @@ def wandb_has_key() -> bool:
 
 
 def make_loggers(root: Path, project: str = "dnirnn", use_wandb: bool = True,
-                 version: int | None = None, resume_step: int | None = None,
+                 version: int | str | None = None, resume_step: int | None = None,
                  wandb_id: str | None = None) -> list:
     """A local CSV record (first: it names the run folder) and W&B (offline without a key).
-    ``version`` / ``resume_step`` / ``wandb_id`` continue an existing run (see cli docstring)."""
+    ``version`` / ``resume_step`` / ``wandb_id`` continue an existing run (see cli docstring);
+    a str ``version`` is a folder under ``root`` (a validate / test inside the run it scores)."""
     csv = ResumableCSVLogger(str(root), version=version, resume_step=resume_step)
     if not use_wandb:
         return [csv]
@@ -111,7 +113,8 @@ def make_loggers(root: Path, project: str = "dnirnn", use_wandb: bool = True,
     if not online:
         os.environ.setdefault("WANDB_MODE", "offline")
     resume = {"id": wandb_id, "resume": "allow"} if wandb_id else {}
-    wandb = WandbLogger(project=project, save_dir=str(root), name=root.name, offline=not online,
+    name = f"{root.name}/{version}" if isinstance(version, str) else root.name  # (a test's)
+    wandb = WandbLogger(project=project, save_dir=str(root), name=name, offline=not online,
                         **resume)
     return [csv, wandb]
 
@@ -355,7 +358,7 @@ class ResumableCSVLogger(CSVLogger):
     ``resume_step``, continues an existing run folder: the rows of its ``metrics.csv`` logged
     before the checkpoint (``step < resume_step``) are kept, later ones dropped."""
 
-    def __init__(self, save_dir: str, version: int | None = None,
+    def __init__(self, save_dir: str, version: int | str | None = None,
                  resume_step: int | None = None) -> None:
         super().__init__(save_dir=save_dir, name="", version=version)
         self._kept: list[dict[str, str]] = []
