@@ -82,12 +82,13 @@ folders ``<runs>/<cell>/``: ``version_0/`` (the run), ``fit.log``, ``cell.json``
 ``done.json`` or ``failed.json`` (``dnirnn.sweep.runner``). A metric given as a bare key
 takes the run's best value for the task metrics of ``dnirnn plot`` (max level solved, min
 validation BPC / perplexity / bits) and the last value otherwise; ``wall_s`` is the cell's
-wall time. Numbers are read from the cells' files when the report is written
-(``dnirnn.sweep.report``), so ``--report`` after editing ``metrics:`` needs no rerun; a cell
-without a folder is read from its row of the report's committed ``cells.csv``. A report
-never replaces finished cells it does not have (their folders here failed, or are partial or
-stale): ``--report`` then refuses (exit 2, nothing written; ``--out`` writes it beside), and
-a sweep that ran first keeps the old files as ``*.before-sweep.md`` / ``.csv``.
+wall time (a table of a grid without ``metrics:`` shows it). Numbers are read from the
+cells' files when the report is written (``dnirnn.sweep.report``), so ``--report`` after
+editing ``metrics:`` needs no rerun; a cell without a folder is read from its row of the
+report's committed ``cells.csv``. A report never replaces finished cells it does not have
+(their folders here failed, or are partial or stale): ``--report`` then refuses (exit 2,
+nothing written; ``--out`` writes it beside), and a sweep that ran first keeps the old files
+as ``*.before-sweep.md`` / ``.csv``.
 """
 
 from __future__ import annotations
