@@ -12,6 +12,7 @@ is written (``dnirnn.preflight``), and builds the trainer: its loggers (a fit re
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from dnirnn.cli_parser import model_options_help
 from dnirnn.curriculum import ScoreAtSolvedLevel
 from dnirnn.interrupt import PeriodicCheckpoint, parse_every
 from dnirnn.lit import DNIModule
+from dnirnn.no_effect import ignored
 from dnirnn.preflight import CKPT_ALIASES, check_precision, check_resume, preflight
 from dnirnn.runs import (
     LEVEL,
@@ -90,6 +92,11 @@ class ConfigToLoggers(SaveConfigCallback):
 
 class DNICLI(LightningCLI):
     _ckpt: dict[str, Any] | None = None  # the --ckpt_path checkpoint, read once
+    _args: list[str] = []  # the command's arguments (what was laid over the recipe)
+
+    def parse_arguments(self, parser, args) -> None:
+        self._args = list(args or [])
+        super().parse_arguments(parser, args)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -187,6 +194,10 @@ class DNICLI(LightningCLI):
         check_writable(root)
         if stage == "fit":  # W&B looks for a git root in its folder: it must exist
             root.mkdir(parents=True, exist_ok=True)
+        note = ignored(self._args, dict(self.model.hparams)) if isinstance(
+            self.model, DNIModule) else None
+        if note and self.trainer.is_global_zero:  # (after the checks: never before an error)
+            print(f"dnirnn: warning: {note}", file=sys.stderr, flush=True)
 
     def before_fit(self) -> None:
         self._preflight("fit")

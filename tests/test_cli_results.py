@@ -30,7 +30,7 @@ from dnirnn.tasks import CopyTask
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
-TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--data.init_args.batch_size=4",
+TINY = ["--model.hidden_size=8", "--data.init_args.batch_size=4",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         "--wandb=false", "--trainer.log_every_n_steps=1"]
 

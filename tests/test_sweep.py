@@ -197,6 +197,9 @@ def test_a_failed_cells_reason_is_the_error_not_a_later_warning():
     assert failure_reason(["Traceback (most recent call last):", '  File "x.py", line 1',
                            "torch.OutOfMemoryError: CUDA out of memory.", warning]) == \
         "torch.OutOfMemoryError: CUDA out of memory."
+    assert failure_reason(["dnirnn: warning: options with no effect on this run: ...",
+                           "Traceback (most recent call last):", "ValueError: x"]) == \
+        "ValueError: x"  # (dnirnn's warning of item 8 is no reason)
     assert failure_reason(["Killed", "UserWarning: something"]) == "Killed"
     assert failure_reason([]) == ""
 
