@@ -28,7 +28,14 @@ from dnirnn.curriculum import ScoreAtSolvedLevel
 from dnirnn.interrupt import PeriodicCheckpoint, parse_every
 from dnirnn.lit import DNIModule
 from dnirnn.no_effect import ignored
-from dnirnn.preflight import CKPT_ALIASES, check_precision, check_resume, preflight
+from dnirnn.preflight import (
+    CKPT_ALIASES,
+    check_devices,
+    check_precision,
+    check_resume,
+    preflight,
+)
+from dnirnn.quiet import SETUP
 from dnirnn.runs import (
     LEVEL,
     RunRecord,
@@ -127,6 +134,7 @@ class DNICLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         cfg, root = self._cfg(), self._root()
+        check_devices(cfg.get("trainer", {}))
         RUN_ROOTS.append(root)
         if cfg.get("trainer", {}).get("logger") in (None, True):
             kwargs["logger"] = make_loggers(root, cfg.get("wandb_project", "dnirnn"),
@@ -184,7 +192,7 @@ class DNICLI(LightningCLI):
                 f"{stage} needs --ckpt_path: without it dnirnn would score an untrained model. "
                 f"Pass a checkpoint of a run (runs/<recipe>/version_N/checkpoints/best.ckpt or "
                 f"last.ckpt), or --allow_untrained=true to score a fresh model on purpose.")
-        check_precision(self.trainer)
+        check_precision(self.trainer, cfg.get("trainer", {}).get("precision"))
         preflight(self.model, self.datamodule, self.trainer, stage, cfg.get("ckpt_path"),
                   self._ckpt)
         root = self._root()
@@ -194,6 +202,7 @@ class DNICLI(LightningCLI):
         check_writable(root)
         if stage == "fit":  # W&B looks for a git root in its folder: it must exist
             root.mkdir(parents=True, exist_ok=True)
+        SETUP.release()  # (the checks passed: Lightning's lines held so far print now)
         note = ignored(self._args, dict(self.model.hparams)) if isinstance(
             self.model, DNIModule) else None
         if note and self.trainer.is_global_zero:  # (after the checks: never before an error)
