@@ -5,8 +5,9 @@ them (``runs/copy_dni``: every ``version_*``). The command draws, one panel each
 the runs logged of: training loss, the validation metric (``val/bpc``, ``val/ppl``,
 ``val/bits_per_step``), the curriculum level, and the synthetic-gradient cosines
 (``diag/*cos*`` against the true future gradient, ``train/sg_cos`` against the bootstrapped
-target). It prints a table of each run's best value of its task's metric, and one line per
-group of runs that differ only by seed, with mean ± standard deviation (min..max) over them.
+target; ``train/*`` and ``diag/*`` smoothed, over their values as logged: ``figure``). It
+prints a table of each run's best value of its task's metric, and one line per group of runs
+that differ only by seed, with mean ± standard deviation (min..max) over them.
 No Lightning import: it reads the files only.
 """
 
@@ -196,11 +197,27 @@ def along(run: Run, key: str) -> Callable[[float], float] | None:
     return at
 
 
+SMOOTH = 5  # train/* and diag/* lines: the mean of the last SMOOTH logged values
+
+
 def plot(runs: list[Run], out: Path, x: str | None = None) -> Path:
-    """Draws the panels of ``runs`` into ``out`` (PNG); one colour per group of seeds.
-    ``x``: a series to put on the horizontal axis instead of the training step (e.g.
-    ``time/train_s``, logged by ``dnirnn.wallclock.WallClock``); runs without it are left
-    out."""
+    """Draws the panels of ``runs`` into ``out`` (PNG); see ``figure``."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(runs, x)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def figure(runs: list[Run], x: str | None = None):
+    """The panels of ``runs`` as a matplotlib figure. One colour per group of seeds.
+    ``train/*`` and ``diag/*`` are noisy: their lines are the mean of the last ``SMOOTH``
+    logged values, drawn over the logged values themselves (faint), and the panel's axis
+    says so. ``x``: a series to put on the horizontal axis instead of the training step
+    (e.g. ``time/train_s``, logged by ``dnirnn.wallclock.WallClock``); runs without it are
+    left out."""
     if x is not None:
         maps = {r.path: along(r, x) for r in runs}
         runs = [r for r in runs if maps[r.path] is not None]
@@ -220,8 +237,10 @@ def plot(runs: list[Run], out: Path, x: str | None = None) -> Path:
         for r in members:
             colour[r.path] = (f"C{i % 10}", name)
     for ax, (title, keys) in zip(axes.flat, todo):
+        smoothed = False
         for r in runs:
-            c, group = colour[r.path]
+            c, _ = colour[r.path]
+            name = r.name
             for j, key in enumerate(keys):
                 pts = r.series.get(key)
                 if not pts:
@@ -229,13 +248,17 @@ def plot(runs: list[Run], out: Path, x: str | None = None) -> Path:
                 steps, values = zip(*pts)
                 if x is not None:
                     steps = [maps[r.path](st) for st in steps]
-                if key.startswith("train/") or key.startswith("diag/"):
-                    values = _smooth(list(values), 5)
                 style = ["-", "--", ":", "-."][j % 4]
-                label = r.name if len(keys) == 1 else f"{r.name} {key.split('/')[-1]}"
-                ax.plot(steps, values, style, color=c, lw=1.2, alpha=0.85, label=label)
+                if key.startswith(("train/", "diag/")):
+                    ax.plot(steps, values, style, color=c, lw=0.6, alpha=0.25)  # as logged
+                    values, smoothed = _smooth(list(values), SMOOTH), True
+                label = name if len(keys) == 1 else f"{name} {key.split('/')[-1]}"
+                ax.plot(steps, values, style, color=c, lw=1.2, alpha=0.9, label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training step" if x is None else x)
+        if smoothed:
+            ax.set_ylabel(f"mean of the last {SMOOTH} logged values\n(faint: as logged)",
+                          fontsize=8)
         ax.grid(alpha=0.3)
         if "cos" in title:
             ax.axhline(0.0, color="grey", lw=0.8)
@@ -245,10 +268,7 @@ def plot(runs: list[Run], out: Path, x: str | None = None) -> Path:
     fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))),
                fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04 + 0.02 * math.ceil(len(labels) / 4), 1, 1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def main(args: list[str] | None = None) -> None:
