@@ -1,6 +1,6 @@
 """Issue 32 items 12-14: plots that say what they draw. Smoothed lines say so and sit over the
 values as logged; seeds are told apart by shades of their group's colour, and groups are
-named by what differs."""
+named by what differs; a sweep's default figures put the methods side by side."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import colorsys
 import csv
 from pathlib import Path
 
+import pytest
+
 from dnirnn import compare
+from dnirnn.sweep import plots as sweep_plots
+from dnirnn.sweep.grid import load_grid
+from dnirnn.sweep.report import write_report
+
+from .test_sweep import fake_cell, grid_file
 
 LOSSES = [3.0, 1.0, 2.5, 1.5, 0.5, 2.0, 1.0]
 
@@ -67,3 +74,29 @@ def test_seeds_are_shades_of_their_groups_colour_and_groups_say_what_differs(tmp
     cells = [fake_run(tmp_path / f"g/dni_s{s}/version_0", s, 8) for s in (0, 1)]
     cells.append(fake_run(tmp_path / "g/tbptt_s0/version_0", 0, 2))
     assert set(compare.groups(cells)) == {"dni", "tbptt"}
+
+
+@pytest.mark.parametrize("axes,tables,by", [
+    ("{mode: [tbptt, dni]}", "", []),
+    ("{task: [copy, repeat_copy], mode: [tbptt, dni]}", "", ["task"]),
+    ("{variant: [tbptt, dni], T: [2, 4]}", "tables: [{columns: variant}]", ["T"]),
+])
+def test_the_default_sweep_plots_put_the_methods_in_one_figure(tmp_path, monkeypatch, axes,
+                                                               tables, by):
+    """Item 14: without `plots:`, one figure per label of the axes other than the methods'
+    (the first table's columns, else the last axis), each with every method and seed in
+    it, named by the method."""
+    monkeypatch.chdir(tmp_path)
+    g = load_grid(grid_file(tmp_path, f"runs: runs\nout: results/r.md\nrecipe: copy_dni\n"
+                                      f"axes: {axes}\nseeds: [0, 1]\n{tables}\n"))
+    assert sweep_plots.default_plots(g) == [{"by": by, "kind": "compare"}]
+    for c in g.cells:
+        fake_cell(c, [{"step": s, "train/loss": 1.0 / (s + 1)} for s in range(3)])
+    drawn = []
+    monkeypatch.setattr(compare, "plot", lambda runs, path, x=None, names=None: drawn.append(
+        sorted(set(names.values()))) or path)
+    write_report(g)
+    methods = sorted({c.labels[a] for c in g.cells for a in c.labels
+                      if a not in ("seed", *by)})
+    assert drawn and all(names == methods for names in drawn)
+    assert len(drawn) == len({tuple(c.labels[a] for a in by) for c in g.cells})

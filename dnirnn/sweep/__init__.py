@@ -66,7 +66,9 @@ The grid format (every key optional unless said)::
         reference: {name: paper, values: {copy: {2: [7, 16, 17]}}}   # by row labels; a
         wins: [[dni, tbptt]]                #   list in column order. "dni beats tbptt at":
                                             #   by the means, and where every seed is apart
-    plots:                                  # default: one `dnirnn plot` per first-axis label
+    plots:                                  # default: the methods (the first table's one
+                                            #   `columns` axis, else the last axis) in
+                                            #   one `dnirnn plot` per label of the others
       - by: [task, T]                       # one PNG per (task, T): every cell in it
       - {by: [task, T], kind: boundary, exclude: {mode: [tbptt]}}   # cos per boundary k
       - {by: [task], x: time/train_s}       # the panels against a logged series (WallClock)
