@@ -49,6 +49,7 @@ from dnirnn.data.ptb import DataError
 from dnirnn.decoupled.parallel import as_peer_lost, release_workers, remember_command
 from dnirnn.malloc import keep_freed_memory
 from dnirnn.preflight import NothingToTrain
+from dnirnn.quiet import SETUP, install_filters
 from dnirnn.recipe import RecipeNotFound, configs_first, nulls_in_groups, resolve_config_args
 from dnirnn.recurrent import NonFiniteLossError, RecurrentModule
 from dnirnn.runs import COMPLETED
@@ -130,6 +131,7 @@ def main(args: list[str] | None = None) -> None:
     # (the seed is in the run's config.yaml; Lightning's "Seed set to N" would come before
     # any one-line error)
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    install_filters()  # (Lightning's tips, and warnings that reach every run: dnirnn.quiet)
     if wants_short_help(args):
         from dnirnn.cli_help import print_help
 
@@ -161,6 +163,7 @@ def run(args: list[str]) -> None:
     # LightningCLI warns when given args while sys.argv has some: main() passes them on
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     remember_command(args)  # (the workers of a layer-parallel fit run these arguments)
+    SETUP.hold()  # Lightning's lines print once the checks have passed (DNICLI._preflight)
     try:
         DNICLI(
             RecurrentModule,
@@ -202,6 +205,7 @@ def run(args: list[str]) -> None:
               file=sys.stderr)
         raise SystemExit(130) from None
     finally:
+        SETUP.drop()  # (what an error left held never prints)
         if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # Lightning's, on Ctrl-C
             signal.signal(signal.SIGINT, signal.default_int_handler)
         _finish_wandb()

@@ -12,6 +12,7 @@ is written (``dnirnn.preflight``), and builds the trainer: its loggers (a fit re
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,15 @@ from dnirnn.cli_parser import model_options_help
 from dnirnn.curriculum import ScoreAtSolvedLevel
 from dnirnn.interrupt import PeriodicCheckpoint, parse_every
 from dnirnn.lit import DNIModule
-from dnirnn.preflight import CKPT_ALIASES, check_precision, check_resume, preflight
+from dnirnn.no_effect import ignored
+from dnirnn.preflight import (
+    CKPT_ALIASES,
+    check_devices,
+    check_precision,
+    check_resume,
+    preflight,
+)
+from dnirnn.quiet import SETUP
 from dnirnn.runs import (
     RunRecord,
     StepLabels,
@@ -91,6 +100,11 @@ class ConfigToLoggers(SaveConfigCallback):
 
 class DNICLI(LightningCLI):
     _ckpt: dict[str, Any] | None = None  # the --ckpt_path checkpoint, read once
+    _args: list[str] = []  # the command's arguments (what was laid over the recipe)
+
+    def parse_arguments(self, parser, args) -> None:
+        self._args = list(args or [])
+        super().parse_arguments(parser, args)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -121,6 +135,7 @@ class DNICLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         cfg, root = self._cfg(), self._root()
+        check_devices(cfg.get("trainer", {}))
         RUN_ROOTS.append(root)
         if cfg.get("trainer", {}).get("logger") in (None, True):
             kwargs["logger"] = make_loggers(root, cfg.get("wandb_project", "dnirnn"),
@@ -144,13 +159,17 @@ class DNICLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def _resume(self, root: Path) -> dict[str, Any]:
-        """A fit from a checkpoint of ``root/version_N`` continues that folder and W&B run."""
+        """A fit from a checkpoint of ``root/version_N`` continues that folder and W&B run; a
+        validate / test of one writes its record inside that run folder, as
+        ``version_N/<stage>_<checkpoint>`` (``test_best``), not a new ``version_M``."""
         path = self._cfg().get("ckpt_path")
-        if self.subcommand != "fit" or self._ckpt is None:
+        if self._ckpt is None:
             return {}
         version = run_folder_of(path, root)
         if version is None:
             return {}
+        if self.subcommand != "fit":
+            return {"version": f"version_{version}/{self.subcommand}_{Path(path).stem}"}
         states = self._ckpt.get("callbacks") or {}
         record = next((v for k, v in states.items() if "RunRecord" in str(k)), {})
         return {"version": version, "resume_step": int(self._ckpt.get("global_step", 0)),
@@ -174,7 +193,7 @@ class DNICLI(LightningCLI):
                 f"{stage} needs --ckpt_path: without it dnirnn would score an untrained model. "
                 f"Pass a checkpoint of a run (runs/<recipe>/version_N/checkpoints/best.ckpt or "
                 f"last.ckpt), or --allow_untrained=true to score a fresh model on purpose.")
-        check_precision(self.trainer)
+        check_precision(self.trainer, cfg.get("trainer", {}).get("precision"))
         preflight(self.model, self.datamodule, self.trainer, stage, cfg.get("ckpt_path"),
                   self._ckpt)
         root = self._root()
@@ -184,6 +203,11 @@ class DNICLI(LightningCLI):
         check_writable(root)
         if stage == "fit":  # W&B looks for a git root in its folder: it must exist
             root.mkdir(parents=True, exist_ok=True)
+        SETUP.release()  # (the checks passed: Lightning's lines held so far print now)
+        note = ignored(self._args, dict(self.model.hparams)) if isinstance(
+            self.model, DNIModule) else None
+        if note and self.trainer.is_global_zero:  # (after the checks: never before an error)
+            print(f"dnirnn: warning: {note}", file=sys.stderr, flush=True)
 
     def before_fit(self) -> None:
         self._preflight("fit")

@@ -5,8 +5,9 @@ them (``runs/copy_dni``: every ``version_*``). The command draws, one panel each
 the runs logged of: training loss, the validation metric (``val/bpc``, ``val/ppl``,
 ``val/bits_per_step``), the curriculum level, and the synthetic-gradient cosines
 (``diag/*cos*`` against the true future gradient, ``train/sg_cos`` against the bootstrapped
-target). It prints a table of each run's best value of its task's metric, and one line per
-group of runs that differ only by seed, with mean ± standard deviation (min..max) over them.
+target; ``train/*`` and ``diag/*`` smoothed, over their values as logged: ``figure``). It
+prints a table of each run's best value of its task's metric, and one line per group of runs
+that differ only by seed, with mean ± standard deviation (min..max) over them.
 No Lightning import: it reads the files only.
 """
 
@@ -108,16 +109,58 @@ def load_run(path: Path) -> Run:
     return Run(path, dict(series), config, summary)
 
 
-def groups(runs: list[Run]) -> dict[str, list[Run]]:
-    """Runs grouped by config up to the seed; named by their recipe folder."""
+def groups(runs: list[Run], names: dict[Path, str] | None = None) -> dict[str, list[Run]]:
+    """Runs grouped by config up to the seed (or by ``names``: run folder -> its group's
+    name, a sweep's labels), each group named by what sets it apart: ``names``, else its
+    folders' name without the seed (``copy_dni``; a sweep's ``tbptt_s0``, ``tbptt_s1``:
+    ``tbptt``) where that tells the groups apart, else the options that differ
+    (``window=2``)."""
     by_key: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
-        by_key[r.group_key()].append(r)
+        by_key[names[r.path] if names and r.path in names else r.group_key()].append(r)
+    members = list(by_key.values())
+    flats = [{k: v for k, v in _flatten(m[0].config).items() if k not in SEED_KEYS}
+             for m in members]
+    keys = sorted({k for f in flats for k in f}, key=lambda k: (k.count("."), k))
+    differ = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+    folders = [_folder_name(m) for m in members]
     named: dict[str, list[Run]] = {}
-    for members in by_key.values():
-        name = members[0].path.parent.name
-        named[name if name not in named else f"{name} ({len(named) + 1})"] = members
+    for flat, folder, group in zip(flats, folders, members):
+        if names and group[0].path in names:
+            name = names[group[0].path]
+        elif len(set(folders)) == len(folders):
+            name = folder
+        else:
+            name = ", ".join(f"{_short(k)}={_value(flat.get(k))}" for k in differ[:3]) \
+                + (", ..." if len(differ) > 3 else "") or folder
+        named[name if name not in named else f"{name} ({len(named) + 1})"] = group
     return named
+
+
+def _short(key: str) -> str:
+    """``model.init_args.synthesizer.kind`` -> ``synthesizer.kind``."""
+    parts = [p for p in key.split(".") if p != "init_args"]
+    return ".".join(parts[1:] if parts[0] == "model" and len(parts) > 1 else parts)
+
+
+def _value(v: object) -> str:
+    text = "null" if v is None else str(v)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def _folder_name(members: list[Run]) -> str:
+    """The folders' common name without a seed's suffix (a sweep's ``tbptt_s0``,
+    ``tbptt_s1`` -> ``tbptt``; runs of ``copy_dni/version_N`` -> ``copy_dni``)."""
+    names = [m.path.parent.name.removesuffix(f"_s{seed_of(m)}") for m in members]
+    common = names[0]
+    for n in names[1:]:
+        while not n.startswith(common):
+            common = common[:-1]
+    return common.rstrip("_") or names[0]
+
+
+def seed_of(run: Run) -> object:
+    return run.config.get("seed_everything")
 
 
 def _fmt(v: float) -> str:
@@ -198,11 +241,48 @@ def along(run: Run, key: str) -> Callable[[float], float] | None:
     return at
 
 
-def plot(runs: list[Run], out: Path, x: str | None = None) -> Path:
-    """Draws the panels of ``runs`` into ``out`` (PNG); one colour per group of seeds.
-    ``x``: a series to put on the horizontal axis instead of the training step (e.g.
-    ``time/train_s``, logged by ``dnirnn.wallclock.WallClock``); runs without it are left
-    out."""
+SMOOTH = 5  # train/* and diag/* lines: the mean of the last SMOOTH logged values
+
+
+def plot(runs: list[Run], out: Path, x: str | None = None,
+         names: dict[Path, str] | None = None) -> Path:
+    """Draws the panels of ``runs`` into ``out`` (PNG); see ``figure``."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(runs, x, names)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def shades(runs: list[Run], names: dict[Path, str] | None = None
+           ) -> dict[Path, tuple[tuple[float, float, float], str]]:
+    """Each run's colour and legend label: a hue per group (``groups``), and within a group
+    one shade of it per seed, from the full hue to a light one (``<group> s<seed>``)."""
+    from matplotlib.colors import to_rgb
+
+    out = {}
+    for i, (name, members) in enumerate(groups(runs, names).items()):
+        hue = to_rgb(f"C{i % 10}")
+        members = sorted(members, key=lambda r: str(seed_of(r)))
+        for j, r in enumerate(members):
+            light = 0.6 * j / (len(members) - 1) if len(members) > 1 else 0.0
+            colour = tuple(c + (1 - c) * light for c in hue)
+            seed = seed_of(r)
+            label = name if len(members) == 1 else (
+                f"{name} s{seed}" if seed is not None else f"{name} ({r.path.parent.name})")
+            out[r.path] = (colour, label)
+    return out
+
+
+def figure(runs: list[Run], x: str | None = None, names: dict[Path, str] | None = None):
+    """The panels of ``runs`` as a matplotlib figure. A colour per group of seeds, a shade
+    per seed (``shades``; ``names``: see ``groups``). ``train/*`` and ``diag/*`` are noisy:
+    their lines are the mean of the last ``SMOOTH`` logged values, drawn over the logged
+    values themselves (faint), and the panel's axis says so. ``x``: a series to put on the
+    horizontal axis instead of the training step (e.g. ``time/train_s``, logged by
+    ``dnirnn.wallclock.WallClock``); runs without it are left out."""
     if x is not None:
         maps = {r.path: along(r, x) for r in runs}
         runs = [r for r in runs if maps[r.path] is not None]
@@ -217,13 +297,11 @@ def plot(runs: list[Run], out: Path, x: str | None = None) -> Path:
     cols = min(2, len(todo))
     rows = math.ceil(len(todo) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 3.6 * rows), squeeze=False)
-    colour = {}
-    for i, (name, members) in enumerate(groups(runs).items()):
-        for r in members:
-            colour[r.path] = (f"C{i % 10}", name)
+    colour = shades(runs, names)
     for ax, (title, keys) in zip(axes.flat, todo):
+        smoothed = False
         for r in runs:
-            c, group = colour[r.path]
+            c, name = colour[r.path]
             for j, key in enumerate(keys):
                 pts = r.series.get(key)
                 if not pts:
@@ -231,13 +309,17 @@ def plot(runs: list[Run], out: Path, x: str | None = None) -> Path:
                 steps, values = zip(*pts)
                 if x is not None:
                     steps = [maps[r.path](st) for st in steps]
-                if key.startswith("train/") or key.startswith("diag/"):
-                    values = _smooth(list(values), 5)
                 style = ["-", "--", ":", "-."][j % 4]
-                label = r.name if len(keys) == 1 else f"{r.name} {key.split('/')[-1]}"
-                ax.plot(steps, values, style, color=c, lw=1.2, alpha=0.85, label=label)
+                if key.startswith(("train/", "diag/")):
+                    ax.plot(steps, values, style, color=c, lw=0.6, alpha=0.25)  # as logged
+                    values, smoothed = _smooth(list(values), SMOOTH), True
+                label = name if len(keys) == 1 else f"{name} {key.split('/')[-1]}"
+                ax.plot(steps, values, style, color=c, lw=1.2, alpha=0.9, label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training step" if x is None else x)
+        if smoothed:
+            ax.set_ylabel(f"mean of the last {SMOOTH} logged values\n(faint: as logged)",
+                          fontsize=8)
         ax.grid(alpha=0.3)
         if "cos" in title:
             ax.axhline(0.0, color="grey", lw=0.8)
@@ -247,10 +329,7 @@ def plot(runs: list[Run], out: Path, x: str | None = None) -> Path:
     fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))),
                fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04 + 0.02 * math.ceil(len(labels) / 4), 1, 1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def main(args: list[str] | None = None) -> None:

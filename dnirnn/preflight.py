@@ -18,13 +18,25 @@ from dnirnn.recurrent import RecurrentModule
 CKPT_ALIASES = ("last", "best", "hpc", "registry")
 
 
-def check_precision(trainer: L.Trainer) -> None:
-    """Raises ``ValueError`` for a mixed / half precision on the CPU."""
+def check_devices(trainer: Any) -> None:
+    """Raises ``ValueError`` for ``trainer.devices`` of no device (0, "0", an empty list):
+    Lightning's own message would be "`Trainer(devices='0')` value is not a valid input"."""
+    devices = trainer.get("devices") if hasattr(trainer, "get") else None
+    if devices in (0, "0", "", []) or (isinstance(devices, int) and devices < -1):
+        raise ValueError(
+            f"trainer.devices={devices}: a run needs at least one device. Use "
+            f"--trainer.devices=1 (the recipes' setting), N > 1 for N processes (DDP), or "
+            f"auto (-1) for every device of the accelerator.")
+
+
+def check_precision(trainer: L.Trainer, given: Any = None) -> None:
+    """Raises ``ValueError`` for a mixed / half precision on the CPU (named as ``given``, as
+    the user wrote it: Lightning turns 16-mixed into bf16-mixed on the CPU)."""
     precision = str(trainer.precision)
     if isinstance(trainer.accelerator, CPUAccelerator) and precision not in (
             "32-true", "64-true", "32", "64"):
         raise ValueError(
-            f"trainer.precision={precision}: on the CPU dnirnn trains in float32 "
+            f"trainer.precision={given or precision}: on the CPU dnirnn trains in float32 "
             f"(32-true, the default) or float64 (64-true); mixed and half precision need a "
             f"GPU. Drop --trainer.precision, or run on a GPU.")
 

@@ -2,6 +2,7 @@
 
     runs/<recipe>/version_N/   metrics.csv, hparams.yaml, config.yaml, summary.json,
                                checkpoints/best.ckpt, last.ckpt (+ the last N periodic ones)
+        version_N/test_best/   a test (validate) of its best.ckpt: the same files, its score
 
 - ``monitor_for``: the task's headline metric, which picks ``best.ckpt``: the largest level
   solved (copy, repeat copy), validation bits per character (PTB char), perplexity (PTB
@@ -101,10 +102,11 @@ def wandb_has_key() -> bool:
 
 
 def make_loggers(root: Path, project: str = "dnirnn", use_wandb: bool = True,
-                 version: int | None = None, resume_step: int | None = None,
+                 version: int | str | None = None, resume_step: int | None = None,
                  wandb_id: str | None = None) -> list:
     """A local CSV record (first: it names the run folder) and W&B (offline without a key).
-    ``version`` / ``resume_step`` / ``wandb_id`` continue an existing run (see cli docstring)."""
+    ``version`` / ``resume_step`` / ``wandb_id`` continue an existing run (see cli docstring);
+    a str ``version`` is a folder under ``root`` (a validate / test inside the run it scores)."""
     csv = ResumableCSVLogger(str(root), version=version, resume_step=resume_step)
     if not use_wandb:
         return [csv]
@@ -112,7 +114,8 @@ def make_loggers(root: Path, project: str = "dnirnn", use_wandb: bool = True,
     if not online:
         os.environ.setdefault("WANDB_MODE", "offline")
     resume = {"id": wandb_id, "resume": "allow"} if wandb_id else {}
-    wandb = WandbLogger(project=project, save_dir=str(root), name=root.name, offline=not online,
+    name = f"{root.name}/{version}" if isinstance(version, str) else root.name  # (a test's)
+    wandb = WandbLogger(project=project, save_dir=str(root), name=name, offline=not online,
                         **resume)
     return [csv, wandb]
 
@@ -149,6 +152,7 @@ class RunRecord(L.Callback):
         self.ckpt_path, self.ckpt_step = ckpt_path, ckpt_step
         self.periodic, self.scored_at = periodic, scored_at
         self.best: dict[str, Any] | None = None
+        self.validated_at: int | None = None  # the step of the val/* metrics in this process
         self.wandb_id: str | None = None
         self.stopped_by = signal.SIGINT  # the signal that interrupted a fit
 
@@ -176,6 +180,7 @@ class RunRecord(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.validated_at = trainer.global_step
             self._track(trainer)
         elif trainer.state.fn == "validate":
             self._write(trainer, pl_module, "validate")
@@ -240,6 +245,8 @@ class RunRecord(L.Callback):
         if isinstance(per_epoch, int | float) and 0 < per_epoch < math.inf:
             record["epoch"] = round(step / per_epoch, 4)  # epochs trained, fractional
         record["last"] = {"step": step, "metrics": metrics}
+        if fit:  # (train/* is of the last step; val/* of the last validation, maybe earlier)
+            record["last"]["validated_at"] = self.validated_at
         task = getattr(pl_module, "task", None)
         if task is not None and task.episodic and hasattr(task, "max_level_solved"):
             scored = getattr(self.scored_at, "checkpoint_level", None)
@@ -275,11 +282,7 @@ def format_summary(record: dict, trainer: L.Trainer | None = None) -> str:
         lines.append(f"  best {best['metric']} = {best['value']:.4g} at step {best['step']}")
     elif stage.startswith("fit"):
         lines.append("  best: none (no validation ran)")
-    shown = {k: v for k, v in record["metrics"].items()
-             if k.split("/")[0] in ("val", "test") or k == "train/loss"}
-    if shown:
-        lines.append("  last " + ", ".join(f"{k} = {v:.4g}" if isinstance(v, float)
-                                           else f"{k} = {v}" for k, v in sorted(shown.items())))
+    lines += last_lines(record)
     cur, scored = record.get("curriculum"), record.get("scored_at")
     if scored:
         at = f", delay {scored['delay']}" if "delay" in scored else ""
@@ -308,6 +311,29 @@ def format_summary(record: dict, trainer: L.Trainer | None = None) -> str:
             lines.append(f"  W&B ran offline (no API key configured); upload with:\n"
                          f"    wandb sync {lg.save_dir}/wandb/offline-run-*")
     return "\n".join(lines)
+
+
+def _values(metrics: dict) -> str:
+    return ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                     for k, v in sorted(metrics.items()))
+
+
+def last_lines(record: dict) -> list[str]:
+    """The last values, each beside the step it is of: the training loss is that of the last
+    step, the validation's of the last validation, which an interrupted fit may have run
+    many steps before. One line when they are of the same step."""
+    shown = {k: v for k, v in record["metrics"].items()
+             if k.split("/")[0] in ("val", "test") or k == "train/loss"}
+    if not shown:
+        return []
+    step = record["global_step"]
+    val_step = (record.get("last") or {}).get("validated_at", step)
+    held = {k: v for k, v in shown.items() if k.startswith("val/")}
+    if val_step in (step, None) or not held:
+        return [f"  last, at step {step}: {_values(shown)}"]
+    trained = {k: v for k, v in shown.items() if k not in held}
+    lines = [f"  last, at step {step}: {_values(trained)}"] if trained else []
+    return lines + [f"  last validation, at step {val_step}: {_values(held)}"]
 
 
 def resume_line(record: dict, ckpts: dict) -> str:
@@ -346,7 +372,7 @@ class ResumableCSVLogger(CSVLogger):
     ``resume_step``, continues an existing run folder: the rows of its ``metrics.csv`` logged
     before the checkpoint (``step < resume_step``) are kept, later ones dropped."""
 
-    def __init__(self, save_dir: str, version: int | None = None,
+    def __init__(self, save_dir: str, version: int | str | None = None,
                  resume_step: int | None = None) -> None:
         super().__init__(save_dir=save_dir, name="", version=version)
         self._kept: list[dict[str, str]] = []

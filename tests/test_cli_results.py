@@ -30,7 +30,7 @@ from dnirnn.tasks import CopyTask
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
-TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--data.init_args.batch_size=4",
+TINY = ["--model.hidden_size=8", "--data.init_args.batch_size=4",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         "--wandb=false", "--trainer.log_every_n_steps=1"]
 
@@ -125,6 +125,22 @@ def test_test_summary_names_the_checkpoint_and_its_step(tmp_path):
     fit(tmp_path / "t", f"--ckpt_path={last}", stage="test")
     s = json.loads((tmp_path / "t/version_0/summary.json").read_text())
     assert s["stage"] == "test" and s["global_step"] == 4 and s["checkpoint"] == str(last)
+
+
+@pytest.mark.parametrize("stage", ["test", "validate"])
+def test_scoring_a_run_writes_inside_that_run_folder(tmp_path, stage):
+    """Issue 32 item 4: test / validate of a checkpoint of runs/X/version_0 keep their record
+    in version_0/<stage>_<checkpoint>, not in a new version_1 (which plot would then draw as
+    a run of its own); the fit's own files are left as they were."""
+    fit(tmp_path / "r", "--trainer.max_steps=4", "--data.init_args.steps_per_epoch=4")
+    run = tmp_path / "r/version_0"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    fit(tmp_path / "r", f"--ckpt_path={run / 'checkpoints/best.ckpt'}", stage=stage)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["version_0"]
+    s = json.loads((run / f"{stage}_best/summary.json").read_text())
+    assert s["stage"] == stage and s["run_dir"] == str(run / f"{stage}_best")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert compare.find_runs([str(tmp_path / "r")]) == [run]  # (plot: the fit alone)
 
 
 def test_test_scores_a_copy_checkpoint_at_its_solved_level(tmp_path, capsys, monkeypatch):

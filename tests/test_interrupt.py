@@ -161,6 +161,23 @@ def test_signal_checkpoints_the_step_it_interrupts(tmp_path, capsys, monkeypatch
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
+def test_interrupted_summary_labels_each_last_value_with_its_step(tmp_path, capsys,
+                                                                 monkeypatch):
+    """Issue 32 item 3: stopped at step 7, the training loss is step 7's, the validation's
+    step 5's (the epoch end): each is printed beside its own step, and summary.json says
+    when the validation ran."""
+    signal_at(monkeypatch, 6, signal.SIGINT)
+    version = fit(tmp_path / "r", "--trainer.max_steps=1000", "--checkpoint_every=1000",
+                  code=130)
+    assert summary(version)["last"]["validated_at"] == PER_EPOCH
+    lines = capsys.readouterr().out.splitlines()
+    (trained,) = [x for x in lines if x.startswith("  last, at step")]
+    (held,) = [x for x in lines if x.startswith("  last validation")]
+    assert trained.startswith("  last, at step 7: train/loss = ") and "val/" not in trained
+    assert held.startswith(f"  last validation, at step {PER_EPOCH}: val/")
+    assert "train/" not in held
+
+
 def test_ctrl_c_to_a_real_process(tmp_path):
     """As from a terminal: SIGINT to a `python -m dnirnn fit` process in the middle of an
     epoch. It exits 130, and its summary names last.ckpt at the step it stopped at."""

@@ -197,6 +197,9 @@ def test_a_failed_cells_reason_is_the_error_not_a_later_warning():
     assert failure_reason(["Traceback (most recent call last):", '  File "x.py", line 1',
                            "torch.OutOfMemoryError: CUDA out of memory.", warning]) == \
         "torch.OutOfMemoryError: CUDA out of memory."
+    assert failure_reason(["dnirnn: warning: options with no effect on this run: ...",
+                           "Traceback (most recent call last):", "ValueError: x"]) == \
+        "ValueError: x"  # (dnirnn's warning of item 8 is no reason)
     assert failure_reason(["Killed", "UserWarning: something"]) == "Killed"
     assert failure_reason([]) == ""
 
@@ -403,6 +406,38 @@ def test_metrics_tables_wins_reference_and_plots_from_fake_runs(tmp_path):
                                 "rewritten)", "MY ANALYSIS"))
     write_report(g)
     assert "MY ANALYSIS" in out.read_text() and not (out.parent / "r.before-sweep.md").exists()
+
+
+def markdown_tables(text: str) -> list[list[str]]:
+    """The Markdown tables of ``text``, each as its lines."""
+    tables, run = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            run.append(line)
+        elif run:
+            tables, run = [*tables, run], []
+    return tables
+
+
+def cell_count(line: str) -> int:
+    return len(re.split(r"(?<!\\)\|", line.strip())) - 2  # (an escaped \| is inside a cell)
+
+
+def test_a_grid_without_metrics_gives_well_formed_tables(tmp_path):
+    """Issue 32 item 16: a grid without `metrics:` gives tables whose header, delimiter and
+    rows have the same number of cells, and no empty column: its table shows the wall time."""
+    g = load_grid(grid_file(tmp_path, "runs: runs\nout: results/r.md\nrecipe: copy_{mode}\n"
+                                      "axes: {mode: [tbptt, dni]}\n"
+                                      "tables: [{}, {columns: mode}]\n"))
+    for c in g.cells:
+        fake_cell(c, [{"step": 0, "train/loss": 1.0}], seconds=12.0)
+    tables = markdown_tables(write_report(g)[0].read_text())
+    assert len(tables) == 3  # the two tables, the cells
+    for t in tables:
+        assert {cell_count(x) for x in t} == {cell_count(t[0])}, t
+        assert "|  |" not in t[0], t
+    assert tables[0][:3] == ["| mode | wall s | n |", "|---|---|---|", "| tbptt | 12 | 1 |"]
+    assert tables[1][:3] == ["| cells | tbptt | dni |", "|---|---|---|", "| all | 12 | 12 |"]
 
 
 def test_a_report_without_notes_block_is_backed_up_and_missing_cells_listed(tmp_path):

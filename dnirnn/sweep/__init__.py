@@ -66,7 +66,9 @@ The grid format (every key optional unless said)::
         reference: {name: paper, values: {copy: {2: [7, 16, 17]}}}   # by row labels; a
         wins: [[dni, tbptt]]                #   list in column order. "dni beats tbptt at":
                                             #   by the means, and where every seed is apart
-    plots:                                  # default: one `dnirnn plot` per first-axis label
+    plots:                                  # default: the methods (the first table's one
+                                            #   `columns` axis, else the last axis) in
+                                            #   one `dnirnn plot` per label of the others
       - by: [task, T]                       # one PNG per (task, T): every cell in it
       - {by: [task, T], kind: boundary, exclude: {mode: [tbptt]}}   # cos per boundary k
       - {by: [task], x: time/train_s}       # the panels against a logged series (WallClock)
@@ -82,12 +84,13 @@ folders ``<runs>/<cell>/``: ``version_0/`` (the run), ``fit.log``, ``cell.json``
 ``done.json`` or ``failed.json`` (``dnirnn.sweep.runner``). A metric given as a bare key
 takes the run's best value for the task metrics of ``dnirnn plot`` (max level solved, min
 validation BPC / perplexity / bits) and the last value otherwise; ``wall_s`` is the cell's
-wall time. Numbers are read from the cells' files when the report is written
-(``dnirnn.sweep.report``), so ``--report`` after editing ``metrics:`` needs no rerun; a cell
-without a folder is read from its row of the report's committed ``cells.csv``. A report
-never replaces finished cells it does not have (their folders here failed, or are partial or
-stale): ``--report`` then refuses (exit 2, nothing written; ``--out`` writes it beside), and
-a sweep that ran first keeps the old files as ``*.before-sweep.md`` / ``.csv``.
+wall time (a table of a grid without ``metrics:`` shows it). Numbers are read from the
+cells' files when the report is written (``dnirnn.sweep.report``), so ``--report`` after
+editing ``metrics:`` needs no rerun; a cell without a folder is read from its row of the
+report's committed ``cells.csv``. A report never replaces finished cells it does not have
+(their folders here failed, or are partial or stale): ``--report`` then refuses (exit 2,
+nothing written; ``--out`` writes it beside), and a sweep that ran first keeps the old files
+as ``*.before-sweep.md`` / ``.csv``.
 """
 
 from __future__ import annotations

@@ -146,3 +146,15 @@ def name_part(axis: str, label: str) -> str:
 def row_name(axes: list[str], labels: tuple[str, ...]) -> str:
     """A row's or plot's name from its labels (``copy T2``; "all" for none)."""
     return " ".join(name_part(a, x) if x != "–" else x for a, x in zip(axes, labels)) or "all"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines: the header, its delimiter row (one cell per header cell) and
+    the rows, each checked to have as many cells as the header. ``|`` in a cell is escaped."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    for r in rows:
+        if len(r) != len(header):
+            raise ValueError(f"a table row has {len(r)} cells, its header {len(header)}: {r}")
+    return [line(header), "|" + "---|" * len(header), *map(line, rows)]

@@ -17,8 +17,23 @@ if TYPE_CHECKING:
     from dnirnn.sweep.cells import CellData
 
 
+def method_axis(grid: Grid) -> str | None:
+    """The axis whose labels are the methods compared: the first table's one ``columns``
+    axis, else the grid's last axis (``mode``, ``variant``)."""
+    axes = [a for a in grid.axes if a != "seed"]
+    cols = next((t["columns"][0] for t in grid.tables if len(t.get("columns") or []) == 1),
+                None)
+    return cols if cols in axes else (axes[-1] if axes else None)
+
+
+def default_plots(grid: Grid) -> list[dict]:
+    """One figure per label of the other axes, with every method in it."""
+    method = method_axis(grid)
+    return [{"by": [a for a in grid.axes if a not in ("seed", method)], "kind": "compare"}]
+
+
 def plots(grid: Grid, data: list[CellData], folder: Path) -> list[Path]:
-    specs = grid.plots or [{"by": [a for a in grid.axes if a != "seed"][:1], "kind": "compare"}]
+    specs = grid.plots or default_plots(grid)
     written = []
     for spec in specs:
         by, kind = spec["by"], spec.get("kind", "compare")
@@ -38,11 +53,19 @@ def plots(grid: Grid, data: list[CellData], folder: Path) -> list[Path]:
             elif kind == "boundary":
                 path = _boundary_plot(members, path, row_name(by, labels))
             else:
-                path = compare.plot([compare.load_run(d.run) for d in members
-                                     if (d.run / "metrics.csv").is_file()], path, x=x)
+                runs = [d for d in members if (d.run / "metrics.csv").is_file()]
+                names = {d.run: row_name(*_others(d, by)) for d in runs}  # (what differs)
+                path = compare.plot([compare.load_run(d.run) for d in runs], path, x=x,
+                                    names=names)
             if path:
                 written.append(path)
     return written
+
+
+def _others(d: CellData, by: list[str]) -> tuple[list[str], tuple[str, ...]]:
+    """The cell's axes and labels that vary within a figure grouped ``by`` (not the seed)."""
+    axes = [a for a in d.cell.labels if a not in by and a != "seed"]
+    return axes, tuple(d.cell.labels[a] for a in axes)
 
 
 def _boundary_plot(members: list[CellData], path: Path, title: str) -> Path | None:

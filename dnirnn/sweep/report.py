@@ -33,7 +33,7 @@ from typing import Any
 
 from dnirnn.sweep.cells import CellData, better, cell_data
 from dnirnn.sweep.grid import grid_dir
-from dnirnn.sweep.parts import Grid, Metric, row_name, shown
+from dnirnn.sweep.parts import Grid, Metric, markdown_table, row_name, shown
 from dnirnn.sweep.plots import plots
 from dnirnn.sweep.report_spec import selected
 from dnirnn.sweep.runner import read_json
@@ -106,19 +106,16 @@ def table(grid: Grid, spec: dict, data: list[CellData]) -> list[str]:
         groups[key(d, rows) + key(d, cols)].append(d)
     head = ", ".join(rows) or "cells"
     if not cols:  # one column per metric
-        out += [f"| {head} | " + " | ".join(m.name for m in metrics) + " | n |",
-                "|---" * (len(metrics) + 2) + "|"]
-        for r in row_keys:
-            g = groups[r]
-            cells = [entry(_values(g, [m]), m.format, mode) for m in metrics]
-            out.append(f"| {row_name(rows, r)} | " + " | ".join(cells) + f" | {len(g)} |")
-        return out + [""]
+        body = [[row_name(rows, r), *(entry(_values(groups[r], [m]), m.format, mode)
+                                      for m in metrics), str(len(groups[r]))]
+                for r in row_keys]
+        return out + markdown_table([head, *(m.name for m in metrics), "n"], body) + [""]
     col_keys = order((key(d, cols) for d in mine), cols)
     ref = spec.get("reference") or {}
     ref_name, ref_values = ref.get("name", "reference"), ref.get("values") or {}
     head_cols = [row_name(cols, c) for c in col_keys]
     head_cols += [f"{ref_name}: {c}" for c in head_cols] if ref_values else []
-    out += [f"| {head} | " + " | ".join(head_cols) + " |", "|---" * (len(head_cols) + 1) + "|"]
+    body = []
     for r in row_keys:
         cells = []
         for c in col_keys:
@@ -127,7 +124,8 @@ def table(grid: Grid, spec: dict, data: list[CellData]) -> list[str]:
             cells.append(entry(_values(g, [m]), m.format, mode) if m else "–")
         if ref_values:
             cells += [_reference(ref_values, r, c[0], col_keys) for c in col_keys]
-        out.append(f"| {row_name(rows, r)} | " + " | ".join(cells) + " |")
+        body.append([row_name(rows, r), *cells])
+    out += markdown_table([head, *head_cols], body)
     out.append("")
     for a, b in spec.get("wins") or []:
         out += _wins(str(a), str(b), rows, row_keys, groups, metrics)
@@ -249,22 +247,21 @@ def _named(grid: Grid) -> str:
 
 def cells_table(grid: Grid, data: list[CellData]) -> list[str]:
     metrics = [grid.metrics[n] for n in grid.metrics]
-    out = ["## Cells: state, numbers, wall time, command", "",
-           "| cell | state | " + " | ".join(m.name for m in metrics) + " | wall s | command |",
-           "|---" * (len(metrics) + 4) + "|"]
+    out = ["## Cells: state, numbers, wall time, command", ""]
+    body = []
     for d in data:
         st = d.state
         if st == "failed" and d.failed:
             st = f"failed ({d.failed.get('stage')}, exit {d.failed.get('returncode')}): " \
-                 f"{d.failed.get('reason', '')}".replace("|", "\\|")
+                 f"{d.failed.get('reason', '')}"
         cmd = (d.done or {}).get("command") or shown(d.cell.fit_args(), d.cell.threads)
         test = (d.done or {}).get("test_command")
         cmd = f"`{cmd}`" + (f" then `{test}`" if test else "")
-        nums = [fmt(d.value(m), m.format) for m in metrics]
         wall = _wall(d)
-        out.append(f"| {d.cell.name} | {st} | " + " | ".join(nums)
-                   + f" | {'' if wall is None else f'{wall:.0f}'} | {cmd} |")
-    return out + [""]
+        body.append([d.cell.name, st, *(fmt(d.value(m), m.format) for m in metrics),
+                     "" if wall is None else f"{wall:.0f}", cmd])
+    header = ["cell", "state", *(m.name for m in metrics), "wall s", "command"]
+    return out + markdown_table(header, body) + [""]
 
 
 def write_report(grid: Grid) -> tuple[Path, list[Path]]:

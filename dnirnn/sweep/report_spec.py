@@ -93,7 +93,8 @@ def _axes_list(v: Any, where: str, axes: list[str]) -> list[str]:
 def _table(t: Any, i: int, metrics: dict[str, Metric], axes: list[str]) -> dict:
     where = f"table {i + 1}"
     t = dict(checked_keys(t, TABLE_KEYS, where))
-    t["metrics"] = [str(m) for m in as_list(t.get("metrics"))] or list(metrics)
+    # (no metric named: every one of the grid's; a grid without metrics: the wall time)
+    t["metrics"] = [str(m) for m in as_list(t.get("metrics"))] or list(metrics) or ["wall_s"]
     bad = [m for m in t["metrics"] if m not in metrics and m != "wall_s"]
     if bad:
         raise GridError(f"{where}: no metric {', '.join(bad)}; metrics: "

@@ -105,10 +105,10 @@ _TRACEBACK_END = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b[^ ]*:")
 
 def failure_reason(tail: list[str]) -> str:
     """The line of a failed run's log that says why: dnirnn's own error paragraph
-    (``dnirnn: error: ...``), else a traceback's last line, else the last line that is not
-    a warning (Lightning's warnings often come after the error)."""
+    (``dnirnn: error: ...``; not its warnings), else a traceback's last line, else the last
+    line that is not a warning (Lightning's warnings often come after the error)."""
     lines = [ln.strip() for ln in tail if ln.strip()]
-    for pick in (lambda ln: ln.startswith("dnirnn: "),
+    for pick in (lambda ln: ln.startswith("dnirnn: ") and not ln.startswith("dnirnn: warning"),
                  lambda ln: _TRACEBACK_END.match(ln) is not None,
                  lambda ln: "warn" not in ln.lower()):
         found = next((ln for ln in reversed(lines) if pick(ln)), None)

@@ -33,7 +33,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dnirnn.sweep.parts import Grid, GridError
+from dnirnn.sweep.parts import Grid, GridError, markdown_table
 
 if TYPE_CHECKING:
     from dnirnn.sweep.cells import CellData
@@ -230,23 +230,22 @@ def speed(grid: Grid, spec: dict, data: list[CellData], folder: Path) -> list[st
     lines = []
     if spec["goals"]:
         lines += ["## Goals", "", *(goals(res, spec) or ["- (not enough cells yet)"]), ""]
-    lines += ["## Tokens per second (training steps only)", "",
-              f"| {spec['axis']} | what | tokens/s |", "|---|---|---|"]
-    for label in cells:
-        lines.append(f"| {label} | {about.get(label, '')} | "
-                     f"{show(res['tokens_s'][label], '.0f')} |")
-    lines += ["", f"## {name} at equal tokens", "",
-              "| steps (tokens) | " + " | ".join(cells) + " |", "|---|" + "---|" * len(cells)]
-    for step, row in res["equal_tokens"].items():
-        lines.append(f"| {step + 1} ({(step + 1) * tps / 1e6:.2f} M) | "
-                     + " | ".join(show(row[m]) for m in cells) + " |")
+    lines += ["## Tokens per second (training steps only)", ""]
+    lines += markdown_table([spec["axis"], "what", "tokens/s"],
+                            [[label, about.get(label, ""), show(res["tokens_s"][label], ".0f")]
+                             for label in cells])
+    lines += ["", f"## {name} at equal tokens", ""]
+    lines += markdown_table(["steps (tokens)", *cells],
+                            [[f"{step + 1} ({(step + 1) * tps / 1e6:.2f} M)",
+                              *(show(row[m]) for m in cells)]
+                             for step, row in res["equal_tokens"].items()])
     lines += ["", f"## {name} at equal wall time", "",
               "Each cell's validation curve against its training seconds, linear between "
               f"validations, read at the end of the fastest {spec['axis']}'s run and halfway "
-              "to it.", "",
-              "| training s | " + " | ".join(cells) + " |", "|---|" + "---|" * len(cells)]
-    for t, row in res["equal_time"].items():
-        lines.append(f"| {t:.0f} | " + " | ".join(show(row[m]) for m in cells) + " |")
+              "to it.", ""]
+    lines += markdown_table(["training s", *cells],
+                            [[f"{t:.0f}", *(show(row[m]) for m in cells)]
+                             for t, row in res["equal_time"].items()])
     figure = folder / "curves.png"
     plot(cells, figure, spec)
     lines += ["", "## Learning curves", "", f"![{spec['name']} against wall time and tokens]"
