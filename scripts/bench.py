@@ -26,6 +26,9 @@ random token stream of ``vocab`` symbols, Adam lr 1e-3, core gradient clip 1.0):
                      targets.chain="block", horizons 4..7, 7 graphs kept, 1.5 VJPs per window)
   dni_rls_lambda     (same as dni_rls, with λ-return targets, λ = 1, and the guard 2: the copy
                      recipes' synthesizer on a stream; one more forward + backward per step)
+  tbptt_deep4        (same as tbptt, with model.depth=4: TBPTT(T, 4T), the backward of each
+                     window's loss through the last 4 windows' kept graphs)
+  hybrid4            (same as dni_rls_h4, with model.depth=4: the hybrid)
   naive_lightning  Lightning's documented TBPTT pattern: automatic optimisation, one window
                    per ``training_step`` (one DataLoader batch), hidden state kept on the
                    module and detached
@@ -93,7 +96,7 @@ PRESETS = {
 VARIANTS = (
     "floor", "bare", "engine_tbptt", "engine_dni", "engine_dni_aux",
     "tbptt", "dni", "dni_aux", "dni_linear", "dni_rls", "dni_rls_h4", "dni_rls_h4_block",
-    "dni_rls_lambda", "naive_lightning",
+    "dni_rls_lambda", "tbptt_deep4", "hybrid4", "naive_lightning",
 )
 RATIOS = {  # name: (numerator, denominator)
     "dni_over_tbptt": ("dni", "tbptt"),
@@ -103,6 +106,8 @@ RATIOS = {  # name: (numerator, denominator)
     "dni_rls_h4_over_tbptt": ("dni_rls_h4", "tbptt"),
     "dni_rls_h4_block_over_tbptt": ("dni_rls_h4_block", "tbptt"),
     "dni_rls_lambda_over_tbptt": ("dni_rls_lambda", "tbptt"),
+    "tbptt_deep4_over_tbptt": ("tbptt_deep4", "tbptt"),
+    "hybrid4_over_tbptt": ("hybrid4", "tbptt"),
     "tbptt_over_bare": ("tbptt", "bare"),
     "bare_over_floor": ("bare", "floor"),
     "engine_dni_over_engine_tbptt": ("engine_dni", "engine_tbptt"),
@@ -446,6 +451,12 @@ def runner(name: str) -> Callable[[BenchConfig, int, torch.device], float]:
                                                  fit="rls", synth={"guard": 2.0},
                                                  targets={"lam": 1.0, "horizon": 4,
                                                           "chain": "block"})
+    if name == "tbptt_deep4":
+        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "tbptt", depth=4)
+    if name == "hybrid4":
+        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
+                                                 fit="rls", synth={"guard": 2.0},
+                                                 targets={"lam": 1.0, "horizon": 4}, depth=4)
     if name == "dni_rls_lambda":
         return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
                                                  fit="rls", synth={"guard": 2.0},
