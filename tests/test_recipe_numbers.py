@@ -1,8 +1,9 @@
 """A refactor keeps the numbers: the fast recipes' first 30 training steps equal those recorded
 at f1aba47 (tests/data/recipe_numbers.json, written by scripts/recipe_numbers.py, which
 checks every recipe; these are the ones quick enough for the suite). Each method's engine
-path is covered: the shipped DNI (kept windows, least squares, guard), DNI + Aux, TBPTT and
-the two-timescale hierarchy."""
+path is covered: the shipped copy recipes (the hybrid: kept windows, the deeper backward,
+least squares, guard), DNI + Aux, TBPTT and the two-timescale hierarchy. copy_dni and
+repeat_copy_dni were re-recorded when those recipes became the hybrid (``model.depth: 4``)."""
 
 from __future__ import annotations
 
