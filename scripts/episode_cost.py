@@ -50,11 +50,13 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# (depth 1: the one-window DNI update; the copy recipes run the hybrid, depth 4)
 LS = {"synthesizer.kind": "linear", "synthesizer.fit": "rls", "synthesizer.positions": 32,
-      "synthesizer.rls_forget": 0.8, "synthesizer.rls_ridge": 0.1, "synthesizer.guard": 2.0}
-PAPER = {"synthesizer.kind": "mlp", "synthesizer.fit": "adam", "synthesizer.positions": 1,
-         "synthesizer.context": "none", "targets.lam": None, "targets.horizon": None,
-         "synthesizer.guard": None}
+      "synthesizer.rls_forget": 0.8, "synthesizer.rls_ridge": 0.1, "synthesizer.guard": 2.0,
+      "depth": 1}
+PAPER = {"depth": 1, "synthesizer.kind": "mlp", "synthesizer.fit": "adam",
+         "synthesizer.positions": 1, "synthesizer.context": "none", "targets.lam": None,
+         "targets.horizon": None, "synthesizer.guard": None}
 ONE = {"targets.lam": None, "targets.horizon": None}  # the window's own target
 # name: (recipe, model overrides, dotted as on the command line; "2T" is twice the window)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -69,13 +71,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "dni_h4": ("copy_dni", {**LS, "targets.lam": 1.0, "targets.horizon": 4}),
     "dni_span": ("copy_dni", {**LS, "targets.lam": 1.0, "targets.horizon": None}),
     "oracle": ("copy_tbptt", {"boundary": "oracle", "targets.oracle_windows": 1000}),
-    "recipe": ("copy_dni", {}),  # the shipped copy_dni recipe as it stands
+    "recipe": ("copy_dni", {}),  # the shipped copy_dni recipe as it stands (the hybrid)
     "tbptt_deep4": ("copy_tbptt", {"depth": 4}),  # TBPTT(T, 4T)
     "hybrid4": ("copy_dni", {"depth": 4}),  # the recipe's synthesizer + TBPTT(T, 4T)
     "tbptt_deep2": ("copy_tbptt", {"depth": 2}),  # TBPTT(T, 2T)
     "hybrid2": ("copy_dni", {"depth": 2, "targets.horizon": 2}),
     # the recipe with its targets made by one chain per block of H windows (horizons H..2H-1)
-    "recipe_block": ("copy_dni", {"targets.chain": "block"}),
+    "dni_h4_block": ("copy_dni", {**LS, "targets.lam": 1.0, "targets.horizon": 4,
+                                  "targets.chain": "block"}),
 }
 STYLE = {  # variant: (marker, label) for the plot
     "tbptt": ("o", "TBPTT at T"), "tbptt_2T": ("o", "TBPTT at 2T"),
@@ -85,7 +88,7 @@ STYLE = {  # variant: (marker, label) for the plot
     "dni_span": ("D", "DNI, span (full BPTT for the synthesizer)"),
     "tbptt_deep4": ("s", "TBPTT(T, 4T)"), "hybrid4": ("P", "hybrid, depth 4"),
     "tbptt_deep2": ("s", "TBPTT(T, 2T)"), "hybrid2": ("P", "hybrid, depth 2"),
-    "recipe_block": ("^", "DNI H=4, block chain"),
+    "dni_h4_block": ("^", "DNI H=4, block chain"),
 }
 
 
@@ -102,8 +105,10 @@ def model_args(recipe: str, overrides: dict, window: int) -> dict:
 
 
 def shown(args: dict) -> dict:
-    """The options a row records, dotted: window, boundary, the synthesizer and targets."""
+    """The options a row records, dotted: window, boundary, depth, the synthesizer and
+    targets."""
     out = {k: args[k] for k in ("window", "boundary") if k in args}
+    out["depth"] = args.get("depth", 1)
     for group in ("synthesizer", "targets"):
         out.update({f"{group}.{k}": v for k, v in args.get(group, {}).items()})
     return dict(sorted(out.items()))

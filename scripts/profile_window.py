@@ -20,8 +20,8 @@ Times are CPU time of the process (``time.process_time``: one thread, so another
 the machine disturbs it far less than wall time), medians over the steps after ``--warmup``.
 Every variant's ratio to TBPTT at T is measured in the same run::
 
-    OMP_NUM_THREADS=1 python scripts/profile_window.py --variants tbptt recipe tbptt_deep4 \\
-        hybrid4 dni_paper --length 40 --batch 256 --window 2 --steps 12
+    OMP_NUM_THREADS=1 python scripts/profile_window.py --variants tbptt dni_h4 dni_h4_block \\
+        tbptt_deep4 recipe dni_paper full_bptt --length 40 --batch 256 --window 2 --steps 10
 """
 
 from __future__ import annotations
@@ -160,7 +160,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", nargs="+",
-                   default=["tbptt", "recipe", "tbptt_deep4", "hybrid4", "dni_paper"])
+                   default=["tbptt", "dni_h4", "dni_h4_block", "tbptt_deep4", "recipe",
+                            "dni_paper", "full_bptt"])
     p.add_argument("--length", type=int, default=40)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--window", type=int, default=2)

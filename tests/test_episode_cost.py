@@ -23,15 +23,16 @@ def cost():
 
 
 @pytest.mark.parametrize("variant", ["tbptt_2T", "dni_h2", "dni_paper", "dni_h1",
-                                     "recipe_block"])
+                                     "dni_h4_block"])
 def test_a_variant_is_built_from_its_recipe_and_measured(cost, variant):
     row = cost.measure_one(variant, length=3, batch=4, window=2, steps=3, warmup=1)
     assert row["windows_per_episode"] == (2 if variant == "tbptt_2T" else 4)  # 2L + 2 = 8 steps
     assert row["peak_rss_mb"] >= row["base_rss_mb"] > 0
     assert row["ms_per_step"] > 0 and row["cpu_ms_per_step"] > 0
+    assert row["model"]["depth"] == 1 or variant == "tbptt_2T"  # (the one-window update)
     if variant == "dni_h2":
         assert row["model"]["targets.horizon"] == 2 and row["model"]["synthesizer.fit"] == "rls"
-    elif variant == "recipe_block":
+    elif variant == "dni_h4_block":
         assert row["model"]["targets.chain"] == "block" and row["model"]["targets.horizon"] == 4
     elif variant == "tbptt_2T":
         assert row["model"]["window"] == 4 and row["model"]["boundary"] == "tbptt"

@@ -25,8 +25,10 @@ def prof():
 @pytest.mark.parametrize("variant, runs, idle", [
     ("tbptt", {"forward+backward", "optimizer"},
      {"predict", "targets chain", "deeper backward", "observe"}),
-    ("recipe", {"forward+backward", "predict", "targets chain", "observe", "solve"},
+    ("dni_h4", {"forward+backward", "predict", "targets chain", "observe", "solve"},
      {"deeper backward"}),
+    ("recipe", {"forward+backward", "predict", "targets chain", "deeper backward", "observe",
+                "solve"}, set()),
     ("tbptt_deep4", {"forward+backward", "deeper backward"},
      {"predict", "targets chain", "observe"}),
 ])
