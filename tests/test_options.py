@@ -131,7 +131,7 @@ def test_null_reaches_a_nested_group_and_keeps_the_rest(tmp_path):
         "fit", "--model.targets={horizon: null}", "--model.window=3",
         "--model.synthesizer={guard: null}"]
     root = tmp_path / "run"
-    main(["fit", "--config", "copy_dni", "--model.targets.horizon=null",
+    main(["fit", "--config", "copy_dni", "--model.targets.horizon=null", "--model.depth=1",
           "--model.synthesizer.guard", "null", "--trainer.max_steps=1", "--wandb=false",
           "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={root}"])
     model = yaml.safe_load((root / "version_0/config.yaml").read_text())["model"]

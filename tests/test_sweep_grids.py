@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER = {"synthesizer.kind": "mlp", "synthesizer.fit": "adam", "synthesizer.hidden": 256,
          "synthesizer.layers": 1, "synthesizer.positions": 1, "synthesizer.context": "none",
          "synthesizer.lr": 1e-4, "synthesizer.clip": 10.0, "targets.scale": 1.0,
-         "targets.lam": None, "targets.horizon": None, "synthesizer.guard": None}
+         "targets.lam": None, "targets.horizon": None, "synthesizer.guard": None, "depth": 1}
 RLS = {"synthesizer.kind": "linear", "synthesizer.fit": "rls", "synthesizer.rls_forget": 0.8,
        "synthesizer.rls_ridge": 0.1}
 P32, LAM = {"synthesizer.positions": 32}, {"targets.lam": 1.0}
@@ -144,25 +144,35 @@ def test_paper_overlay_is_the_paper_synthesizer():
         assert PAPER[k] == v, k
 
 
-def test_copy_recipes_default_to_the_measured_bounded_memory_synthesizer():
-    """The copy recipes are the `dni_h4` cells of grids/horizon.yaml: what
-    results/horizon.md measured is what a user runs."""
-    g = load_grid("horizon")
+def test_copy_recipes_default_to_the_measured_bounded_memory_method():
+    """The copy recipes are the `hybrid` cells of grids/depth.yaml (what results/depth.md
+    measured is what a user runs), whose synthesizer is the `dni_h4` cells' of
+    grids/horizon.yaml; those ran the one-window update, pinned there (depth 1)."""
+    horizon, depth = load_grid("horizon"), load_grid("depth")
     for task in ("copy", "repeat_copy"):
         recipe = dotted(yaml.safe_load((recipe_dir() / f"{task}_dni.yaml").read_text())["model"])
-        cells = [c for c in g.cells if c.labels["task"] == task
+        assert recipe["depth"] == 4
+        hybrid = [c for c in depth.cells if c.labels["task"] == task
+                  and c.labels["variant"] == "hybrid"]
+        assert len(hybrid) == 5  # T = 2 x seeds 0-4
+        cells = [c for c in horizon.cells if c.labels["task"] == task
                  and c.labels["variant"] == "dni_h4"]
         assert len(cells) == 6  # T = 2, 3 x seeds 0-2
+        for c in hybrid:
+            opts = model_options(c)
+            assert {k: v for k, v in opts.items() if k != "window"} == \
+                {k: v for k, v in recipe.items() if k != "window"}, c.name
         for c in cells:
             opts = model_options(c)
+            assert opts["depth"] == 1, c.name
             for k, v in recipe.items():
-                if k != "window":
+                if k not in ("window", "depth"):
                     assert opts.get(k) == v, (c.name, k)
         assert recipe["targets.horizon"] == 4 and recipe["targets.lam"] == 1.0
 
 
 def test_moonshot_grid_times_the_recipe_against_full_bptt():
-    """grids/horizon_moonshot.yaml: the repeat-copy recipe as shipped against full BPTT, both
+    """grids/horizon_moonshot.yaml: the repeat-copy recipe as then shipped against full BPTT, both
     for 10,000 steps with the WallClock callback (their curves are read against time)."""
     g = load_grid("horizon_moonshot")
     by = {c.labels["variant"]: c for c in g.cells}
@@ -172,7 +182,7 @@ def test_moonshot_grid_times_the_recipe_against_full_bptt():
         assert "dnirnn.wallclock.WallClock" in c.callbacks
     assert by["dni_h4"].recipe == "repeat_copy_dni" and model_options(by["dni_h4"]) == {
         **dotted(yaml.safe_load((recipe_dir() / "repeat_copy_dni.yaml").read_text())["model"]),
-        "window": 2}
+        "window": 2, "depth": 1}  # (the recipe before the hybrid, as the cells ran)
     assert model_options(by["full_bptt"])["window"] == 1000
     assert any(p.get("x") == "time/train_s" for p in g.plots)
 
