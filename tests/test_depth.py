@@ -183,3 +183,32 @@ def test_depth_errors_name_the_option(extra, word, tmp_path, cli_sandbox, capsys
     err = capsys.readouterr().err
     assert word in err and "model.depth" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_hybrid_recipe_without_a_bounded_horizon_names_both_ways_out(tmp_path, cli_sandbox,
+                                                                          capsys):
+    """The copy recipes run the hybrid (depth 4): an unbounded horizon on them is refused
+    with the two fixes, before anything is written."""
+    from dnirnn.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", "copy_dni", "--model.targets.horizon=null",
+              f"--trainer.default_root_dir={tmp_path / 'run'}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "bounded horizon" in err and "--model.targets.horizon" in err
+    assert "--model.depth=1" in err and not (tmp_path / "run").exists()
+
+
+def test_a_deeper_backward_is_refused_under_data_parallel():
+    """Its parameter gradients come from VJPs the data-parallel all-reduce does not see: a
+    world of 2 is refused with the two fixes (checked before any process starts)."""
+    from dnirnn.lit import DNIModule
+    from dnirnn.tasks import CopyTask
+
+    task = CopyTask(batch_size=4)
+    module = DNIModule(task="copy", input_size=task.input_size, output_size=task.output_size,
+                       hidden_size=8, boundary="tbptt", window=2, depth=2)
+    module.check_task(task, world=1)
+    with pytest.raises(ValueError, match="--trainer.devices=1, or --model.depth=1"):
+        module.check_task(task, world=2)
