@@ -133,12 +133,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_one(variant: str, length: int, batch: int, window: int, steps: int,
-                warmup: int) -> dict:
-    """In this process: builds the variant and trains it; returns its figures."""
+def build_variant(variant: str, length: int, batch: int, window: int):
+    """The variant's ``(module, engine, optimizers, task, model options)`` on Copy episodes of
+    length L: the model built by ``DNIModule`` from the recipe's ``model:`` section plus the
+    variant's overrides, as ``dnirnn fit`` builds it (also used by profile_window.py)."""
     import torch
 
-    from dnirnn.dni import train_span
     from dnirnn.engine.build import build
     from dnirnn.lit import DNIModule
     from dnirnn.tasks import CopyTask
@@ -152,6 +152,15 @@ def measure_one(variant: str, length: int, batch: int, window: int, steps: int,
     torch.manual_seed(0)
     engine, opts = build(module.spec, loss_norm=task.loss_norm(window))
     module.task = task
+    return module, engine, opts, task, args
+
+
+def measure_one(variant: str, length: int, batch: int, window: int, steps: int,
+                warmup: int) -> dict:
+    """In this process: builds the variant and trains it; returns its figures."""
+    from dnirnn.dni import train_span
+
+    module, engine, opts, task, args = build_variant(variant, length, batch, window)
     base = rss_mb()
     times, cpu = [], []
     for step in range(steps):

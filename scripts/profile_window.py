@@ -109,23 +109,11 @@ def measure(variant: str, length: int, batch: int, window: int, steps: int,
 
 def _train(clock: Clock, variant: str, length: int, batch: int, window: int, steps: int,
            warmup: int) -> dict:
-    import torch
-    from episode_cost import VARIANTS, model_args
+    from episode_cost import build_variant
 
     import dnirnn.dni as dni
-    from dnirnn.engine.build import build
-    from dnirnn.lit import DNIModule
-    from dnirnn.tasks import CopyTask
 
-    torch.manual_seed(0)
-    recipe, overrides = VARIANTS[variant]
-    args = model_args(recipe, overrides, window)
-    task = CopyTask(repeat=False, batch_size=batch, seed=0, start_length=length)
-    module = DNIModule(task="copy", input_size=task.input_size, output_size=task.output_size,
-                       **args)
-    torch.manual_seed(0)
-    engine, opts = build(module.spec, loss_norm=task.loss_norm(window))
-    module.task = task
+    module, engine, opts, task, _ = build_variant(variant, length, batch, window)
     rows = []
     for s in range(steps):
         windows = module.windows(task.batch("train", s))
