@@ -116,7 +116,7 @@ class ScoreAtSolvedLevel(L.Callback):
         else:
             why = (f"the checkpoint's max_delay_solved = {task.max_delay_solved} (its "
                    f"curriculum was at delay {task.delay})")
-            task.generator.delay = task.max_delay_solved
+            task.delay = task.max_delay_solved
         self.scored = {"length": task.length, "repeats": task.repeats, "delay": task.delay,
                        "level": task.length * task.repeats, "why": why}
 

@@ -294,7 +294,8 @@ class RecurrentModule(L.LightningModule):
             figures.update({"curriculum/delay": float(t.delay),
                             "curriculum/max_delay_solved": float(t.max_delay_solved)})
         self.log_dict(figures, on_step=True, prog_bar=False)
-        self.log("level", float(t.level), prog_bar=True, on_step=True, logger=False)
+        shown = ("delay", t.delay) if t.grow == "delay" else ("level", t.level)  # (the bar)
+        self.log(shown[0], float(shown[1]), prog_bar=True, on_step=True, logger=False)
 
     # ---- evaluation: the whole stream forward with carried state -------------------------
 

@@ -290,7 +290,7 @@ def format_summary(record: dict, trainer: L.Trainer | None = None) -> str:
                      f"{at}: {scored['why']}")
     elif cur and "max_level_solved" in cur:
         delay = (f", max delay solved {cur['max_delay_solved']}, now at delay {cur['delay']}"
-                 if cur.get("delay") else "")
+                 if cur.get("grow") == "delay" else "")
         lines.append(f"  curriculum: max level solved {cur['max_level_solved']}, "
                      f"now at length {cur.get('length')} x repeats {cur.get('repeats')}{delay}")
     lines.append(f"  run folder: {record['run_dir']}  (summary.json, metrics.csv)")

@@ -296,7 +296,7 @@ class CopyTask(EpisodicTask):
         self.max_length_solved = max(self.max_length_solved, self.length)
         self.max_delay_solved = max(self.max_delay_solved, self.delay)
         if self.grow == "delay":
-            self.generator.delay += 1
+            self.delay += 1
         else:
             self.length, self.repeats = repeat_copy.next_level(self.length, self.repeats,
                                                                self.repeat)
@@ -306,6 +306,10 @@ class CopyTask(EpisodicTask):
         """D, the current delay (fixed unless ``grow="delay"``)."""
         return self.generator.delay
 
+    @delay.setter
+    def delay(self, value: int) -> None:
+        self.generator.delay = int(value)
+
     def sample(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         ep = self.generator.sample(self.batch_size, self.length, self.repeats,
                                    generator=generator)
@@ -314,15 +318,15 @@ class CopyTask(EpisodicTask):
     def state_dict(self) -> dict[str, Any]:
         return {"length": self.length, "repeats": self.repeats,
                 "max_level_solved": self.max_level_solved,
-                "max_length_solved": self.max_length_solved, "delay": self.delay,
-                "max_delay_solved": self.max_delay_solved}
+                "max_length_solved": self.max_length_solved, "grow": self.grow,
+                "delay": self.delay, "max_delay_solved": self.max_delay_solved}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.length, self.repeats = int(state["length"]), int(state["repeats"])
         self.max_level_solved = int(state["max_level_solved"])
         # (older checkpoints have neither the length nor the delay solved, nor a moving delay)
         self.max_length_solved = int(state.get("max_length_solved", 0))
-        self.generator.delay = int(state.get("delay", self.delay))
+        self.delay = state.get("delay", self.delay)
         self.max_delay_solved = int(state.get("max_delay_solved",
                                               self.delay if self.max_level_solved else -1))
 

@@ -161,7 +161,8 @@ def test_test_scores_a_copy_checkpoint_at_its_solved_level(tmp_path, capsys, mon
     s = json.loads((tmp_path / "t/version_0/summary.json").read_text())
     assert s["scored_at"]["length"] == 2 and s["scored_at"]["repeats"] == 1
     assert s["curriculum"] == {"length": 3, "repeats": 1, "max_level_solved": 2,
-                               "max_length_solved": 2, "delay": 0, "max_delay_solved": 0}
+                               "max_length_solved": 2, "grow": "length", "delay": 0,
+                               "max_delay_solved": 0}
     assert "scored at length 2 x repeats 1: the level of the checkpoint's max_level_solved = 2" \
         in capsys.readouterr().out
     fit(tmp_path / "u", "--trainer.max_steps=2", "--data.init_args.steps_per_epoch=4")
