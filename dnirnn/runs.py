@@ -9,7 +9,7 @@
   word), bits per scored step (recall).
 - ``RunRecord``: tracks the best value of that metric and its step (kept in the checkpoint,
   so a resumed run goes on tracking it), writes ``summary.json`` (``best``, ``last``, the
-  checkpoints and their steps) and prints a short summary at the end of fit / validate /
+  checkpoints and their steps) and prints a short summary (``dnirnn.summary``) at the end of fit / validate /
   test, or when interrupted (then it names the checkpoint to resume from and its step, or
   says that nothing can be resumed). The copy tasks' best, the largest level solved, is
   read from the curriculum at every step, so it is the figure of the curriculum line.
@@ -38,6 +38,8 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from dnirnn.summary import format_summary
 
 COMPLETED: list[Path] = []  # run folders whose fit ended in this process (``--seeds``)
 
@@ -233,7 +235,7 @@ class RunRecord(L.Callback):
         os.replace(tmp, path)
         if stage == "fit":
             COMPLETED.append(Path(log_dir))
-        print(format_summary(record, trainer), flush=True)
+        print(format_summary(record) + wandb_sync_lines(trainer), flush=True)
 
     def record(self, trainer: L.Trainer, pl_module: Any, stage: str, log_dir: Path) -> dict:
         metrics = {k: _number(v) for k, v in trainer.callback_metrics.items()}
@@ -271,81 +273,12 @@ class RunRecord(L.Callback):
         return record
 
 
-def format_summary(record: dict, trainer: L.Trainer | None = None) -> str:
-    """The few lines printed when a run ends."""
-    stage, step = record["stage"], record["global_step"]
-    lines = [f"dnirnn {stage}: step {step}"
-             + (f" ({record['epoch']:g} epochs)" if "epoch" in record else "")
-             + (f", checkpoint {record['checkpoint']}" if record.get("checkpoint") else "")]
-    best = record.get("best")
-    if best:
-        lines.append(f"  best {best['metric']} = {best['value']:.4g} at step {best['step']}")
-    elif stage.startswith("fit"):
-        lines.append("  best: none (no validation ran)")
-    lines += last_lines(record)
-    cur, scored = record.get("curriculum"), record.get("scored_at")
-    if scored:
-        at = f", delay {scored['delay']}" if "delay" in scored else ""
-        lines.append(f"  scored at length {scored['length']} x repeats {scored['repeats']}"
-                     f"{at}: {scored['why']}")
-    elif cur and "max_level_solved" in cur:
-        delay = (f", max delay solved {cur['max_delay_solved']}, now at delay {cur['delay']}"
-                 if cur.get("grow") == "delay" else "")
-        lines.append(f"  curriculum: max level solved {cur['max_level_solved']}, "
-                     f"now at length {cur.get('length')} x repeats {cur.get('repeats')}{delay}")
-    lines.append(f"  run folder: {record['run_dir']}  (summary.json, metrics.csv)")
-    ckpts = record.get("checkpoints") or {}
-    for name in ("best", "last"):
-        if ckpts.get(name):
-            at = ckpts.get(f"{name}_step")
-            why = ""
-            if name == "best" and best and at is not None and at > best["step"]:
-                # (the metric peaked between checkpoints: the best one is the first after)
-                why = f", the first checkpoint after the best at step {best['step']}"
-            lines.append(f"  {name} checkpoint: {ckpts[name]}"
-                         + (f" (step {at}{why})" if at is not None else ""))
-    if "resume" in record:
-        lines.append(resume_line(record, ckpts))
-    for lg in trainer.loggers if trainer is not None else []:
-        if isinstance(lg, WandbLogger) and wandb_offline():
-            lines.append(f"  W&B ran offline (no API key configured); upload with:\n"
-                         f"    wandb sync {lg.save_dir}/wandb/offline-run-*")
-    return "\n".join(lines)
-
-
-def _values(metrics: dict) -> str:
-    return ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
-                     for k, v in sorted(metrics.items()))
-
-
-def last_lines(record: dict) -> list[str]:
-    """The last values, each beside the step it is of: the training loss is that of the last
-    step, the validation's of the last validation, which an interrupted fit may have run
-    many steps before. One line when they are of the same step."""
-    shown = {k: v for k, v in record["metrics"].items()
-             if k.split("/")[0] in ("val", "test") or k == "train/loss"}
-    if not shown:
-        return []
-    step = record["global_step"]
-    val_step = (record.get("last") or {}).get("validated_at", step)
-    held = {k: v for k, v in shown.items() if k.startswith("val/")}
-    if val_step in (step, None) or not held:
-        return [f"  last, at step {step}: {_values(shown)}"]
-    trained = {k: v for k, v in shown.items() if k not in held}
-    lines = [f"  last, at step {step}: {_values(trained)}"] if trained else []
-    return lines + [f"  last validation, at step {val_step}: {_values(held)}"]
-
-
-def resume_line(record: dict, ckpts: dict) -> str:
-    """What an interrupted run leaves to resume from, in one line."""
-    resume, step = record.get("resume"), record["global_step"]
-    if not resume:
-        return (f"  nothing can be resumed: no checkpoint was written before the interruption "
-                f"(checkpoints come {ckpts.get('cadence') or 'at epoch ends'}); start again")
-    lost = step - resume["step"]
-    lost = f"; the {lost} step(s) after it are lost" if lost > 0 else ""
-    return (f"  resume from step {resume['step']}{lost}: the same command with "
-            f"--ckpt_path={resume['checkpoint']}")
+def wandb_sync_lines(trainer: L.Trainer) -> str:
+    """How to upload an offline W&B run, under the summary (empty when W&B was online)."""
+    return "".join(f"\n  W&B ran offline (no API key configured); upload with:\n"
+                   f"    wandb sync {lg.save_dir}/wandb/offline-run-*"
+                   for lg in trainer.loggers
+                   if isinstance(lg, WandbLogger) and wandb_offline())
 
 
 class ValidateAtEnd(L.Callback):

@@ -17,6 +17,7 @@ import torch
 import dnirnn
 import dnirnn.checkpointing
 import dnirnn.dni
+import dnirnn.summary
 import dnirnn.lit
 import dnirnn.runs
 from dnirnn import compare
@@ -96,13 +97,13 @@ def test_summary_says_why_the_best_checkpoint_comes_after_the_best_step():
               "best": {"metric": "curriculum/max_level_solved", "value": 6.0, "step": 2040},
               "checkpoints": {"best": "b.ckpt", "best_step": 2250, "last": "l.ckpt",
                               "last_step": 3000}}
-    text = dnirnn.runs.format_summary(record)
+    text = dnirnn.summary.format_summary(record)
     assert "best curriculum/max_level_solved = 6 at step 2040" in text
     assert "best checkpoint: b.ckpt (step 2250, the first checkpoint after the best at step " \
         "2040)" in text
     assert "last checkpoint: l.ckpt (step 3000)" in text
     record["checkpoints"]["best_step"] = 2040
-    assert "best checkpoint: b.ckpt (step 2040)\n" in dnirnn.runs.format_summary(record)
+    assert "best checkpoint: b.ckpt (step 2040)\n" in dnirnn.summary.format_summary(record)
 
 
 def test_run_shorter_than_an_epoch_validates_at_its_last_step(tmp_path):
