@@ -53,7 +53,6 @@ from dnirnn.options import (
     SlowSynthesizerOptions,
     SynthesizerOptions,
     TargetOptions,
-    agree,
     check_flat,
     need,
 )
@@ -103,10 +102,9 @@ class HierarchyModule(RecurrentModule):
         targets: ``scale``, β of ``M_f`` and ``M_s`` (``TargetOptions``).
         optim: ``clip``, each core's gradient-norm clip (``OptimOptions``).
 
-    Each synthesizer has its own Adam (its group's ``lr``) and clip (``clip``). The engine
-    (``HierarchyConfig``) builds the three with one ``fit``, one ``hidden`` width (an
-    integer, for mlp) and one ``rls_forget`` / ``rls_ridge``: these must agree across the
-    groups (one error names the group that differs); each has one position, one layer.
+    Each synthesizer is built from its own group (``HierarchyConfig`` takes the groups as
+    they are), with its own Adam (its group's ``lr``) and clip (``clip``), or fitted by least
+    squares; each has one position.
     """
 
     train_keys = RESULT_KEYS
@@ -139,17 +137,12 @@ class HierarchyModule(RecurrentModule):
         _validate(hp, self.core_options, synths, self.targets_options, self.optim_options)
         self.synths = synths
         m_f, m_s, m_if = synths.values()
-        # (their shared settings; with no synthesizer at all, unused)
-        shared = next((s for s in synths.values() if s is not None), SynthesizerOptions())
         cfg = HierarchyConfig(
             hp.input_size, hp.output_size, k=k, fast_hidden=hp.hidden_size,
             fast_layers=hp.num_layers, slow_hidden=slow_hidden, slow_layers=slow_layers,
             embed=True, embed_size=self.core_options.embed_size, fast_window=hp.window,
             slow_window=slow_window,
-            fast_synthesizer=m_f and m_f.kind, slow_synthesizer=m_s and m_s.kind,
-            interface_synthesizer=m_if and m_if.kind,
-            synthesizer_hidden=shared.hidden or 1, synthesizer_fit=shared.fit,
-            rls_forget=shared.rls_forget, rls_ridge=shared.rls_ridge,
+            fast_synthesizer=m_f, slow_synthesizer=m_s, interface_synthesizer=m_if,
             sg_scale=self.targets_options.scale,
             interface_sg_scale=1.0 if m_if is None else m_if.scale,
             forget_bias=self.core_options.forget_bias,
@@ -273,11 +266,6 @@ def _validate(args: dict[str, Any], core: CoreOptions, synths: dict[str, Any],
         if s is not None:
             s.unused(unused["synthesizer"] + (unused["interface"] if name == "interface"
                                               else ()), by)
-    agree(synths, ("fit", "hidden", "rls_forget", "rls_ridge"), by)
-    for name, s in synths.items():
-        if s is not None and s.kind == "mlp" and s.hidden is None:
-            need(False, f"model.{name}.hidden", None, f"{by} builds its mlp synthesizers with one "
-                 f"hidden width: an integer, the same in every synthesizer's group")
     k, window, span = args["k"], args["window"], args["k"] * args["slow_window"]
     need(window % k == 0, "model.window", window,
          f"the fast window T_f must be a multiple of k={k}, so that no segment of k steps "

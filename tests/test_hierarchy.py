@@ -25,6 +25,7 @@ from dnirnn.hierarchy import (
     slow_window_gradients,
 )
 from dnirnn.optim import Optimizers, adam
+from dnirnn.options import SynthesizerOptions
 from dnirnn.state import detach_state, flatten_state
 from dnirnn.window import Window, split_windows
 
@@ -61,9 +62,15 @@ def adam_optimizers(
 pytestmark = pytest.mark.usefixtures("float64")  # exactness is checked in float64
 
 
+def synth(kind: str = "mlp", **kw) -> SynthesizerOptions:
+    """A synthesizer's options as the tests build them (mlp width 6)."""
+    return SynthesizerOptions(kind=kind, hidden=6, **kw)
+
+
 def make_net(seed: int = 0, **kw) -> TwoTimescaleRNN:
     cfg = dict(input_size=IN, output_size=OUT, k=2, fast_hidden=5, fast_layers=2, slow_hidden=4,
-               slow_layers=2, fast_window=4, slow_window=4, synthesizer_hidden=6)
+               slow_layers=2, fast_window=4, slow_window=4, fast_synthesizer=synth(),
+               slow_synthesizer=synth(), interface_synthesizer=synth())
     cfg.update(kw)
     torch.manual_seed(seed)
     return TwoTimescaleRNN(HierarchyConfig(**cfg), mse_steps, loss_norm=B)
@@ -289,7 +296,8 @@ def test_zero_interface_synthesizer_equals_levels_trained_apart(recurrent):
     """With M_if = 0 (fresh), per fast window the fast core's gradients are those of the fast
     core trained alone on [x, m] with m constant, and per span the slow core's gradients are
     those of sum_j <G_j, m_j> (+ beta <g_s, z_end>) on the same G's. Two spans, frozen."""
-    net = make_net(fast_synthesizer=recurrent, slow_synthesizer=recurrent, sg_scale=0.8)
+    m = recurrent and synth(recurrent)
+    net = make_net(fast_synthesizer=m, slow_synthesizer=m, sg_scale=0.8)
     if recurrent:
         randomise(net.fast_synthesizer, 11), randomise(net.slow_synthesizer, 12)
     cfg, n_spans = net.cfg, 2
@@ -457,8 +465,8 @@ def test_invalid_schedules_and_arguments():
         HierarchyConfig(input_size=1, output_size=1, k=3, fast_window=4)
     with pytest.raises(ValueError, match="fast window boundary"):
         HierarchyConfig(input_size=1, output_size=1, k=2, fast_window=4, slow_window=3)
-    with pytest.raises(ValueError, match="interface_synthesizer"):
-        HierarchyConfig(input_size=1, output_size=1, interface_synthesizer="transformer")
+    with pytest.raises(ValueError, match="interface_synthesizer must be SynthesizerOptions"):
+        HierarchyConfig(input_size=1, output_size=1, interface_synthesizer="linear")
     with pytest.raises(ValueError, match="sg_scale"):
         HierarchyConfig(input_size=1, output_size=1, sg_scale=-1.0)
     net = make_net()
@@ -511,8 +519,10 @@ def test_smoke_training_run():
     of order 1e-3, and Adam's step does not shrink with them."""
     torch.manual_seed(0)
     cfg = HierarchyConfig(input_size=2, output_size=2, k=2, fast_hidden=16, slow_hidden=8,
-                          fast_window=4, slow_window=4, synthesizer_hidden=32,
-                          interface_synthesizer="linear")
+                          fast_window=4, slow_window=4,
+                          fast_synthesizer=SynthesizerOptions(hidden=32),
+                          slow_synthesizer=SynthesizerOptions(hidden=32),
+                          interface_synthesizer=SynthesizerOptions(kind="linear", hidden=32))
     net = TwoTimescaleRNN(cfg, mse_steps, loss_norm=8)
     opts = adam_optimizers(net, lr=3e-3, synthesizer_lr=3e-4, clip=1.0)
     x, y = sine_stream(30 * cfg.span, 8)
@@ -535,7 +545,7 @@ def test_interface_synthesizer_loss_goes_down():
     and the same span every update: M_if's targets are fixed, so its regression loss falls
     at every update from its initial value (the zero predictor's) and its cosine rises."""
     net = make_net(fast_synthesizer=None, slow_synthesizer=None, interface_sg_scale=0.0,
-                   interface_synthesizer="linear")
+                   interface_synthesizer=synth("linear"))
     opts = recorders(net)
     # SGD: on this fixed quadratic it descends for any lr < 2 / lambda_max (|u| < 1), whatever
     # the (tiny) scale of the targets
@@ -550,7 +560,7 @@ def test_interface_synthesizer_loss_goes_down():
     assert losses[-1] < 0.8 * losses[0] and cos[0] == 0.0 and cos[-1] > 0.3, (losses, cos)
 
 
-# ---- least-squares synthesizers (synthesizer_fit: rls) ------------------------------------
+# ---- least-squares synthesizers (fit: rls) ---------------------------------------------
 
 def ridge_solution(inputs: torch.Tensor, target: torch.Tensor, ridge: float) -> torch.Tensor:
     """``argmin_W ||[x; 1] W - target||^2 + r ||W||^2``, ``r = ridge * mean(diag A)``."""
@@ -560,12 +570,12 @@ def ridge_solution(inputs: torch.Tensor, target: torch.Tensor, ridge: float) -> 
 
 
 def test_least_squares_synthesizers_solve_the_regressions_of_their_span():
-    """With ``synthesizer_fit = rls`` the span's fits only collect pairs (every synthesizer is
+    """With ``fit = rls`` the span's fits only collect pairs (every synthesizer is
     still the zero map after ``hierarchy_update``); ``end_step`` then leaves M_f, M_s and M_if
     at the closed-form ridge solutions of exactly the pairs the window functions give:
     (s_w, delta_w) for every fast window, (z_{i0}, delta_s), and (u_i, dL/du_i)."""
-    net = make_net(synthesizer_fit="rls", rls_ridge=0.05, fast_synthesizer="linear",
-                   slow_synthesizer="linear", interface_synthesizer="linear")
+    rls = synth("linear", fit="rls", rls_ridge=0.05)
+    net = make_net(fast_synthesizer=rls, slow_synthesizer=rls, interface_synthesizer=rls)
     d, state = data(net.cfg.span), random_state(net)
 
     twin, fast_in, fast_target = copy.deepcopy(net), [], []
@@ -588,14 +598,7 @@ def test_least_squares_synthesizers_solve_the_regressions_of_their_span():
         "interface": (sw.messages.flatten(0, 1), sw.message_grads.flatten(0, 1)),
     }
     for name, (inputs, target) in pairs.items():
-        synth = getattr(net, f"{name}_synthesizer")
+        fitted = getattr(net, f"{name}_synthesizer")
         assert target.abs().sum() > 0, name
-        torch.testing.assert_close(synth.W[0], ridge_solution(inputs, target, 0.05),
+        torch.testing.assert_close(fitted.W[0], ridge_solution(inputs, target, 0.05),
                                    rtol=1e-10, atol=1e-12, msg=name)
-
-
-def test_least_squares_hierarchy_needs_linear_synthesizers():
-    with pytest.raises(ValueError, match="interface_synthesizer.*linear"):
-        make_net(synthesizer_fit="rls", fast_synthesizer="linear", slow_synthesizer=None)
-    with pytest.raises(ValueError, match="synthesizer_fit must be one of"):
-        make_net(synthesizer_fit="sgd")

@@ -13,6 +13,8 @@ import yaml
 from dnirnn.cli import main
 from dnirnn.data.recall import Recall
 from dnirnn.lit_hierarchy import HierarchyModule
+from dnirnn.options import InterfaceOptions, SlowSynthesizerOptions, SynthesizerOptions
+from dnirnn.synthesizers.least_squares import LeastSquaresSynthesizer
 from dnirnn.tasks import RecallTask
 
 from . import ptb_files
@@ -227,9 +229,6 @@ def fails(capsys, recipe: str, root: Path, *extra: str) -> str:
     ("--data.init_args.length=48", ["data.length", "multiple of 32"]),
     ("--model.synthesizer.fit=rls", ["model.synthesizer.fit", "kind=linear"]),
     ("--model.slow_synthesizer.rls_forget=0", ["model.slow_synthesizer.rls_forget", "(0, 1]"]),
-    # the engine builds the three synthesizers alike: fit, hidden and rls_* must agree
-    ("--model.interface.hidden=64", ["model.interface.hidden", "one hidden", "(128)"]),
-    ("--model.slow_synthesizer.rls_ridge=0.5", ["model.slow_synthesizer.rls_ridge", "one"]),
     ("--model.core.dropout=0.1", ["model.core.dropout", "HierarchyModule does not use it"]),
     ("--model.interface.delay=3", ["model.interface.delay", "does not use it"]),
     # names of before the groups
@@ -242,6 +241,21 @@ def test_hierarchy_config_errors(capsys, tmp_path, override, names):
     err = fails(capsys, "recall_hier_dni", tmp_path / "run", override)
     for name in names:
         assert name in err
+
+
+def test_each_synthesizer_is_built_from_its_own_group():
+    """The engine takes the three synthesizers' groups as they are: widths and fits may
+    differ between M_f, M_s and M_if."""
+    m = HierarchyModule(task="lm", input_size=9, output_size=9, hidden_size=4, slow_hidden=4,
+                        synthesizer=SynthesizerOptions(hidden=5),
+                        slow_synthesizer=SlowSynthesizerOptions(kind="linear", fit="rls",
+                                                                rls_ridge=0.5),
+                        interface=InterfaceOptions(hidden=7))
+    net = m.engine
+    assert {p.shape for p in net.fast_synthesizer.parameters()} >= {torch.Size([5, 8])}
+    assert {p.shape for p in net.interface_synthesizer.parameters()} >= {torch.Size([7, 4])}
+    assert isinstance(net.slow_synthesizer, LeastSquaresSynthesizer)
+    assert net.slow_synthesizer.ridge == 0.5
 
 
 @needs_ptb

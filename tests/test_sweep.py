@@ -335,6 +335,19 @@ def test_a_value_at_a_step_the_run_never_reached_is_none(tmp_path):
     assert [CellData(b).value(at[n]) for n in (10, 20)] == [2.0, None]
 
 
+def test_a_value_at_seconds_is_read_on_the_clock_series(tmp_path):
+    """`at: t, x: time/train_cpu_s`: the last value logged at or before the step where the
+    clock reaches t seconds; none past the run's last reading of the clock."""
+    (a,) = two_cells(tmp_path)[:1]
+    fake_cell(a, [{"step": 10, "time/train_cpu_s": 5.0, "curriculum/max_level_solved": 1},
+                  {"step": 20, "time/train_cpu_s": 12.0, "curriculum/max_level_solved": 3},
+                  {"step": 30, "time/train_cpu_s": 20.0, "curriculum/max_level_solved": 4}],
+              {"global_step": 30})
+    level = {t: Metric(name="l", key="curriculum/max_level_solved", at=t,
+                       x="time/train_cpu_s") for t in (4, 5, 15, 20, 21)}
+    assert [CellData(a).value(level[t]) for t in (4, 5, 15, 20, 21)] == [None, 1, 3, 4, None]
+
+
 REPORT_GRID = """
 runs: runs
 out: results/r.md

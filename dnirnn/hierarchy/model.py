@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dnirnn.options import FITS, SynthesizerOptions
+from dnirnn.options import SynthesizerOptions
 from dnirnn.state import State, detach_state, zero_state
-from dnirnn.synthesizers import SYNTHESIZER_KINDS, build_synthesizer
+from dnirnn.synthesizers import build_synthesizer
 from dnirnn.synthesizers.interface import SyntheticGradient
 from dnirnn.window import StepLoss, Window, masked_task_loss
 
@@ -41,22 +41,13 @@ class HierarchyConfig:
     """``T_f``: the fast core's TBPTT window, in fast steps; a multiple of ``k``."""
     slow_window: int = 8
     """``T_s``: the slow core's TBPTT window, in ticks; ``k * T_s`` is a multiple of ``T_f``."""
-    fast_synthesizer: str | None = "mlp"
-    """Kind of ``M_f`` (``linear``/``mlp``), or None: ``g_f = 0`` (plain TBPTT, fast core)."""
-    slow_synthesizer: str | None = "mlp"
-    """Kind of ``M_s``, or None: ``g_s = 0`` (plain TBPTT for the slow core)."""
-    interface_synthesizer: str | None = "mlp"
-    """Kind of ``M_if``, or None: no gradient from the slow level reaches the fast core."""
-    synthesizer_hidden: int = 256
-    """Hidden width of ``mlp`` synthesizers (one ReLU layer)."""
-    synthesizer_fit: str = "adam"
-    """How all three synthesizers are fitted (``dnirnn.synthesizers``): "adam" (networks,
-    each with its own Adam: the paper) or "rls" (linear maps, exact ridge least squares with
-    forgetting, solved once per training step by ``TwoTimescaleRNN.end_step``)."""
-    rls_forget: float = 0.8
-    """``rls``: weight of a regression pair one training step older."""
-    rls_ridge: float = 0.1
-    """``rls``: ridge relative to the mean diagonal of the normal matrix."""
+    fast_synthesizer: SynthesizerOptions | None = SynthesizerOptions(hidden=256)
+    """``M_f``: its kind, fit and widths (``SynthesizerOptions``, which checks them), or None:
+    ``g_f = 0`` (plain TBPTT, fast core)."""
+    slow_synthesizer: SynthesizerOptions | None = SynthesizerOptions(hidden=256)
+    """``M_s``, or None: ``g_s = 0`` (plain TBPTT for the slow core)."""
+    interface_synthesizer: SynthesizerOptions | None = SynthesizerOptions(hidden=256)
+    """``M_if``, or None: no gradient from the slow level reaches the fast core."""
     sg_scale: float = 1.0
     """``beta``: weight of the recurrent synthetic gradients ``g_f``, ``g_s``."""
     interface_sg_scale: float = 1.0
@@ -66,25 +57,15 @@ class HierarchyConfig:
 
     def __post_init__(self) -> None:
         for name in ("input_size", "output_size", "k", "fast_hidden", "fast_layers",
-                     "slow_hidden", "slow_layers", "fast_window", "slow_window",
-                     "synthesizer_hidden"):
+                     "slow_hidden", "slow_layers", "fast_window", "slow_window"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"hierarchy.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.embed_size is not None and self.embed_size < 1:
             raise ValueError(f"hierarchy.embed_size must be >= 1 or null, got {self.embed_size!r}")
         for name in ("fast_synthesizer", "slow_synthesizer", "interface_synthesizer"):
-            if getattr(self, name) not in (*SYNTHESIZER_KINDS, None):
-                raise ValueError(f"hierarchy.{name} must be one of {SYNTHESIZER_KINDS} or null, "
-                                 f"got {getattr(self, name)!r}")
-        if self.synthesizer_fit not in FITS:
-            raise ValueError(f"hierarchy.synthesizer_fit must be one of {FITS}, got "
-                             f"{self.synthesizer_fit!r}")
-        if self.synthesizer_fit == "rls":
-            for name in ("fast_synthesizer", "slow_synthesizer", "interface_synthesizer"):
-                if getattr(self, name) not in ("linear", None):
-                    raise ValueError(f"hierarchy.{name}: synthesizer_fit 'rls' fits linear "
-                                     f"maps; set it to 'linear' or null, got "
-                                     f"{getattr(self, name)!r}")
+            if not isinstance(getattr(self, name), SynthesizerOptions | None):
+                raise ValueError(f"hierarchy.{name} must be SynthesizerOptions (kind, fit, "
+                                 f"hidden, ...) or None, got {getattr(self, name)!r}")
         for name in ("sg_scale", "interface_sg_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"hierarchy.{name} must be >= 0, got {getattr(self, name)!r}")
@@ -135,13 +116,9 @@ def init_forget_bias(lstm: nn.LSTM, value: float) -> None:
                 p[h : 2 * h].fill_(value / 2)
 
 
-def _synthesizer(cfg: HierarchyConfig, kind: str | None, size: int) -> nn.Module | None:
-    """A synthesizer ``size -> size`` of ``kind`` fitted as ``cfg.synthesizer_fit`` says."""
-    if kind is None:
-        return None
-    return build_synthesizer(size, SynthesizerOptions(
-        kind=kind, fit=cfg.synthesizer_fit, hidden=cfg.synthesizer_hidden, layers=1,
-        rls_forget=cfg.rls_forget, rls_ridge=cfg.rls_ridge))
+def _synthesizer(options: SynthesizerOptions | None, size: int) -> nn.Module | None:
+    """A synthesizer ``size -> size`` as ``options`` say (None: none)."""
+    return None if options is None else build_synthesizer(size, options)
 
 
 class TwoTimescaleRNN(nn.Module):
@@ -168,11 +145,11 @@ class TwoTimescaleRNN(nn.Module):
         init_forget_bias(self.fast, cfg.forget_bias)
         init_forget_bias(self.slow, cfg.forget_bias)
         self.fast_synthesizer = _synthesizer(
-            cfg, cfg.fast_synthesizer, 2 * cfg.fast_layers * cfg.fast_hidden)  # M_f
+            cfg.fast_synthesizer, 2 * cfg.fast_layers * cfg.fast_hidden)  # M_f
         self.slow_synthesizer = _synthesizer(
-            cfg, cfg.slow_synthesizer, 2 * cfg.slow_layers * cfg.slow_hidden)  # M_s
+            cfg.slow_synthesizer, 2 * cfg.slow_layers * cfg.slow_hidden)  # M_s
         self.interface_synthesizer = _synthesizer(
-            cfg, cfg.interface_synthesizer, cfg.fast_hidden)  # M_if: u (H_f) -> dL/du (H_f)
+            cfg.interface_synthesizer, cfg.fast_hidden)  # M_if: u (H_f) -> dL/du (H_f)
 
     def synthesizers(self) -> list[nn.Module]:
         """The configured synthesizers among ``M_f``, ``M_s``, ``M_if``."""

@@ -32,7 +32,7 @@ class HierarchyOptimizers:
         interface: ``M_if``'s optimizer (None without an interface synthesizer).
         interface_clip: its clip norm.
 
-    A synthesizer fitted by least squares (``synthesizer_fit: rls``) has no optimizer: None.
+    A synthesizer fitted by least squares (``fit: rls``) has no optimizer: None.
     """
 
     fast: Optimizers

@@ -51,6 +51,8 @@ The grid format (every key optional unless said)::
       cos: {key: diag/sg_true_cos, reduce: mean, from: 0.5, format: .3f}  # 2nd half only
       val_at_500: {key: val/bpc, at: 500}   # the last value at or before step 500 (none if
                                             # the run stopped before step 500)
+      level_300s: {key: curriculum/max_level_solved, at: 300, x: time/train_cpu_s}   # at 300
+                                            # CPU seconds of training (WallClock), not steps
       test_bpc: {key: test/bpc, stage: test, better: min}   # the test run's summary
       cos_input: {file: diagnostics.jsonl, key: cos, where: {phase: input}, from: 0.5}
       level_end: {file: summary.json, key: curriculum.max_level_solved}

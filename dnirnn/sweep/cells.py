@@ -114,9 +114,10 @@ class CellData:
             first = m.start * self.last_step()
             points = [(s, v) for s, v in points if s >= first]
         if m.at is not None:
-            if self.reached() < m.at:
-                return None  # the run stopped before step `at`: its last value is not that step's
-            points = [(s, v) for s, v in points if s <= m.at][-1:]
+            limit = self._step_at(m)
+            if limit is None:
+                return None  # the run stopped before `at`: its last value is not that point's
+            points = [(s, v) for s, v in points if s <= limit][-1:]
         if not points:
             return None
         values = [v for _, v in points]
@@ -125,6 +126,17 @@ class CellData:
         return {"last": values[-1], "first": values[0], "min": min(values), "max": max(values),
                 "mean": statistics.fmean(values)}[reduce]
 
+
+    def _step_at(self, m: Metric) -> float | None:
+        """The last step at or before ``m.at``: a step, or where the series ``m.x`` (seconds,
+        say) reaches it; None if the run stopped before."""
+        if m.x is None:
+            return m.at if self.reached() >= m.at else None
+        clock = [(s, v) for s, v in ((s, _finite(v)) for s, v in self.series().get(m.x, []))
+                 if v is not None]
+        if not clock or max(v for _, v in clock) < m.at:
+            return None
+        return max((s for s, v in clock if v <= m.at), default=None)
 
 def _finite(v: Any) -> float | None:
     try:

@@ -47,7 +47,8 @@ class Metric:
     stage: str = "fit"
     reduce: str | None = None
     start: float | None = None  # ``from``: fraction of the run's last step
-    at: int | None = None
+    at: float | None = None  # a training step, or a value of ``x``
+    x: str | None = None  # ``at`` is read on this logged series (e.g. time/train_cpu_s)
     where: dict = field(default_factory=dict)
     better: str | None = None
     format: str | None = None

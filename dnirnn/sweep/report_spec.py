@@ -10,7 +10,7 @@ from typing import Any
 
 from dnirnn.sweep.parts import Cell, GridError, Metric
 
-METRIC_KEYS = {"key", "name", "file", "stage", "reduce", "from", "at", "where", "better",
+METRIC_KEYS = {"key", "name", "file", "stage", "reduce", "from", "at", "x", "where", "better",
                "format"}
 TABLE_KEYS = {"title", "text", "rows", "columns", "metrics", "entry", "where", "exclude",
               "reference", "wins"}
@@ -61,14 +61,18 @@ def _metric(name: str, d: Any) -> Metric:
         d["key"] = name
     m = Metric(name=str(d.get("name", name)), key=str(d["key"]),
                file=str(d.get("file", "metrics.csv")), stage=str(d.get("stage", "fit")),
-               reduce=d.get("reduce"), start=d.get("from"), at=d.get("at"),
+               reduce=d.get("reduce"), start=d.get("from"), at=d.get("at"), x=d.get("x"),
                where=dict(d.get("where") or {}), better=d.get("better"),
                format=d.get("format"), column=name)
     if m.start is not None and not (isinstance(m.start, int | float) and 0 <= m.start < 1):
         raise GridError(f"{where}: from is a fraction of the run's steps in [0, 1), got "
                         f"{m.start!r}.")
-    if m.at is not None and not isinstance(m.at, int):
-        raise GridError(f"{where}: at is a training step, got {m.at!r}.")
+    if m.at is not None and m.x is None and not isinstance(m.at, int):
+        raise GridError(f"{where}: at is a training step, got {m.at!r} (at a value of a "
+                        f"logged series, such as seconds: add x: time/train_cpu_s).")
+    if m.x is not None and not (isinstance(m.at, int | float) and m.file == "metrics.csv"):
+        raise GridError(f"{where}: x names the series that at is read on: give at (a number) "
+                        f"and a key of metrics.csv, got at {m.at!r}, file {m.file!r}.")
     if m.reduce is not None and m.reduce not in REDUCE:
         raise GridError(f"{where}: reduce is one of {', '.join(REDUCE)}, got {m.reduce!r}.")
     if m.stage not in ("fit", "test"):

@@ -6,7 +6,7 @@ that need kept graphs or a second pass are ``dnirnn.engine.kept`` and ``dnirnn.e
 - ``network``: ``Synthesizer``, a linear or mlp network fitted by an optimizer (Adam: the
   paper), optionally one map per boundary position;
 - ``least_squares``: ``LeastSquaresSynthesizer``, linear maps refitted exactly each training
-  step by ridge least squares with exponential forgetting (``synthesizer_fit: rls``);
+  step by ridge least squares with exponential forgetting (``fit: rls``);
 - ``interface``: ``SyntheticGradient``, the synthesizer's narrow face to the window update
   (``pair``, ``observe``, ``end_step``): its prediction, its fit (step 5 for every method)
   and ``NormGuard``, which caps the synthetic gradient relative to its targets' running RMS.

@@ -1,4 +1,4 @@
-r"""Exact ridge least squares with exponential forgetting (``synthesizer_fit: rls``).
+r"""Exact ridge least squares with exponential forgetting (``fit: rls``).
 
 A linear synthesizer per boundary position ``p`` (``positions = 1``: one shared map)::
 
