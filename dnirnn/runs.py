@@ -9,10 +9,11 @@
   word), bits per scored step (recall).
 - ``RunRecord``: tracks the best value of that metric and its step (kept in the checkpoint,
   so a resumed run goes on tracking it), writes ``summary.json`` (``best``, ``last``, the
-  checkpoints and their steps) and prints a short summary (``dnirnn.summary``) at the end of fit / validate /
-  test, or when interrupted (then it names the checkpoint to resume from and its step, or
-  says that nothing can be resumed). The copy tasks' best, the largest level solved, is
-  read from the curriculum at every step, so it is the figure of the curriculum line.
+  checkpoints and their steps) and prints a short summary (``dnirnn.summary``) at the end
+  of fit / validate / test, or when interrupted (then it names the checkpoint to resume
+  from and its step, or says that nothing can be resumed). The copy tasks' best, the
+  largest level solved, is read from the curriculum at every step, so it is the figure of
+  the curriculum line.
 - ``StepLabels``: the ``step`` of ``metrics.csv`` is the training step, also after a resume.
 - ``ValidateAtEnd``: a run stopped by ``max_steps`` before its epoch ends validates at its
   last step (a 50-step PTB run has a ``val/bpc`` and a ``best.ckpt``).

@@ -17,9 +17,9 @@ import torch
 import dnirnn
 import dnirnn.checkpointing
 import dnirnn.dni
-import dnirnn.summary
 import dnirnn.lit
 import dnirnn.runs
+import dnirnn.summary
 from dnirnn import compare
 from dnirnn.cli import main, pop_seeds
 from dnirnn.curriculum import solved_level

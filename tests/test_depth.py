@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dnirnn.dni import DNIRNN, window_update
+from dnirnn.engine.kept import KeptWindows
 from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.optim import Optimizers
 from dnirnn.synthesizers import Synthesizer
@@ -141,6 +142,42 @@ def test_hybrid_fits_dnis_targets():
         seen[name] = targets
     assert len(seen["deep"]) == len(windows) - 1
     for a, b in zip(seen["deep"], seen["shallow"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("depth, window, steps", [(2, 2, 12), (4, 1, 9), (4, 2, 14), (3, 3, 12)])
+def test_the_hybrids_targets_come_from_its_deeper_backward(depth, window, steps, monkeypatch):
+    """With K = H, λ = 1 and β = 1 the hybrid walks each kept window once: the H-window
+    targets are sums of what its deeper backward carries back (no chain of state-only
+    products), equal in float64 to the chain's, while the core steps after every window."""
+    x, y = data(steps)
+    windows = split_windows(x, y, window)
+    seen = {}
+    for name in ("chain", "shared"):
+        net = make("dni", depth, lam=1.0, horizon=depth)
+        with torch.no_grad():
+            torch.manual_seed(5)
+            for p in net.synthesizer.parameters():
+                p.copy_(0.3 * torch.randn_like(p))
+        assert net.targets.shared
+        targets, real = [], KeptWindows._chain
+        if name == "chain":
+            net.targets.shared = False
+        else:
+            monkeypatch.setattr(KeptWindows, "_chain", lambda *a, **k: pytest.fail("a chain"))
+        monkeypatch.setattr(type(net), "fit_ready",
+                            lambda self, opts, ready, prediction=None, out=targets:
+                            out.extend(r.target.clone() for r in ready) or
+                            (torch.zeros(()), torch.zeros(()), len(ready)))
+        opts = Optimizers(torch.optim.SGD(net.core_parameters(), lr=0.05), None)
+        state, n = random_state(net), len(windows)
+        for k, w in enumerate(windows):
+            state = window_update(net, opts, w, state, episode_start=k == 0,
+                                  episode_end=k == n - 1).state
+        monkeypatch.setattr(KeptWindows, "_chain", real)
+        seen[name] = targets
+    assert len(seen["shared"]) == len(windows) - 1  # every boundary but the episode's start
+    for a, b in zip(seen["shared"], seen["chain"]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 

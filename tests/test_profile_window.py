@@ -27,8 +27,9 @@ def prof():
      {"predict", "targets chain", "deeper backward", "observe"}),
     ("dni_h4", {"forward+backward", "predict", "targets chain", "observe", "solve"},
      {"deeper backward"}),
-    ("recipe", {"forward+backward", "predict", "targets chain", "deeper backward", "observe",
-                "solve"}, set()),
+    # (the recipe's targets are made by its deeper backward: no chain, KeptWindows.shared)
+    ("recipe", {"forward+backward", "predict", "deeper backward", "observe", "solve"},
+     {"targets chain"}),
     ("tbptt_deep4", {"forward+backward", "deeper backward"},
      {"predict", "targets chain", "observe"}),
 ])

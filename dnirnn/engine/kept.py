@@ -17,7 +17,9 @@ window; a later VJP uses the parameters the window's data went through) and, on 
 PyTorch's native LSTM kernels where the targets' chain will walk it (``native_rnn``: oneDNN's
 fused backward computes every weight gradient whether asked or not, so a state-only VJP
 through it would cost a full backward); with no targets to make (TBPTT(T, K·T)) every VJP
-wants the weights' gradients, and the fused kernels stay.
+wants the weights' gradients, and the fused kernels stay. The hybrid with K = H, λ = 1 and
+β = 1 walks each kept window once (``shared``): a boundary's target is the sum of what the
+deeper backward carries back to it, and it keeps the fused kernels too.
 On streams the chains cross training steps: ``state_dict`` holds what rebuilds the graphs on
 resume (each window's data, start state, parameter copies and RNG state).
 """
@@ -26,62 +28,15 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from dnirnn.engine.graphs import ParameterSnapshot, native_rnn
 from dnirnn.engine.update import Ready, scaled
 from dnirnn.state import State, flatten_state, unflatten_state
-
-
-@contextlib.contextmanager
-def native_rnn(device: torch.device):
-    """On the CPU, ``nn.LSTM`` uses PyTorch's native kernels instead of oneDNN's fused RNN
-    inside the block (see the module docstring); elsewhere, nothing changes."""
-    get = getattr(torch._C, "_get_mkldnn_enabled", None)
-    if device.type != "cpu" or get is None or not get():
-        yield
-        return
-    torch._C._set_mkldnn_enabled(False)
-    try:
-        yield
-    finally:
-        torch._C._set_mkldnn_enabled(True)
-
-
-class ParameterSnapshot:
-    """A saved-tensor hook pair that stores copies of parameters instead of the parameters.
-
-    Use ``with torch.autograd.graph.saved_tensors_hooks(*snap.hooks()):`` around a forward
-    pass: any saved tensor that shares storage with one of ``params`` is replaced by a copy
-    (one copy per distinct tensor, kept in ``copies``), so the graph survives in-place
-    optimizer steps. Gradients still flow to the parameters themselves.
-    """
-
-    def __init__(self, params: Iterable[Tensor]) -> None:
-        self._storages = {p.untyped_storage().data_ptr() for p in params}
-        self.copies: dict[tuple, Tensor] = {}
-
-    def _pack(self, t: Tensor) -> Tensor:
-        if t.untyped_storage().data_ptr() not in self._storages:
-            # (a view, not ``t``: a saved output holding itself would be a reference cycle
-            # through its own grad_fn that Python's collector cannot see, and leak the graph)
-            return t.detach()
-        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
-        copy = self.copies.get(key)
-        if copy is None:
-            copy = self.copies[key] = t.detach().clone()
-        return copy
-
-    def hooks(self):
-        return self._pack, _identity
-
-
-def _identity(t: Tensor) -> Tensor:
-    return t
 
 
 @dataclass
@@ -103,6 +58,8 @@ class Link:
             window's backward).
         waiting: boundary j's target is still to come (False for an episode's start, kept
             only for the deeper backward).
+        acc: where the deeper backward makes the targets (``KeptWindows.shared``): the sum
+            so far of what it carried back to ``s_j``.
     """
 
     start: State
@@ -114,6 +71,7 @@ class Link:
     record: dict[str, Any] = field(default_factory=dict)
     delta: Tensor | None = None
     waiting: bool = True
+    acc: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.delta is None:
@@ -155,6 +113,11 @@ class KeptWindows:
                              f"{chain!r} with horizon {horizon}")
         self.core, self.params, self.depth, self.chain = core, params, depth, chain
         self.horizon, self.lam, self.beta = horizon, float(lam), float(beta)
+        # The hybrid's one walk: with K = H, λ = 1 and β = 1, boundary j's target is the sum
+        # of what the deeper backward carries back to s_j (``deepen``): the H windows'
+        # losses, and the synthetic gradient H windows on once j is the oldest. No chain.
+        self.shared = depth > 1 and depth == horizon and chain == "window" \
+            and self.lam == 1.0 and self.beta == 1.0
         self.layers = core.cfg.num_layers
         self.links: deque[Link] = deque()
         self.max_held = 0  # the most window graphs held at once (a diagnostic)
@@ -177,9 +140,11 @@ class KeptWindows:
 
     def _kernels(self, device: torch.device):
         """The CPU's native kernels where state-only VJPs will walk the graph (the targets'
-        chain); with no targets to make (TBPTT(T, K·T), the oracle) every VJP also asks for
-        the parameters' gradients, which oneDNN's fused backward computes at once."""
-        return native_rnn(device) if self.horizon != 1 else contextlib.nullcontext()
+        chain); with no targets to make (TBPTT(T, K·T), the oracle), or with the targets made
+        by the deeper backward (``shared``: only the K - 1 transports of the synthetic
+        gradient are state-only), the fused kernels: measured faster (results/speed.md)."""
+        return native_rnn(device) if self.horizon != 1 and not self.shared else \
+            contextlib.nullcontext()
 
     def __len__(self) -> int:
         return len(self.links)
@@ -202,7 +167,8 @@ class KeptWindows:
             ready = self._block()
         elif h is not None and 1 < h <= len(self.links) and self.links[-h].waiting:
             oldest = self.links[-h]
-            target = self._chain(list(self.links)[-h:], keep=False)[-1]
+            target = oldest.acc if self.shared and oldest.acc is not None else \
+                self._chain(list(self.links)[-h:], keep=False)[-1]
             oldest.waiting = False
             ready = [Ready(oldest.state, target, oldest.context, oldest.position)]
         while self.links and not self.links[0].waiting and len(self.links) > self.depth - 1:
@@ -218,7 +184,10 @@ class KeptWindows:
         if first is None or self.horizon == 1:
             return []
         links = links[first:]
-        targets = self._chain(links, keep=True)[::-1]
+        if self.shared and all(l.acc is not None for l in links):
+            targets = [l.acc for l in links]
+        else:
+            targets = self._chain(links, keep=True)[::-1]
         return [Ready(l.state, t, l.context, l.position) for l, t in zip(links, targets)]
 
     def _block(self) -> list[Ready]:
@@ -250,6 +219,8 @@ class KeptWindows:
         deeper backward (``deepen``) with ``v_g = J_t^T beta g_{t+1}``. Returns (and sets as
         ``link.delta``) the window's own bootstrapped target ``delta_t = v_loss + v_g``."""
         v_loss, v_g = link.delta, None
+        if self.shared:
+            link.acc = v_loss  # (its own loss's part; the later windows' come in ``deepen``)
         if link.g_end is not None and self.beta != 0.0:
             v_g = self.transport(link.start, link.end, scaled(link.g_end, self.beta))
         self.deepen(v_loss, v_g)
@@ -281,6 +252,8 @@ class KeptWindows:
                     p.grad = g if p.grad is None else p.grad + g
             v_loss = flatten_state(tuple(torch.zeros_like(s) if g is None else g
                                          for g, s in zip(got[:len(link.start)], link.start)))
+            if self.shared and link.acc is not None:
+                link.acc = link.acc + v_loss  # (at the oldest, with the synthetic gradient's)
             if v_g is not None and not oldest:
                 v_g = self.transport(link.start, link.end, v_g)
 
@@ -328,7 +301,7 @@ class KeptWindows:
             rec = {k: ([cpu(v) for v in val] if isinstance(val, list) else cpu(val))
                    for k, val in l.record.items()}
             links.append({**rec, "start": [cpu(s) for s in l.start], "delta": cpu(l.delta),
-                          "g_end": cpu(l.g_end), "context": cpu(l.context),
+                          "acc": cpu(l.acc), "g_end": cpu(l.g_end), "context": cpu(l.context),
                           "position": l.position, "waiting": l.waiting})
         return {"links": links, "max_held": self.max_held}
 
@@ -361,7 +334,7 @@ class KeptWindows:
             self.links.append(Link(start, end, dev(rec["g_end"]),
                                    flatten_state(start).detach(), dev(rec["context"]),
                                    rec["position"], record, delta=rec["delta"].to(device),
-                                   waiting=rec.get("waiting", True)))
+                                   waiting=rec.get("waiting", True), acc=dev(rec.get("acc"))))
 
     def _forward_as_recorded(self, rec: dict, start: State) -> State:
         params, device = self.params, self.params[0].device
