@@ -28,6 +28,7 @@ This module is the command itself: the arguments before Lightning reads them (re
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -142,39 +143,35 @@ def main(args: list[str] | None = None) -> None:
     except RecipeNotFound as e:
         fail(str(e))
     seeds, args = pop_seeds(args)
-    if not seeds:
-        return run(args)
-    if not args or args[0] != "fit":
+    if seeds and (not args or args[0] != "fit"):
         fail("--seeds goes with fit: dnirnn fit --config RECIPE --seeds=0,1,2")
-    if any(a == "--ckpt_path" or a.startswith("--ckpt_path=") for a in args):
+    if seeds and any(a == "--ckpt_path" or a.startswith("--ckpt_path=") for a in args):
         fail("--seeds starts one new run per seed, --ckpt_path resumes one run: give one of "
              "them (resume each seed's run with its own --ckpt_path). Nothing was written.")
     start = len(COMPLETED)
-    for seed in seeds:
-        run([*args, f"--seed_everything={seed}"])
-    from dnirnn.compare import print_table
+    for run_args in [[*args, f"--seed_everything={seed}"] for seed in seeds] or [args]:
+        with running(run_args):
+            DNICLI(RecurrentModule, L.LightningDataModule, subclass_mode_model=True,
+                   subclass_mode_data=True, save_config_callback=ConfigToLoggers,
+                   save_config_kwargs={"overwrite": True}, parser_class=ConciseParser,
+                   args=run_args)
+    if seeds:
+        from dnirnn.compare import print_table
 
-    print_table(COMPLETED[start:])
+        print_table(COMPLETED[start:])
 
 
-def run(args: list[str]) -> None:
-    """One fit / validate / test (see ``main``)."""
+@contextlib.contextmanager
+def running(args: list[str]):
+    """Around one fit / validate / test (see ``main``): what every run needs before it, and
+    what each way it can end says (a context manager, not a frame on the training path)."""
     torch.set_float32_matmul_precision("high")
     # LightningCLI warns when given args while sys.argv has some: main() passes them on
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     remember_command(args)  # (the workers of a layer-parallel fit run these arguments)
     SETUP.hold()  # Lightning's lines print once the checks have passed (DNICLI._preflight)
     try:
-        DNICLI(
-            RecurrentModule,
-            L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_callback=ConfigToLoggers,
-            save_config_kwargs={"overwrite": True},
-            parser_class=ConciseParser,
-            args=args,
-        )
+        yield
     except NothingToTrain as e:
         print(f"dnirnn: {e}", flush=True)
     except USER_ERRORS as e:

@@ -10,7 +10,7 @@ parameters and exchange activations and gradients point-to-point
 Launch. ``dnirnn fit`` runs rank 0 in its own process; ``WorkerLauncher`` starts ranks
 1..P-1 as ``python -m dnirnn.cli <the same arguments>`` with Lightning's environment
 (``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``, ``LOCAL_RANK``): the arguments are the ones
-``dnirnn.cli.run`` was given (``remember_command``), not ``sys.argv``, so a fit started
+``dnirnn.cli.main`` was given (``remember_command``), not ``sys.argv``, so a fit started
 from Python (a test, a notebook) starts the same workers. Under ``torchrun`` (which sets
 ``LOCAL_RANK`` itself) nothing is started: every rank is already running.
 ``release_workers`` (called when the run ends) waits for the workers and restores the
@@ -49,7 +49,7 @@ _WATCHDOGS: list[Watchdog] = []
 
 
 def remember_command(args: list[str]) -> None:
-    """The arguments of this ``dnirnn fit``, for the workers (``dnirnn.cli.run``)."""
+    """The arguments of this ``dnirnn fit``, for the workers (``dnirnn.cli.main``)."""
     global _COMMAND
     _COMMAND = list(args)
 
@@ -157,7 +157,7 @@ def _watch(dog: Watchdog) -> None:
 
 
 def release_workers(timeout: float = 60.0) -> None:
-    """At the end of a run (``dnirnn.cli.run``): stops the watchdogs, waits for the workers
+    """At the end of a run (``dnirnn.cli.main``): stops the watchdogs, waits for the workers
     (killing any still alive after ``timeout`` seconds) and restores the environment."""
     for dog in _WATCHDOGS:
         dog.done.set()
