@@ -1,42 +1,80 @@
 r"""Kept windows: the graphs of the last windows, held for a later backward (``KeptWindows``).
 
 Two consumers (docs/design.md §1, "Targets" and "A deeper backward"): the synthesizer's
-H-window λ-return targets, by a chain of state-only vector-Jacobian products headed by each
-window's own ``delta_j`` (``push``, ``flush``: with ``chain="window"`` one chain of H - 1
-products per window, each boundary's target exactly H windows deep; with ``chain="block"``
-one chain every H windows, through the 2H - 1 windows from the oldest waiting boundary to the
-newest, which hands the oldest H boundaries their targets at once, H .. 2H - 1 windows deep),
-and the core's deeper backward of
-TBPTT(T, K·T) and the hybrid (``deepen_window``). After window j's update its graph from
-``s_j`` to ``s_{j+1}`` is kept (a ``Link``; the loss's branch is not needed, ``_vjp``) while a
-consumer still needs it: at most max(H, K) graphs (the block chain: max(2H - 1, K)), the
-memory of TBPTT over that many windows.
-
-Each kept forward runs under ``ParameterSnapshot`` (the core steps in place after every
-window; a later VJP uses the parameters the window's data went through) and, on the CPU,
-PyTorch's native LSTM kernels where the targets' chain will walk it (``native_rnn``: oneDNN's
-fused backward computes every weight gradient whether asked or not, so a state-only VJP
-through it would cost a full backward); with no targets to make (TBPTT(T, K·T)) every VJP
-wants the weights' gradients, and the fused kernels stay. The hybrid with K = H, λ = 1 and
-β = 1 walks each kept window once (``shared``): a boundary's target is the sum of what the
-deeper backward carries back to it, and it keeps the fused kernels too.
-On streams the chains cross training steps: ``state_dict`` holds what rebuilds the graphs on
-resume (each window's data, start state, parameter copies and RNG state).
+H-window λ-return targets (``push``, ``flush``: a chain of state-only vector-Jacobian
+products per window, or per block of H windows with ``chain="block"``) and the core's deeper
+backward of TBPTT(T, K·T) and the hybrid (``deepen_window``), whose walk also makes the
+targets when K = H, λ = 1 and β = 1 (``shared``: no chain). Window j's graph from ``s_j`` to
+``s_{j+1}`` is kept (a ``Link``) while a consumer needs it: at most max(H, K) graphs (the
+block chain: max(2H - 1, K)), the memory of TBPTT over that many windows. Each kept forward
+runs under ``ParameterSnapshot`` (a later VJP uses the parameters the window's data went
+through, though the core steps in place) and, where a chain will walk it on the CPU, under
+PyTorch's native LSTM kernels (``native_rnn``). On streams the chains cross training steps:
+``state_dict`` holds what rebuilds the graphs on resume.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dnirnn.engine.graphs import ParameterSnapshot, native_rnn
 from dnirnn.engine.update import Ready, scaled
 from dnirnn.state import State, flatten_state, unflatten_state
+
+
+@contextlib.contextmanager
+def native_rnn(device: torch.device):
+    """On the CPU, ``nn.LSTM`` uses PyTorch's native kernels instead of oneDNN's fused RNN
+    inside the block (a state-only VJP through oneDNN's fused backward would cost a full
+    backward: it computes every weight gradient whether asked or not); elsewhere, nothing
+    changes."""
+    get = getattr(torch._C, "_get_mkldnn_enabled", None)
+    if device.type != "cpu" or get is None or not get():
+        yield
+        return
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(True)
+
+
+class ParameterSnapshot:
+    """A saved-tensor hook pair that stores copies of parameters instead of the parameters.
+
+    Use ``with torch.autograd.graph.saved_tensors_hooks(*snap.hooks()):`` around a forward
+    pass: any saved tensor that shares storage with one of ``params`` is replaced by a copy
+    (one copy per distinct tensor, kept in ``copies``), so the graph survives in-place
+    optimizer steps. Gradients still flow to the parameters themselves.
+    """
+
+    def __init__(self, params: Iterable[Tensor]) -> None:
+        self._storages = {p.untyped_storage().data_ptr() for p in params}
+        self.copies: dict[tuple, Tensor] = {}
+
+    def _pack(self, t: Tensor) -> Tensor:
+        if t.untyped_storage().data_ptr() not in self._storages:
+            # (a view, not ``t``: a saved output holding itself would be a reference cycle
+            # through its own grad_fn that Python's collector cannot see, and leak the graph)
+            return t.detach()
+        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        copy = self.copies.get(key)
+        if copy is None:
+            copy = self.copies[key] = t.detach().clone()
+        return copy
+
+    def hooks(self):
+        return self._pack, _identity
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
 
 
 @dataclass
