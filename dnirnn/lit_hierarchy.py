@@ -41,7 +41,7 @@ from dnirnn.hierarchy import (
     HierarchyResult,
     HierarchyState,
     TwoTimescaleRNN,
-    hierarchy_update,
+    train_span,
 )
 from dnirnn.optim import Optimizers, adam
 from dnirnn.options import (
@@ -212,17 +212,10 @@ class HierarchyModule(RecurrentModule):
         return self.engine.zero_state(batch)
 
     def run_windows(self, batch: Batch) -> list[HierarchyResult]:
-        opts, state = self._optimizers(), self.carried
-        spans = split_windows(batch.x, batch.y, self.span, batch.mask)
-        results = []
-        for i, span in enumerate(spans):
-            res = hierarchy_update(self.engine, opts, span, state,
-                                   episode_start=batch.reset and i == 0,
-                                   episode_end=batch.last and i == len(spans) - 1)
-            state = res.state
-            results.append(res)
-        results[-1].finite = results[-1].finite & self.engine.end_step()  # rls: the solve
-        self.carried = state
+        results, self.carried = train_span(
+            self.engine, self._optimizers(), split_windows(batch.x, batch.y, self.span,
+                                                           batch.mask),
+            self.carried, reset=batch.reset, last=batch.last)
         return results
 
     def eval_forward(self, x: Tensor, state: HierarchyState) -> tuple[Tensor, HierarchyState]:

@@ -27,7 +27,7 @@ needs_ptb = pytest.mark.skipif(
     ptb_files.PTB_ROOT is None, reason=ptb_files.WHERE
 )
 TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--model.core.embed_size=8"]
-# (the hierarchy's three synthesizers share one hidden width)
+# (small widths for the hierarchy's other two synthesizers too)
 HIER_TINY = [*TINY, "--model.slow_synthesizer.hidden=8", "--model.interface.hidden=8"]
 
 

@@ -29,8 +29,9 @@ k * T_s = 8 fast steps is the data of one ``hierarchy_update``; steps counted fr
 Nothing here syncs with the host: every diagnostic is returned as a tensor.
 
 Modules: ``model`` (the configuration, the carried state and the network), ``windows`` (one
-fast window's and one slow window's forward and backward), ``update`` (the optimizers and
-``hierarchy_update``, a whole span). Everything is re-exported here.
+fast window's and one slow window's forward and backward), ``update`` (the optimizers,
+``hierarchy_update``, a whole span, and ``train_span``, a training step of spans).
+Everything is re-exported here.
 """
 
 from dnirnn.hierarchy.model import (
@@ -43,6 +44,7 @@ from dnirnn.hierarchy.update import (
     HierarchyOptimizers,
     HierarchyResult,
     hierarchy_update,
+    train_span,
 )
 from dnirnn.hierarchy.windows import (
     FastWindowGradients,
@@ -57,5 +59,5 @@ __all__ = [
     "FastWindowGradients", "HierarchyConfig", "HierarchyOptimizers", "HierarchyOracle",
     "HierarchyResult", "HierarchyState", "SlowWindow", "SlowWindowGradients", "TwoTimescaleRNN",
     "fast_window_gradients", "hierarchy_update", "init_forget_bias",
-    "slow_window_gradients",
+    "slow_window_gradients", "train_span",
 ]

@@ -185,3 +185,21 @@ def _slow_update(
         fast_grad_norm=fast_norm, slow_grad_norm=slow_norm,
         finite=torch.isfinite(loss) & torch.isfinite(fast_norm) & torch.isfinite(slow_norm),
     )
+
+
+def train_span(net: TwoTimescaleRNN, opts: HierarchyOptimizers, spans: list[Window],
+               state: HierarchyState, *, reset: bool = False, last: bool = False
+               ) -> tuple[list[HierarchyResult], HierarchyState]:
+    """One training step of the hierarchy: ``hierarchy_update`` on each slow window's span
+    (``k * slow_window`` steps), then ``net.end_step`` (least-squares synthesizers solve),
+    as ``dnirnn.dni.train_span`` does for the single core. ``reset``: the first span starts
+    an episode; ``last``: the episode ends with the last. Returns the spans' results (the
+    last one's ``finite`` covers ``end_step``) and the state after them."""
+    results = []
+    for i, span in enumerate(spans):
+        res = hierarchy_update(net, opts, span, state, episode_start=reset and i == 0,
+                               episode_end=last and i == len(spans) - 1)
+        state = res.state
+        results.append(res)
+    results[-1].finite = results[-1].finite & net.end_step()
+    return results, state
