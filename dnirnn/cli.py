@@ -20,10 +20,10 @@ Checkpoints come every ``--checkpoint_every`` (default 5 min) and at epoch ends,
 SIGTERM checkpoint the step they interrupt (``dnirnn.interrupt``). ``--config`` files are
 applied first, in their order, then the other options, wherever they are written.
 
-This module is the command itself: the arguments before Lightning reads them (recipe names,
-``--seeds``), one ``DNICLI`` run each (``dnirnn.cli_lightning``; its checks before writing:
-``dnirnn.preflight``), and every way a run ends as a message and an exit code
-(docs/errors.md).
+This module prepares the command that ``dnirnn.main.main`` runs: the arguments before
+Lightning reads them (``plan``: recipe names, ``--seeds``), how each run builds ``DNICLI``
+(``dnirnn.cli_lightning``; its checks before writing: ``dnirnn.preflight``), and every way a
+run ends as a message and an exit code (``running``; docs/errors.md).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dnirnn.checkpointing import CheckpointError, CheckpointWriteError
 from dnirnn.cli_help import wants_short_help
-from dnirnn.cli_lightning import DNICLI, RUN_ROOTS, ConfigToLoggers
+from dnirnn.cli_lightning import RUN_ROOTS, ConfigToLoggers
 from dnirnn.cli_parser import ConciseParser, ConfigError, user_message
 from dnirnn.data.ptb import DataError
 from dnirnn.decoupled.parallel import as_peer_lost, release_workers, remember_command
@@ -53,7 +53,6 @@ from dnirnn.preflight import NothingToTrain
 from dnirnn.quiet import SETUP, install_filters
 from dnirnn.recipe import RecipeNotFound, configs_first, nulls_in_groups, resolve_config_args
 from dnirnn.recurrent import NonFiniteLossError, RecurrentModule
-from dnirnn.runs import COMPLETED
 
 # (MisconfigurationException: Lightning's own, e.g. more devices than the machine has)
 USER_ERRORS = (ValueError, DataError, CheckpointError, NonFiniteLossError, ConfigError,
@@ -122,12 +121,20 @@ def pop_seeds(args: list[str]) -> tuple[list[int], list[str]]:
         fail(f"--seeds takes integers separated by commas, e.g. --seeds=0,1,2 (got {seeds!r})")
 
 
-def main(args: list[str] | None = None) -> None:
-    """Runs the CLI. Bad input (config, data, checkpoint), an unwritable or full disk and a
-    non-finite loss end the run with exit code 2 and a one-paragraph message on stderr
-    (``DNIRNN_DEBUG=1``: traceback); see docs/errors.md. Ctrl-C ends it with the summary and
-    exit code 130. ``--seeds=0,1,2`` runs one fit per seed, then compares them."""
-    args = sys.argv[1:] if args is None else list(args)
+MODEL_AND_DATA = dict(model_class=RecurrentModule, datamodule_class=L.LightningDataModule,
+                      subclass_mode_model=True, subclass_mode_data=True,
+                      save_config_callback=ConfigToLoggers,
+                      save_config_kwargs={"overwrite": True}, parser_class=ConciseParser)
+"""How every run builds ``DNICLI``: ``DNICLI(**MODEL_AND_DATA, args=...)``."""
+
+
+def plan(args: list[str]) -> tuple[list[list[str]], bool]:
+    """The runs a ``dnirnn fit|validate|test`` command asks for: its arguments as Lightning
+    reads them (recipe names resolved, ``--config`` files first), one list per seed of
+    ``--seeds=0,1,2`` (none after a short help, printed here), and whether seeds were given
+    (their fits are compared at the end). Bad input ends the command
+    with exit code 2 and a one-paragraph message on stderr (``DNIRNN_DEBUG=1``: traceback;
+    docs/errors.md)."""
     keep_freed_memory()
     # (the seed is in the run's config.yaml; Lightning's "Seed set to N" would come before
     # any one-line error)
@@ -136,35 +143,31 @@ def main(args: list[str] | None = None) -> None:
     if wants_short_help(args):
         from dnirnn.cli_help import print_help
 
-        return print_help(args)
+        print_help(args)
+        return [], False
     args = [a for a in args if a != "--help-all"] + (["--help"] if "--help-all" in args else [])
     try:
         args = nulls_in_groups(configs_first(resolve_config_args(args)))
     except RecipeNotFound as e:
         fail(str(e))
     seeds, args = pop_seeds(args)
-    if seeds and (not args or args[0] != "fit"):
+    if not seeds:
+        return [args], False
+    if not args or args[0] != "fit":
         fail("--seeds goes with fit: dnirnn fit --config RECIPE --seeds=0,1,2")
-    if seeds and any(a == "--ckpt_path" or a.startswith("--ckpt_path=") for a in args):
+    if any(a == "--ckpt_path" or a.startswith("--ckpt_path=") for a in args):
         fail("--seeds starts one new run per seed, --ckpt_path resumes one run: give one of "
              "them (resume each seed's run with its own --ckpt_path). Nothing was written.")
-    start = len(COMPLETED)
-    for run_args in [[*args, f"--seed_everything={seed}"] for seed in seeds] or [args]:
-        with running(run_args):
-            DNICLI(RecurrentModule, L.LightningDataModule, subclass_mode_model=True,
-                   subclass_mode_data=True, save_config_callback=ConfigToLoggers,
-                   save_config_kwargs={"overwrite": True}, parser_class=ConciseParser,
-                   args=run_args)
-    if seeds:
-        from dnirnn.compare import print_table
-
-        print_table(COMPLETED[start:])
+    return [[*args, f"--seed_everything={seed}"] for seed in seeds], True
 
 
 @contextlib.contextmanager
 def running(args: list[str]):
-    """Around one fit / validate / test (see ``main``): what every run needs before it, and
-    what each way it can end says (a context manager, not a frame on the training path)."""
+    """Around one fit / validate / test (``dnirnn.main.main``): what every run needs before
+    it, and what each way it can end says: exit code 2 and one paragraph for bad input (a
+    config, data, a checkpoint), an unwritable or full disk and a non-finite loss; the summary
+    and exit code 130 for Ctrl-C (docs/errors.md). A context manager, not a frame on the
+    training path."""
     torch.set_float32_matmul_precision("high")
     # LightningCLI warns when given args while sys.argv has some: main() passes them on
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -225,6 +228,3 @@ def _finish_wandb() -> None:
     if wandb is not None and wandb.run is not None:
         wandb.finish()
 
-
-if __name__ == "__main__":
-    main()

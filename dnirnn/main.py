@@ -1,8 +1,8 @@
 """The ``dnirnn`` command: dispatches without importing Lightning where it is not needed.
 
 ``dnirnn recipes``, ``dnirnn plot`` / ``compare``, ``dnirnn --help`` / ``--version`` and
-``dnirnn fit --help`` answer at once; ``fit``, ``validate`` and ``test`` go to ``dnirnn.cli``
-(LightningCLI, which takes a few seconds to import torch and Lightning).
+``dnirnn fit --help`` answer at once; ``fit``, ``validate`` and ``test`` run LightningCLI
+(``dnirnn.cli``, which takes a few seconds to import torch and Lightning).
 """
 
 from __future__ import annotations
@@ -58,9 +58,18 @@ def main(args: list[str] | None = None) -> None:
     if wants_short_help(args):  # before Lightning is imported: instant
         print_help(args)
         return
-    from dnirnn.cli import main as cli_main
+    from dnirnn.cli import MODEL_AND_DATA, plan, running
+    from dnirnn.cli_lightning import DNICLI
+    from dnirnn.runs import COMPLETED
 
-    cli_main(args)
+    (runs, seeded), start = plan(args), len(COMPLETED)
+    for run_args in runs:  # (one a seed; no frame of ours between here and training_step)
+        with running(run_args):
+            DNICLI(**MODEL_AND_DATA, args=run_args)
+    if seeded:  # --seeds: the fits side by side
+        from dnirnn.compare import print_table
+
+        print_table(COMPLETED[start:])
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ import dnirnn.lit
 import dnirnn.runs
 import dnirnn.summary
 from dnirnn import compare
-from dnirnn.cli import main, pop_seeds
+from dnirnn.cli import pop_seeds
 from dnirnn.curriculum import solved_level
 from dnirnn.data import ptb
+from dnirnn.main import main
 from dnirnn.main import main as dnirnn_main
 from dnirnn.recipe import list_overlays, list_recipes, resolve_config
 from dnirnn.runs import make_loggers

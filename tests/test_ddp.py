@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnirnn.cli import main
+from dnirnn.main import main
 
 from . import ptb_files
 
@@ -60,7 +60,7 @@ def test_ddp_two_processes_equal_one_process(recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     ddp = subprocess.run(
-        [sys.executable, "-m", "dnirnn.cli", *args(recipe, tmp_path / "ddp"),
+        [sys.executable, "-m", "dnirnn", *args(recipe, tmp_path / "ddp"),
          "--trainer.strategy=ddp", "--trainer.devices=2"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240,
     )

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from dnirnn.cli import main
+from dnirnn.main import main
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
@@ -61,7 +61,7 @@ def env() -> dict[str, str]:
 
 
 def two_processes(args: list[str], cwd: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "dnirnn.cli", *args], env=env(), cwd=cwd,
+    proc = subprocess.run([sys.executable, "-m", "dnirnn", *args], env=env(), cwd=cwd,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -194,7 +194,7 @@ def _start_long_run(tmp: Path) -> tuple[subprocess.Popen, int, Path]:
     err = tmp / "stderr.txt"
     args = fit_args(cfg, tmp / "run", "--trainer.max_steps=100000",
                     "--data.init_args.steps_per_epoch=100000", "--checkpoint_every=5")
-    proc = subprocess.Popen([sys.executable, "-m", "dnirnn.cli", *args], env=env(), cwd=tmp,
+    proc = subprocess.Popen([sys.executable, "-m", "dnirnn", *args], env=env(), cwd=tmp,
                             stdout=subprocess.DEVNULL, stderr=open(err, "w"))
     deadline = time.monotonic() + 240
     while not list(tmp.glob("run/version_*/checkpoints/*step=5.ckpt")):

@@ -193,7 +193,7 @@ def test_depth_through_the_cli(recipe, tmp_path, cli_sandbox):
     """``--model.depth`` reaches the engine: a few steps train, and the loss is finite."""
     import csv
 
-    from dnirnn.cli import main
+    from dnirnn.main import main
 
     torch.set_default_dtype(torch.float32)
     root = tmp_path / "run"
@@ -211,7 +211,7 @@ def test_depth_through_the_cli(recipe, tmp_path, cli_sandbox):
     (["--model.depth=0"], "model.depth"),
 ])
 def test_depth_errors_name_the_option(extra, word, tmp_path, cli_sandbox, capsys):
-    from dnirnn.cli import main
+    from dnirnn.main import main
 
     with pytest.raises(SystemExit) as e:
         main(["fit", "--config", "copy_tbptt", "--model.depth=2", *extra,
@@ -226,7 +226,7 @@ def test_the_hybrid_recipe_without_a_bounded_horizon_names_both_ways_out(tmp_pat
                                                                           capsys):
     """The copy recipes run the hybrid (depth 4): an unbounded horizon on them is refused
     with the two fixes, before anything is written."""
-    from dnirnn.cli import main
+    from dnirnn.main import main
 
     with pytest.raises(SystemExit) as e:
         main(["fit", "--config", "copy_dni", "--model.targets.horizon=null",

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dnirnn.cli import main
 from dnirnn.diagnostics import SyntheticGradientDiagnostics
 from dnirnn.lit import DNIModule
+from dnirnn.main import main
 from dnirnn.tasks import CopyTask, LanguageModelTask
 from dnirnn.window import split_windows
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import dnirnn.runs
-from dnirnn.cli import main
+from dnirnn.main import main
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 TINY = ["--model.hidden_size=8", "--data.init_args.batch_size=4",

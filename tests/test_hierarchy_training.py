@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from dnirnn.cli import main
 from dnirnn.data.recall import Recall
 from dnirnn.lit_hierarchy import HierarchyModule
+from dnirnn.main import main
 from dnirnn.options import InterfaceOptions, SlowSynthesizerOptions, SynthesizerOptions
 from dnirnn.synthesizers.least_squares import LeastSquaresSynthesizer
 from dnirnn.tasks import RecallTask

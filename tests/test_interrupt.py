@@ -21,8 +21,8 @@ import torch
 
 import dnirnn.checkpointing
 import dnirnn.interrupt
-from dnirnn.cli import main
 from dnirnn.interrupt import parse_every
+from dnirnn.main import main
 from dnirnn.recurrent import RecurrentModule
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")

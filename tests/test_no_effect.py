@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from dnirnn.cli import main
+from dnirnn.main import main
 from dnirnn.no_effect import given, ignored, unread
 from dnirnn.recipe import configs_first, resolve_config_args
 

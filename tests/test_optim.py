@@ -12,9 +12,9 @@ import torch
 import yaml
 from torch import nn
 
-from dnirnn.cli import main
 from dnirnn.dni import DNIRNN, window_update
 from dnirnn.lit import DNIModule
+from dnirnn.main import main
 from dnirnn.model import CoreConfig, LSTMCore
 from dnirnn.optim import Optimizers, advance, build_optimizer, build_scheduler, check_optimizer
 from dnirnn.tasks import lm_step_loss

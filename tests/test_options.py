@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dnirnn.checkpointing import CheckpointError, check_checkpoint
-from dnirnn.cli import main
 from dnirnn.lit import DNIModule
+from dnirnn.main import main
 from dnirnn.options import (
     CoreOptions,
     InterfaceOptions,

@@ -15,11 +15,11 @@ import torch
 import yaml
 from torch import nn
 
-from dnirnn.cli import main
 from dnirnn.data.ptb_corpus import Corpus
 from dnirnn.data.vocab import Vocab
 from dnirnn.datamodules import PTBDataModule
 from dnirnn.lit import DNIModule
+from dnirnn.main import main
 from dnirnn.sweep.grid import load_grid
 from dnirnn.tasks import LanguageModelTask
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dnirnn.cli import main
+from dnirnn.main import main
 
 from .test_ptb import DATA_ROOT, needs_data
 

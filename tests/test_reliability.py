@@ -21,9 +21,9 @@ import dnirnn.checkpointing
 import dnirnn.dni
 import dnirnn.lit
 from dnirnn.checkpointing import AtomicCheckpointIO, CheckpointError, check_checkpoint
-from dnirnn.cli import main
 from dnirnn.datamodules import CopyDataModule
 from dnirnn.lit import DNIModule
+from dnirnn.main import main
 
 from . import ptb_files
 
@@ -233,7 +233,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
               "--trainer.callbacks.init_args.check_every=3"]
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "dnirnn.cli", *base("copy_dni", killed),
+    cmd = [sys.executable, "-m", "dnirnn", *base("copy_dni", killed),
            "--trainer.max_steps=100000", *common]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)

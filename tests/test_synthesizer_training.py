@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from dnirnn.cli import main
+from dnirnn.main import main
 
 from .test_training import ROOT, _resume_matches, fit
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from dnirnn.cli import main
 from dnirnn.datamodules import PTBDataModule
+from dnirnn.main import main
 from dnirnn.tasks import CopyTask
 
 from . import ptb_files

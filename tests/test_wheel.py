@@ -96,7 +96,7 @@ def test_every_recipe_and_overlay_resolves_and_parses_from_the_wheel(wheel):
     script = f"""
 import json, sys, contextlib, io
 import dnirnn, dnirnn.synthesizers, dnirnn.hierarchy, dnirnn.recipe as r
-from dnirnn.cli import main
+from dnirnn.main import main
 files = [m.__file__ for m in (dnirnn, dnirnn.synthesizers, dnirnn.hierarchy)]
 paths = {{n: r.resolve_config(n) for n in {recipes + overlays!r}}}
 paths["overlays/dni_paper"] = r.resolve_config("overlays/dni_paper")

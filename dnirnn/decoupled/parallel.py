@@ -8,9 +8,9 @@ parameters and exchange activations and gradients point-to-point
 (``dnirnn.decoupled.transport``), so there is nothing to all-reduce or broadcast per step.
 
 Launch. ``dnirnn fit`` runs rank 0 in its own process; ``WorkerLauncher`` starts ranks
-1..P-1 as ``python -m dnirnn.cli <the same arguments>`` with Lightning's environment
+1..P-1 as ``python -m dnirnn <the same arguments>`` with Lightning's environment
 (``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``, ``LOCAL_RANK``): the arguments are the ones
-``dnirnn.cli.main`` was given (``remember_command``), not ``sys.argv``, so a fit started
+``dnirnn.cli.running`` was given (``remember_command``), not ``sys.argv``, so a fit started
 from Python (a test, a notebook) starts the same workers. Under ``torchrun`` (which sets
 ``LOCAL_RANK`` itself) nothing is started: every rank is already running.
 ``release_workers`` (called when the run ends) waits for the workers and restores the
@@ -49,7 +49,7 @@ _WATCHDOGS: list[Watchdog] = []
 
 
 def remember_command(args: list[str]) -> None:
-    """The arguments of this ``dnirnn fit``, for the workers (``dnirnn.cli.main``)."""
+    """The arguments of this ``dnirnn fit``, for the workers (``dnirnn.cli.running``)."""
     global _COMMAND
     _COMMAND = list(args)
 
@@ -121,7 +121,7 @@ class WorkerLauncher(_SubprocessScriptLauncher):
         for k, v in values.items():
             _ENV_SET.setdefault(k, os.environ.get(k))
             os.environ[k] = v
-        command = ([sys.executable, "-m", "dnirnn.cli", *_COMMAND] if _COMMAND is not None
+        command = ([sys.executable, "-m", "dnirnn", *_COMMAND] if _COMMAND is not None
                    else list(_basic_subprocess_cmd()))
         self.procs = []
         for local_rank in range(1, self.num_processes):
@@ -157,7 +157,7 @@ def _watch(dog: Watchdog) -> None:
 
 
 def release_workers(timeout: float = 60.0) -> None:
-    """At the end of a run (``dnirnn.cli.main``): stops the watchdogs, waits for the workers
+    """At the end of a run (``dnirnn.cli.running``): stops the watchdogs, waits for the workers
     (killing any still alive after ``timeout`` seconds) and restores the environment."""
     for dog in _WATCHDOGS:
         dog.done.set()
