@@ -21,6 +21,8 @@ gathered across processes into the checkpoint (global layout) and sliced back on
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -173,11 +175,10 @@ class DNIModule(RecurrentModule):
                 for params, scale in ((opts._core_params, 1.0), (opts._synth_params, 1 / world))
                 for p in params]
 
-    def run_windows(self, batch: Batch) -> list[WindowResult]:
-        results, self.carried = train_span(
-            self.engine, self._optimizers(), self.windows(batch), self.carried,
+    def span_step(self, batch: Batch) -> Callable[[], tuple[list[WindowResult], State]]:
+        return functools.partial(
+            train_span, self.engine, self._optimizers(), self.windows(batch), self.carried,
             reset=batch.reset, last=batch.last, all_reduce=self._all_reduce())
-        return results
 
     def windows(self, batch: Batch) -> list[Window]:
         """The step's windows, each with its boundary position and cDNI context."""

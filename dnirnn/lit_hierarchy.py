@@ -30,6 +30,8 @@ Recipe (``recipes/ptb_char_hier_dni.yaml``)::
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -211,12 +213,12 @@ class HierarchyModule(RecurrentModule):
     def zero_state(self, batch: int) -> HierarchyState:
         return self.engine.zero_state(batch)
 
-    def run_windows(self, batch: Batch) -> list[HierarchyResult]:
-        results, self.carried = train_span(
-            self.engine, self._optimizers(), split_windows(batch.x, batch.y, self.span,
-                                                           batch.mask),
-            self.carried, reset=batch.reset, last=batch.last)
-        return results
+    def span_step(self, batch: Batch
+                  ) -> Callable[[], tuple[list[HierarchyResult], HierarchyState]]:
+        return functools.partial(
+            train_span, self.engine, self._optimizers(),
+            split_windows(batch.x, batch.y, self.span, batch.mask), self.carried,
+            reset=batch.reset, last=batch.last)
 
     def eval_forward(self, x: Tensor, state: HierarchyState) -> tuple[Tensor, HierarchyState]:
         """Whole segments through ``TwoTimescaleRNN.forward``; a tail shorter than ``k`` (only

@@ -23,6 +23,7 @@ callbacks of that step run, so the last checkpoint on disk holds finite paramete
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -54,7 +55,7 @@ class RecurrentModule(L.LightningModule):
     ``save_options(locals())``; it redeclares one whose default differs and passes it on by
     name. It reads the options from ``hparams`` (the groups, normalised, as
     ``core_options``, ``synthesizer_options``, ``targets_options``, ``optim_options``) and
-    implements the engine hooks: ``zero_state``, ``run_windows``, ``eval_forward``,
+    implements the engine hooks: ``zero_state``, ``span_step``, ``eval_forward``,
     ``task_loss``, and ``carried_tensors`` / ``carried_from_tensors`` when its state is not
     a plain ``(h, c)``; and ``train_keys``, the per-update diagnostics it logs.
 
@@ -130,10 +131,12 @@ class RecurrentModule(L.LightningModule):
     def zero_state(self, batch: int) -> Any:
         raise NotImplementedError
 
-    def run_windows(self, batch: Batch) -> Any:
-        """Trains on one span of data from ``self.carried``; sets ``self.carried``; returns
-        the per-update results (each with ``nats``, ``count``, ``finite`` and the attributes
-        named in ``train_keys``)."""
+    def span_step(self, batch: Batch) -> Callable[[], tuple[Any, Any]]:
+        """The engine's training step on one span of data from ``self.carried``, ready to
+        call (a ``functools.partial`` of the engine's span function: no frame of the module
+        between ``training_step`` and the engine). Calling it trains and returns the
+        per-update results (each with ``nats``, ``count``, ``finite`` and the attributes
+        named in ``train_keys``) and the state after the span."""
         raise NotImplementedError
 
     def eval_forward(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
@@ -205,7 +208,7 @@ class RecurrentModule(L.LightningModule):
         batch = self.task.batch("train", position, self.chunk)
         if batch.reset or self.carried is None:
             self.carried = self.zero_state(batch.x.shape[1])
-        results = self.run_windows(batch)
+        results, self.carried = self.span_step(batch)()
         self.data_position, self.steps_done = position + 1, self.steps_done + 1
         self._count_step()
         self._log_train(results)

@@ -41,7 +41,8 @@ def test_training_tail_is_word_language_models_last_shorter_update(float64, wind
         batch = task.batch("train", p, chunk)
         if batch.reset:
             module.carried = module.zero_state(3)
-        ours += [float(r.loss) for r in module.run_windows(batch)]
+        results, module.carried = module.span_step(batch)()
+        ours += [float(r.loss) for r in results]
 
     data, state, wlm = task.streams["train"], ref.zero_state(3), []
     for i in range(0, data.shape[0] - 1, window):  # WLM's train(): one update per slice
@@ -78,7 +79,7 @@ def test_training_tail_with_synthetic_gradients(boundary):
     module.configure_task(world=1)
     module.carried = module.zero_state(3)
     for p in range(2):
-        results = module.run_windows(task.batch("train", p, 21))
+        results, module.carried = module.span_step(task.batch("train", p, 21))()
     assert len(results) == 1 and results[0].count == 2 * 3
     assert torch.isfinite(results[0].loss) and bool(results[0].finite)
 

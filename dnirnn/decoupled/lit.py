@@ -30,7 +30,9 @@ synthesizers, mean over their fits / updates), ``train/interface_sg_loss``,
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
@@ -210,15 +212,18 @@ class DecoupledModule(RecurrentModule):
     def zero_state(self, batch: int) -> list[State]:
         return [g.layers.zero_state(batch) for g in self.groups]
 
-    def run_windows(self, batch: Batch) -> dict[str, Tensor]:
+    def span_step(self, batch: Batch) -> Callable[[], tuple[dict[str, Tensor], None]]:
+        return functools.partial(self._train_span, batch)
+
+    def _train_span(self, batch: Batch) -> tuple[dict[str, Tensor], None]:
         runners = self._runner_list()
         ws = split_windows(batch.x, batch.y, self.hparams.window, batch.mask)
         base = runners[0].pushed
         data = [WindowData(base + i, w, reset=batch.reset and i == 0,
                            end=batch.last and i == len(ws) - 1) for i, w in enumerate(ws)]
         results, fits, ok = run_step(runners, data)
-        self.carried = None  # (the carried states are the runners')
-        return step_sums(results, fits, ok, self.groups[0].layers.lstm.weight_hh_l0)
+        # (the carried states are the runners')
+        return step_sums(results, fits, ok, self.groups[0].layers.lstm.weight_hh_l0), None
 
     def _log_train(self, sums: dict[str, Tensor]) -> None:
         """One all-reduce of the step's sums, every step (the loss lives in the last group's
