@@ -179,10 +179,32 @@ class DNIRNN(nn.Module):
 
     # ---- steps 1-4 ----------------------------------------------------------------------
 
-    def window_gradients(
+    def window_gradients(self, window: Window, state: State, **kw) -> WindowGradients:
+        """Steps 1-4: forward the window, inject g_{k+1}, ONE backward pass.
+
+        Accumulates into the core parameters' ``.grad`` (zero them first) and leaves
+        ``delta_k`` in the start leaves' ``.grad``. Nothing is stepped. ``window_update``
+        runs the same steps, with the forward written out (no frame between it and the
+        core); the keywords are ``window_backward``'s.
+        """
+        start = truncate(state)  # 1.
+        with self.keeping(window, kw.get("keep_graph", False)) as record:
+            logits, outputs, end = self.core(window.x, start)  # 2.
+        return self.window_backward(window, start, logits, outputs, end, record, **kw)
+
+    def keeping(self, window: Window, keep_graph: bool):
+        """Around a window's forward: keeps its graph for later VJPs (``link``) under a
+        parameter snapshot (``dnirnn.engine.kept``), or nothing; yields the resume record."""
+        return self.targets.keeping(window) if keep_graph else contextlib.nullcontext({})
+
+    def window_backward(
         self,
         window: Window,
-        state: State,
+        start: State,
+        logits: Tensor,
+        outputs: Tensor,
+        end: State,
+        record: dict,
         *,
         episode_end: bool = False,
         future: Sequence[Window] = (),
@@ -191,30 +213,23 @@ class DNIRNN(nn.Module):
         keep_graph: bool = False,
         inject: bool = True,
     ) -> WindowGradients:
-        """Steps 1-4: forward the window, inject g_{k+1}, ONE backward pass.
-
-        Accumulates into the core parameters' ``.grad`` (zero them first) and leaves
-        ``delta_k`` in the start leaves' ``.grad``. Nothing is stepped.
+        """Steps 2 (the loss) to 4 after the core's forward from the truncated ``start``
+        (``(T, B, O)`` logits, ``(T, B, H)`` outputs, ``s_{k+1}``, under ``keeping``).
 
         Args:
             window: the window's data.
-            state: ``s_k`` (any graph attached to it is cut here).
             episode_end: the episode ends at ``s_{k+1}``: ``g_{k+1} = 0``.
             future: for ``oracle``: the windows after this one (the first ``W`` are used).
             next_context: cDNI context for ``M_phi(s_{k+1})`` (at position
                 ``window.position + 1``).
             predict_start: also evaluate ``M_phi(s_k)`` for step 5 (``prediction``), with
                 the same phi as g_{k+1}, batched with it into one call of the synthesizer.
-            keep_graph: keep the window's graph (``link``) for horizon targets, its forward
-                run under a parameter snapshot (``dnirnn.engine.kept``).
+            keep_graph: the forward ran under ``keeping``: keep the graph (``link``) for
+                horizon targets and the deeper backward.
             inject: inject ``g_{k+1}`` in the backward (False: the deeper backward's
                 ``KeptWindows.deepen_window`` carries it instead).
         """
-        start = truncate(state)  # 1.
-        keeping = self.targets.keeping(window) if keep_graph else contextlib.nullcontext({})
-        with keeping as record:
-            logits, outputs, end = self.core(window.x, start)  # 2. (T,B,O), (T,B,H), s_{k+1}
-            loss, nats, count = self.task_loss(logits, window)
+        loss, nats, count = self.task_loss(logits, window)
         start_flat = flatten_state(start).detach() if predict_start or keep_graph else None
         fit_start = start_flat if predict_start and self.trains_synthesizer else None
         if self.trains_synthesizer:  # 3. (and M_phi(s_k) in the same call)
@@ -291,26 +306,14 @@ def window_update(
     future: Sequence[Window] = (),
     next_context: Tensor | None = None,
 ) -> WindowResult:
-    """One DNI window update (steps 1-6 of the module docstring).
-
-    Args:
-        net: the engine.
-        opts: core and synthesizer optimizers with their own clip norms.
-        window: this window's data.
-        state: ``s_k``, carried from the previous window (or zeros at an episode start).
-        episode_start: ``s_k`` is a fresh episode start (zeros), not a boundary whose
-            synthetic gradient was used: the synthesizer is not trained on it.
-        episode_end: the episode ends at ``s_{k+1}``: ``g_{k+1} = 0``.
-        future: for the ``oracle`` boundary, the windows that follow (see ``oracle_gradient``).
-        next_context: cDNI context at ``s_{k+1}``.
-
-    The synthesizer is fitted to every target that is ready (step 5); a least-squares
-    synthesizer only collects the pairs here and is solved by ``net.end_step`` once per
-    training step, which every loop calls.
-
-    Returns:
-        A ``WindowResult`` of detached tensors; carry ``result.state`` into the next window.
-    """
+    """One DNI window update (steps 1-6, docs/design.md §1) of ``net`` from ``s_k`` =
+    ``state`` (carried, or zeros at an episode start), with the core and synthesizer
+    optimizers ``opts``. ``episode_start``: ``s_k`` is a fresh start, not a boundary whose
+    synthetic gradient was used (the synthesizer is not trained on it); ``episode_end``,
+    ``future``, ``next_context``: as ``DNIRNN.window_backward``'s. The synthesizer is fitted
+    to every target that is ready (step 5; least squares only collects the pairs, solved by
+    ``net.end_step`` once per training step). Returns a ``WindowResult`` of detached
+    tensors; carry ``result.state`` into the next window."""
     deep = net.depth > 1
     targets = net.targets if net.trains_synthesizer or deep else None
     if targets is not None and episode_start:
@@ -318,9 +321,12 @@ def window_update(
     fit_now = net.fits_per_window and not episode_start
     keep = targets is not None and (deep or not episode_start)
     zero_grad(opts._core_params)
-    wg = net.window_gradients(  # 1.-4.
-        window, state, episode_end=episode_end, future=future, next_context=next_context,
-        predict_start=fit_now, keep_graph=keep, inject=not deep,
+    start = truncate(state)  # 1.
+    with net.keeping(window, keep) as record:
+        logits, outputs, end = net.core(window.x, start)  # 2.
+    wg = net.window_backward(  # 2. (the loss) - 4.
+        window, start, logits, outputs, end, record, episode_end=episode_end, future=future,
+        next_context=next_context, predict_start=fit_now, keep_graph=keep, inject=not deep,
     )
     delta = wg.target
     if deep:  # 4. continued through the kept windows; g_{k+1} reaches the oldest only

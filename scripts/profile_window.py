@@ -91,7 +91,10 @@ def measure(variant: str, length: int, batch: int, window: int, steps: int,
     from dnirnn.synthesizers.interface import SyntheticGradient
 
     clock = Clock()
-    clock.wrap(dni.DNIRNN, "window_gradients", "forward+backward")
+    from dnirnn.model import LSTMCore
+
+    clock.wrap(LSTMCore, "forward", "forward+backward")
+    clock.wrap(dni.DNIRNN, "window_backward", "forward+backward")
     clock.wrap(SyntheticGradient, "__call__", "predict")
     clock.wrap(SyntheticGradient, "pair", "predict")
     clock.wrap(kept.KeptWindows, "_chain", "targets chain")

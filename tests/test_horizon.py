@@ -143,13 +143,13 @@ def test_kept_graphs_survive_the_core_steps_and_use_their_windows_parameters(mon
     net = net_with(random_synthesizer(10), lam=1.0, horizon=2)
     opts = Optimizers(adam(net.core_parameters(), 0.05), adam(net.synthesizer.parameters(), 0.0))
     copies = []
-    window_gradients = DNIRNN.window_gradients
+    window_backward = DNIRNN.window_backward
 
-    def copy_then_run(self, window, state, **kw):
+    def copy_then_run(self, *args, **kw):  # (between a window's forward and its step)
         copies.append([p.detach().clone() for p in self.core_parameters()])
-        return window_gradients(self, window, state, **kw)
+        return window_backward(self, *args, **kw)
 
-    monkeypatch.setattr(DNIRNN, "window_gradients", copy_then_run)
+    monkeypatch.setattr(DNIRNN, "window_backward", copy_then_run)
     got = run_episode(net, opts, windows, monkeypatch)
     assert not torch.equal(copies[1][0], copies[2][0])  # the core moved in between
 

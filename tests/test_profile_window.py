@@ -37,11 +37,11 @@ def test_the_parts_add_up_to_the_step(prof, variant, runs, idle):
     import dnirnn.dni as dni
     from dnirnn.engine import kept
 
-    before = (dni.DNIRNN.window_gradients, kept.KeptWindows._chain, dni.step)
+    before = (dni.DNIRNN.window_backward, kept.KeptWindows._chain, dni.step)
     row = prof.measure(variant, length=6, batch=4, window=2, steps=3, warmup=1)
     ms = row["ms"]
     assert sum(ms[p] for p in prof.PARTS) == pytest.approx(ms["total"], rel=0.02, abs=0.05)
     assert all(ms[p] > 0 for p in runs), ms
     assert all(ms[p] == 0 for p in idle), ms
-    assert (dni.DNIRNN.window_gradients, kept.KeptWindows._chain, dni.step) == before
+    assert (dni.DNIRNN.window_backward, kept.KeptWindows._chain, dni.step) == before
     assert "| " + variant + " |" in prof.table([row])
