@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from dnirnn.engine.truth import future_gradients
-from dnirnn.state import detach_state, unflatten_state
+from dnirnn.model import detach_state, unflatten_state
 
 
 class SyntheticGradientDiagnostics(L.Callback):

@@ -28,13 +28,22 @@ from dnirnn.engine.update import (
     state_pairs,
     step,
     truncate,
+    zero_grad,
 )
-from dnirnn.model import LSTMCore
-from dnirnn.optim import Optimizers, zero_grad
+from dnirnn.model import (
+    LSTMCore,
+    State,
+    StepLoss,
+    Window,
+    WindowResult,
+    detach_state,
+    flatten_state,
+    masked_task_loss,
+    unflatten_state,
+)
+from dnirnn.optim import Optimizers
 from dnirnn.options import TargetOptions, check_targets
-from dnirnn.state import State, detach_state, flatten_state, unflatten_state
 from dnirnn.synthesizers.interface import NormGuard, Prediction, SyntheticGradient
-from dnirnn.window import StepLoss, Window, WindowResult, masked_task_loss
 
 __all__ = ["BOUNDARIES", "DNIRNN", "WindowGradients", "train_span", "window_update"]
 

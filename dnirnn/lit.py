@@ -37,17 +37,11 @@ from dnirnn.engine.build import (
     make_optimizers,
     make_parts,
 )
-from dnirnn.optim import (
-    Optimizers,
-    advance,
-    build_scheduler,
-    on_validation,
-)
+from dnirnn.model import State, Window, WindowResult, split_windows
+from dnirnn.optim import Optimizers, advance, build_scheduler, on_validation
 from dnirnn.options import PHASE_CONTEXT, check_dni, check_flat, need
 from dnirnn.recurrent import RecurrentModule
-from dnirnn.state import State
 from dnirnn.tasks import TASKS, Batch, CopyTask
-from dnirnn.window import Window, WindowResult, split_windows
 
 __all__ = ["DNIModule"]
 

@@ -45,6 +45,7 @@ from dnirnn.hierarchy import (
     TwoTimescaleRNN,
     train_span,
 )
+from dnirnn.model import Window, split_windows
 from dnirnn.optim import Optimizers, adam
 from dnirnn.options import (
     ADAM_ONLY,
@@ -60,7 +61,6 @@ from dnirnn.options import (
 )
 from dnirnn.recurrent import RecurrentModule
 from dnirnn.tasks import TASKS, TOKEN_TASKS, Batch, CopyTask
-from dnirnn.window import Window, split_windows
 
 # train/<key>: the fast core's keys mean what DNIModule's mean for its single core.
 RESULT_KEYS = {

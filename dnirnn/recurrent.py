@@ -30,6 +30,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from dnirnn.model import Window
 from dnirnn.options import (
     CoreOptions,
     OptimOptions,
@@ -39,7 +40,6 @@ from dnirnn.options import (
     check_flat,
 )
 from dnirnn.tasks import Batch, CopyTask, LanguageModelTask, RecallTask
-from dnirnn.window import Window
 
 
 class NonFiniteLossError(RuntimeError):

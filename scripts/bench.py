@@ -84,10 +84,10 @@ from dnirnn.engine.build import (
     make_parts,
 )
 from dnirnn.lit import DNIModule
+from dnirnn.model import split_windows
 from dnirnn.optim import adam
 from dnirnn.options import OptimOptions, SynthesizerOptions
 from dnirnn.tasks import LanguageModelTask
-from dnirnn.window import split_windows
 
 PRESETS = {
     "small": {"vocab": 50, "hidden": 128, "batch": 32},

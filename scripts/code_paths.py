@@ -4,9 +4,9 @@
 - frames: our frames on the stack when the core's ``nn.LSTM`` runs its first training forward,
   from the CLI's entry (``dnirnn.main.main``) down (Lightning's frames are not ours);
 - files: the dnirnn modules entered during one training step (the third, so that nothing of
-  the first steps' set-up is counted), with their call counts; a window's own files are those
-  not marked "per step" (the Lightning module, the data, the curriculum and the run's
-  bookkeeping run once a step, not once a window).
+  the first steps' set-up is counted), with their call counts, and among them those entered
+  inside a window update (``window_update`` of ``dnirnn.dni``, or the hierarchy's
+  ``hierarchy_update``): the files one window crosses.
 
     OMP_NUM_THREADS=1 python scripts/code_paths.py fit --config copy_dni --model.depth=1 \\
         --trainer.max_steps=4
@@ -29,8 +29,7 @@ import dnirnn
 from dnirnn.main import main
 
 ROOT = os.path.dirname(dnirnn.__file__)
-PER_STEP = {"recurrent.py", "lit.py", "lit_hierarchy.py", "curriculum.py", "interrupt.py",
-            "runs.py", "wallclock.py", "diagnostics.py"}
+WINDOW = {"window_update", "hierarchy_update"}  # (the functions that run one window update)
 TRACED_STEP = 3
 
 
@@ -45,12 +44,21 @@ class Trace(L.Callback):
     """Records the dnirnn files entered during training step ``TRACED_STEP``."""
 
     def __init__(self) -> None:
-        self.step, self.calls = 0, Counter()
+        self.step, self.calls, self.window, self._depth = 0, Counter(), set(), 0
         TRACES.append(self)
 
     def _profile(self, frame, event, arg):
-        if event == "call" and ours(frame.f_code.co_filename):
-            self.calls[os.path.relpath(frame.f_code.co_filename, ROOT)] += 1
+        if not ours(frame.f_code.co_filename):
+            return
+        update = frame.f_code.co_name in WINDOW
+        if event == "call":
+            path = os.path.relpath(frame.f_code.co_filename, ROOT)
+            self.calls[path] += 1
+            self._depth += update
+            if self._depth:
+                self.window.add(path)
+        elif event == "return":
+            self._depth -= update
 
     def on_train_batch_start(self, *args) -> None:
         self.step += 1
@@ -62,9 +70,10 @@ class Trace(L.Callback):
             sys.setprofile(None)
 
 
-def measure(args: list[str]) -> tuple[list[str], Counter]:
+def measure(args: list[str]) -> tuple[list[str], Counter, set[str]]:
     """Runs ``dnirnn`` with ``args``; returns our frames above the first training forward
-    (``file:function``) and the files of the traced step with their call counts."""
+    (``file:function``), the files of the traced step with their call counts, and those a
+    window update entered."""
     frames: list[str] = []
     forward = torch.nn.LSTM.forward
 
@@ -83,19 +92,17 @@ def measure(args: list[str]) -> tuple[list[str], Counter]:
                   f"--trainer.callbacks+={__name__}.Trace"])
     finally:
         torch.nn.LSTM.forward = forward
-    return frames, TRACES[-1].calls
+    return frames, TRACES[-1].calls, TRACES[-1].window
 
 
 if __name__ == "__main__":
-    frames, calls = measure(sys.argv[1:])
+    frames, calls, window = measure(sys.argv[1:])
     model = [f for f in frames if f.startswith("model.py")]
     above = frames[: len(frames) - len(model)] if model else frames
     print(f"{len(above)} of our frames from the CLI to the core's forward:")
     for f in frames:
         print(f"  {f}")
-    window = {f: n for f, n in calls.items() if not (os.path.basename(f) in PER_STEP
-                                                     or f.startswith("data" + os.sep))}
-    print(f"{len(calls)} files in training step {TRACED_STEP}, {len(window)} of them per "
-          f"window (calls):")
+    print(f"{len(calls)} files in training step {TRACED_STEP}, {len(window)} of them inside a "
+          f"window update (calls):")
     for f, n in calls.most_common():
-        print(f"  {n:5d}  {f}{'' if f in window else '  (per step)'}")
+        print(f"  {n:5d}  {f}{'  (window)' if f in window else ''}")

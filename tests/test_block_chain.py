@@ -16,9 +16,8 @@ import torch
 from dnirnn.dni import DNIRNN, train_span
 from dnirnn.engine.kept import KeptWindows
 from dnirnn.engine.truth import future_gradients
-from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.model import CoreConfig, LSTMCore, flatten_state
 from dnirnn.options import OptionError, TargetOptions
-from dnirnn.state import flatten_state
 
 from .conftest import mse_steps
 from .test_horizon import boundary_states, frozen_opts, run_episode, truncated_lambda_return

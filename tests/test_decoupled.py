@@ -22,12 +22,11 @@ from dnirnn.decoupled import (
     split_core,
 )
 from dnirnn.dni import DNIRNN, window_update
-from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.model import CoreConfig, LSTMCore, Window
 from dnirnn.optim import Optimizers
 from dnirnn.options import SynthesizerOptions
 from dnirnn.synthesizers import build_synthesizer
 from dnirnn.tasks import lm_step_loss
-from dnirnn.window import Window
 
 V, H, B, T = 6, 5, 3, 4
 

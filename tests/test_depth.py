@@ -9,10 +9,9 @@ import torch
 
 from dnirnn.dni import DNIRNN, window_update
 from dnirnn.engine.kept import KeptWindows
-from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.model import CoreConfig, LSTMCore, Window, split_windows
 from dnirnn.optim import Optimizers
 from dnirnn.synthesizers import Synthesizer
-from dnirnn.window import Window, split_windows
 
 from .conftest import mse_steps
 from .test_engine import IN, OUT, B, H, data, random_state

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dnirnn.window import split_windows
+from dnirnn.model import split_windows
 
 from .test_depth import episode, make, tbptt_by_recomputation
 from .test_engine import data, random_state

@@ -13,8 +13,8 @@ import torch
 from dnirnn.diagnostics import SyntheticGradientDiagnostics
 from dnirnn.lit import DNIModule
 from dnirnn.main import main
+from dnirnn.model import split_windows
 from dnirnn.tasks import CopyTask, LanguageModelTask
-from dnirnn.window import split_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model.hidden_size=8", "--model.synthesizer.hidden=8", "--model.core.embed_size=8"]

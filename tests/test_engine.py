@@ -10,13 +10,20 @@ from torch import nn
 
 from dnirnn.dni import DNIRNN, window_update
 from dnirnn.engine.update import backward
-from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.model import (
+    CoreConfig,
+    LSTMCore,
+    Window,
+    detach_state,
+    flatten_state,
+    split_windows,
+    unflatten_state,
+    zero_state,
+)
 from dnirnn.optim import Optimizers
 from dnirnn.options import TargetOptions
-from dnirnn.state import detach_state, flatten_state, unflatten_state, zero_state
 from dnirnn.synthesizers import Synthesizer
 from dnirnn.synthesizers.interface import synthesizer_regression
-from dnirnn.window import Window, split_windows
 
 from .conftest import mse_steps
 
@@ -389,8 +396,10 @@ def test_manual_synthesizer_backward_equals_autograd(dtype, kind, layers, contex
 
 
 def test_lean_adam_step_and_clip_equal_torch():
-    """optim.adam_step / grad_norm make the same floats as Adam.step / clip_grad_norm_."""
-    from dnirnn.optim import adam, adam_step, grad_norm
+    """engine.update.adam_step / grad_norm make the same floats as Adam.step /
+    clip_grad_norm_."""
+    from dnirnn.engine.update import adam_step, grad_norm
+    from dnirnn.optim import adam
 
     torch.manual_seed(0)
     a = nn.Linear(7, 5).float()

@@ -24,10 +24,9 @@ from dnirnn.hierarchy import (
     hierarchy_update,
     slow_window_gradients,
 )
+from dnirnn.model import Window, detach_state, flatten_state, split_windows
 from dnirnn.optim import Optimizers, adam
 from dnirnn.options import SynthesizerOptions
-from dnirnn.state import detach_state, flatten_state
-from dnirnn.window import Window, split_windows
 
 from .conftest import mse_steps
 

@@ -13,8 +13,8 @@ import torch
 
 from dnirnn.dni import DNIRNN, window_update
 from dnirnn.engine.truth import future_gradients
+from dnirnn.model import flatten_state, unflatten_state
 from dnirnn.optim import Optimizers, adam
-from dnirnn.state import flatten_state, unflatten_state
 
 from .test_synthesizers import B, episode, net_with, random_synthesizer
 from .test_training import PTB, _ckpt_name, _resume_matches, needs_ptb, rows

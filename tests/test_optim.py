@@ -15,10 +15,9 @@ from torch import nn
 from dnirnn.dni import DNIRNN, window_update
 from dnirnn.lit import DNIModule
 from dnirnn.main import main
-from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.model import CoreConfig, LSTMCore, Window
 from dnirnn.optim import Optimizers, advance, build_optimizer, build_scheduler, check_optimizer
 from dnirnn.tasks import lm_step_loss
-from dnirnn.window import Window
 
 from .test_training import ROOT, TINY, _resume_matches, fit
 

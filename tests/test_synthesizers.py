@@ -11,10 +11,17 @@ import torch.nn.functional as F
 
 from dnirnn.dni import DNIRNN, window_update
 from dnirnn.engine.truth import future_gradients
-from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.model import (
+    CoreConfig,
+    LSTMCore,
+    Window,
+    detach_state,
+    flatten_state,
+    split_windows,
+    unflatten_state,
+)
 from dnirnn.optim import Optimizers, adam
 from dnirnn.options import SynthesizerOptions, TargetOptions
-from dnirnn.state import detach_state, flatten_state, unflatten_state
 from dnirnn.synthesizers import (
     LeastSquaresSynthesizer,
     NormGuard,
@@ -22,7 +29,6 @@ from dnirnn.synthesizers import (
     build_synthesizer,
 )
 from dnirnn.tasks import TASKS, CopyTask
-from dnirnn.window import Window, split_windows
 
 from .conftest import mse_steps
 

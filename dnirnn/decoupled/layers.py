@@ -36,10 +36,17 @@ from dnirnn.engine.update import (
     truncate,
     update,
 )
+from dnirnn.model import (
+    State,
+    StepLoss,
+    Window,
+    detach_state,
+    flatten_state,
+    masked_task_loss,
+    unflatten_state,
+)
 from dnirnn.optim import Optimizers, adam
-from dnirnn.state import State, detach_state, flatten_state, unflatten_state
 from dnirnn.synthesizers.interface import SyntheticGradient
-from dnirnn.window import StepLoss, Window, masked_task_loss
 
 __all__ = ["CONTEXTS", "Group", "GroupForward", "GroupOptimizers", "GroupResult",
            "group_optimizers"]

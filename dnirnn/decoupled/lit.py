@@ -50,7 +50,7 @@ from dnirnn.decoupled.schedule import Schedule
 from dnirnn.decoupled.stack import check_splittable, group_bounds, split_core
 from dnirnn.decoupled.transport import DistributedTransport, LoopbackTransport
 from dnirnn.hierarchy import init_forget_bias
-from dnirnn.model import CoreConfig, LSTMCore
+from dnirnn.model import CoreConfig, LSTMCore, State, Window, masked_task_loss, split_windows
 from dnirnn.options import (
     ADAM_ONLY,
     SCALE_ONLY,
@@ -63,10 +63,8 @@ from dnirnn.options import (
     need,
 )
 from dnirnn.recurrent import RecurrentModule
-from dnirnn.state import State
 from dnirnn.synthesizers import build_synthesizer
 from dnirnn.tasks import TASKS, TOKEN_TASKS, Batch, CopyTask
-from dnirnn.window import Window, masked_task_loss, split_windows
 
 # the module steps its own optimizers (one set per group and process), so Lightning has none
 warnings.filterwarnings("ignore", message=r".*configure_optimizers` returned `None`")

@@ -38,8 +38,7 @@ from torch import Tensor
 from dnirnn.decoupled.layers import Group, GroupOptimizers, GroupResult
 from dnirnn.decoupled.schedule import ACTIVATION, GRADIENT, Schedule
 from dnirnn.decoupled.transport import message_tag
-from dnirnn.state import State
-from dnirnn.window import Window
+from dnirnn.model import State, Window
 
 __all__ = ["GroupRunner", "InterfaceFit", "WindowData", "run_step"]
 

@@ -23,8 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dnirnn.model import CoreConfig, LSTMCore
-from dnirnn.state import State, zero_state
+from dnirnn.model import CoreConfig, LSTMCore, State, zero_state
 
 __all__ = ["LayerGroup", "check_splittable", "group_bounds", "split_core"]
 

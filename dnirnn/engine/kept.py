@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from dnirnn.engine.update import Ready, scaled
-from dnirnn.state import State, flatten_state, unflatten_state
+from dnirnn.model import State, flatten_state, unflatten_state
 
 
 @contextlib.contextmanager

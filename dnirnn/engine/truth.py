@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from dnirnn.state import State, detach_state, flatten_state, unflatten_state
+from dnirnn.model import State, detach_state, flatten_state, unflatten_state
 
 if TYPE_CHECKING:
     from dnirnn.dni import DNIRNN

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from dnirnn.optim import Optimizers, adam_step, grad_norm, zero_grad
-from dnirnn.state import State, detach_state, flatten_state
-from dnirnn.synthesizers.interface import Prediction, SyntheticGradient
+from dnirnn.model import State, detach_state, flatten_state
+from dnirnn.optim import Optimizers
+
+if TYPE_CHECKING:  # (the synthesizer's face imports the lean optimizer calls below)
+    from dnirnn.synthesizers.interface import Prediction, SyntheticGradient
 
 Pairs = Sequence[tuple[Tensor, Tensor]]
 """``(tensor in the window's graph, its incoming gradient)``: the injections of a surrogate."""
@@ -72,6 +75,81 @@ def backward(objective: Tensor, pairs: Pairs = (), retain_graph: bool = False) -
     if objective.requires_grad:
         outputs, incoming = [objective, *outputs], [None, *incoming]
     torch.autograd.backward(outputs, incoming, retain_graph=retain_graph)
+
+
+# ---- the optimizers' lean calls (the same floats as torch's, less Python) ------------
+
+def grad_norm(params: list[Tensor], clip: float | None) -> Tensor:
+    """The gradient norm of ``params``, clipped to ``clip`` in place if given (no host sync).
+
+    The clip is ``torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)`` op for op
+    (same kernels, same order: the same floats) without its per-call Python bookkeeping
+    (device grouping, decorators), which cost about as much as the kernels on a small
+    synthesizer. Parameters on several devices or dtypes take torch's own function.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=params[0].device if params else None)
+    if clip is None:
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    if len({(g.device, g.dtype) for g in grads}) > 1:
+        return torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+    with torch.no_grad():
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+        coef = torch.clamp(clip / (total + 1e-6), max=1.0)
+        torch._foreach_mul_(grads, coef)
+    return total
+
+
+def zero_grad(params: list[Tensor]) -> None:
+    """``optimizer.zero_grad(set_to_none=True)`` for the optimizer's parameter list, without
+    its per-call profiling and bookkeeping (the same effect: every ``.grad`` is None)."""
+    for p in params:
+        p.grad = None
+
+
+def adam_step(opt: torch.optim.Optimizer) -> None:
+    """``opt.step()`` for a fused ``torch.optim.Adam``, without ``Optimizer.step``'s Python
+    overhead (hooks, profiling, state look-ups per parameter: ~0.1 ms a call on CPU, as much
+    as the fused kernel itself for a small synthesizer).
+
+    It makes exactly the calls torch's fused path makes (``_foreach_add_`` on the step
+    counts, then ``torch._fused_adam_`` with the group's hyper-parameters), so the update is
+    the same to the bit. Anything else (not fused, amsgrad, state not yet created, tensor
+    hyper-parameters, several devices, step hooks) takes ``opt.step()``.
+    """
+    if not isinstance(opt, torch.optim.Adam) or opt._optimizer_step_pre_hooks \
+            or opt._optimizer_step_post_hooks:
+        opt.step()
+        return
+    calls = []
+    for group in opt.param_groups:
+        if not group["fused"] or group["amsgrad"] or group.get("decoupled_weight_decay") \
+                or group["capturable"] or group["differentiable"] \
+                or isinstance(group["lr"], Tensor):
+            opt.step()
+            return
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        states = [opt.state.get(p) for p in params]
+        if any(not st for st in states) or len({(p.device, p.dtype) for p in params}) > 1 \
+                or any(p.grad.is_sparse for p in params):
+            opt.step()
+            return
+        calls.append((group, params, states))
+    with torch.no_grad():
+        for group, params, states in calls:
+            steps = [st["step"] for st in states]
+            torch._foreach_add_(steps, 1)
+            beta1, beta2 = group["betas"]
+            torch._fused_adam_(
+                params, [p.grad for p in params], [st["exp_avg"] for st in states],
+                [st["exp_avg_sq"] for st in states], [], steps,
+                amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+                weight_decay=group["weight_decay"], eps=group["eps"],
+                maximize=group["maximize"], grad_scale=None, found_inf=None,
+            )
 
 
 def step(opts: Optimizers) -> Tensor:

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dnirnn.model import State, StepLoss, Window, detach_state, masked_task_loss, zero_state
 from dnirnn.options import SynthesizerOptions
-from dnirnn.state import State, detach_state, zero_state
 from dnirnn.synthesizers import build_synthesizer
 from dnirnn.synthesizers.interface import SyntheticGradient
-from dnirnn.window import StepLoss, Window, masked_task_loss
 
 
 @dataclass

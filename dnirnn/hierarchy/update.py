@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dnirnn.engine.update import Ready, fit, step
+from dnirnn.engine.update import Ready, fit, step, zero_grad
 from dnirnn.hierarchy.model import HierarchyState, TwoTimescaleRNN
 from dnirnn.hierarchy.windows import (
     HierarchyOracle,
@@ -16,10 +16,9 @@ from dnirnn.hierarchy.windows import (
     fast_window_gradients,
     slow_window_gradients,
 )
-from dnirnn.optim import Optimizers, zero_grad
-from dnirnn.state import State, flatten_state
+from dnirnn.model import State, Window, flatten_state, split_windows
+from dnirnn.optim import Optimizers
 from dnirnn.synthesizers.interface import SyntheticGradient
-from dnirnn.window import Window, split_windows
 
 
 @dataclass

@@ -11,8 +11,7 @@ from torch import Tensor
 
 from dnirnn.engine.update import backward, bootstrap_target, scaled, state_pairs, truncate
 from dnirnn.hierarchy.model import TwoTimescaleRNN
-from dnirnn.state import State, detach_state, flatten_state, unflatten_state
-from dnirnn.window import Window
+from dnirnn.model import State, Window, detach_state, flatten_state, unflatten_state
 
 
 @dataclass

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dnirnn.optim import Optimizers, adam_step, grad_norm, zero_grad
+from dnirnn.engine.update import adam_step, grad_norm, zero_grad
+from dnirnn.optim import Optimizers
 from dnirnn.synthesizers.network import features
 
 AllReduce = Callable[[Tensor], None]
