@@ -261,15 +261,10 @@ def _validate(args: dict[str, Any], core: CoreOptions, synths: dict[str, Any],
         if s is not None:
             s.unused(unused["synthesizer"] + (unused["interface"] if name == "interface"
                                               else ()), by)
+    # (model.window against k and slow_window: HierarchyConfig, the engine, checks them)
     k, window, span = args["k"], args["window"], args["k"] * args["slow_window"]
-    need(window % k == 0, "model.window", window,
-         f"the fast window T_f must be a multiple of k={k}, so that no segment of k steps "
-         f"straddles two fast windows; set model.window to a multiple of {k}")
-    need(span % window == 0, "model.slow_window", args["slow_window"],
-         f"k * slow_window (= {span} steps) must be a multiple of the fast window "
-         f"(model.window={window}), so that a slow window ends on a fast window boundary")
     chunk = window * args["windows_per_step"]
-    need(chunk % span == 0, "model.windows_per_step", args["windows_per_step"],
+    need(window % k or span % window or chunk % span == 0, "model.windows_per_step", args["windows_per_step"],
          f"a training step (window * windows_per_step = {chunk} steps) must be whole slow "
          f"windows of k * slow_window = {span} steps; use a multiple of {span // window}")
     need(args["eval_chunk"] % k == 0, "model.eval_chunk", args["eval_chunk"],

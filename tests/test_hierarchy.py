@@ -460,9 +460,9 @@ def test_tick_schedule_and_shapes(embed):
 
 
 def test_invalid_schedules_and_arguments():
-    with pytest.raises(ValueError, match="multiple of k"):
+    with pytest.raises(ValueError, match="model.window=4: .* multiple of k=3"):
         HierarchyConfig(input_size=1, output_size=1, k=3, fast_window=4)
-    with pytest.raises(ValueError, match="fast window boundary"):
+    with pytest.raises(ValueError, match="model.slow_window=3: .*fast window boundary"):
         HierarchyConfig(input_size=1, output_size=1, k=2, fast_window=4, slow_window=3)
     with pytest.raises(ValueError, match="interface_synthesizer must be SynthesizerOptions"):
         HierarchyConfig(input_size=1, output_size=1, interface_synthesizer="linear")
@@ -472,7 +472,7 @@ def test_invalid_schedules_and_arguments():
     d, state = data(net.cfg.span + net.cfg.k), random_state(net)
     with pytest.raises(ValueError, match="span"):
         hierarchy_update(net, adam_optimizers(net), d, state)
-    with pytest.raises(ValueError, match="multiple of k"):
+    with pytest.raises(ValueError, match="model.window=4: .* multiple of k=3"):
         net(d.x[:-1], state)
     with pytest.raises(ValueError, match="share"):
         HierarchyOptimizers(

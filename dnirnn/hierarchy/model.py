@@ -68,13 +68,15 @@ class HierarchyConfig:
         for name in ("sg_scale", "interface_sg_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"hierarchy.{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.fast_window % self.k:
-            raise ValueError(f"hierarchy.fast_window (T_f={self.fast_window}) must be a multiple "
-                             f"of k={self.k}, so that no segment straddles two fast windows")
+        if self.fast_window % self.k:  # (the CLI's names: model.window, model.k)
+            raise ValueError(f"model.window={self.fast_window}: the fast window T_f must be a "
+                             f"multiple of k={self.k}, so that no segment of k steps straddles "
+                             f"two fast windows; set model.window to a multiple of {self.k}")
         if self.span % self.fast_window:
-            raise ValueError(f"k * slow_window (={self.span} fast steps) must be a multiple of "
-                             f"fast_window (T_f={self.fast_window}), so that a slow window "
-                             "ends at a fast window boundary")
+            raise ValueError(f"model.slow_window={self.slow_window}: k * slow_window (= "
+                             f"{self.span} steps) must be a multiple of the fast window "
+                             f"(model.window={self.fast_window}), so that a slow window ends "
+                             f"on a fast window boundary")
 
     @property
     def span(self) -> int:
