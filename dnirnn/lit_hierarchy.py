@@ -264,7 +264,8 @@ def _validate(args: dict[str, Any], core: CoreOptions, synths: dict[str, Any],
     # (model.window against k and slow_window: HierarchyConfig, the engine, checks them)
     k, window, span = args["k"], args["window"], args["k"] * args["slow_window"]
     chunk = window * args["windows_per_step"]
-    need(window % k or span % window or chunk % span == 0, "model.windows_per_step", args["windows_per_step"],
+    need(window % k or span % window or chunk % span == 0, "model.windows_per_step",
+         args["windows_per_step"],
          f"a training step (window * windows_per_step = {chunk} steps) must be whole slow "
          f"windows of k * slow_window = {span} steps; use a multiple of {span // window}")
     need(args["eval_chunk"] % k == 0, "model.eval_chunk", args["eval_chunk"],

@@ -472,7 +472,7 @@ def test_invalid_schedules_and_arguments():
     d, state = data(net.cfg.span + net.cfg.k), random_state(net)
     with pytest.raises(ValueError, match="span"):
         hierarchy_update(net, adam_optimizers(net), d, state)
-    with pytest.raises(ValueError, match="model.window=4: .* multiple of k=3"):
+    with pytest.raises(ValueError, match="multiple of k"):
         net(d.x[:-1], state)
     with pytest.raises(ValueError, match="share"):
         HierarchyOptimizers(
