@@ -92,11 +92,8 @@ class DNIRNN(nn.Module):
         resumable: the kept windows record what rebuilds their graphs on resume (streams,
             whose horizons cross training steps).
         depth: K, the windows the core's backward runs through: 1 (the window's own), or
-            K > 1, TBPTT(T, K·T) (Williams & Peng 1990): each update's loss is backpropagated
-            through the last K windows' kept graphs. With a synthesizer (``dni``) or the
-            ``oracle``, ``g_{k+1}`` then stands only for the credit the K windows do not
-            reach: it is carried back through the states and credits the oldest of the K
-            windows alone (the hybrid; ``dnirnn.engine.kept.KeptWindows.deepen``).
+            K > 1: TBPTT(T, K·T), and with a synthesizer or the oracle the hybrid, whose
+            ``g_{k+1}`` credits only the oldest of the K windows (docs/design.md §1).
     """
 
     def __init__(
