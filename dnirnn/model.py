@@ -6,8 +6,9 @@
 - The core: input projection -> multi-layer ``nn.LSTM`` (cuDNN on GPU) -> readout
   (``CoreConfig``, ``LSTMCore``).
 - The window: a truncation window's data (``Window``), how a sequence is cut into windows
-  (``split_windows``), its masked loss (``masked_task_loss``) and what one window update
-  returns (``WindowResult``), shared by the single core (``dnirnn.dni``), the hierarchy, the
+  (``split_windows``), its masked loss (``masked_task_loss``) over the task's per-step loss
+  (``lm_step_loss``, ``copy_step_loss``) and what one window update returns
+  (``WindowResult``), shared by the single core (``dnirnn.dni``), the hierarchy, the
   decoupled stack and the training modules.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -225,6 +227,48 @@ class WindowResult:
     finite: Tensor
     fitted: int = 0
 
+
+# ---- the tasks' per-step losses (each a ``StepLoss``; ``dnirnn.tasks.TASKS`` names them) --
+
+
+class CrossEntropyNats(torch.autograd.Function):
+    """``F.cross_entropy(logits, y, reduction="none")`` for ``(N, V)`` logits, holding less.
+
+    PyTorch's composes a log-softmax, whose ``(N, V)`` output it saves, with an nll whose
+    backward makes a dense ``(N, V)`` gradient before the log-softmax's backward makes
+    another, and the logits stay alive while the caller holds them. This one saves only the
+    logits, and its backward builds ``softmax - onehot``, scaled by the incoming gradient, in
+    one ``(N, V)`` buffer. PTB word (``35 x 20`` rows of 10,000): 2 buffers of 28 MB at the
+    backward's peak, where there were 4. Equal to PyTorch's to rounding (tests/test_tasks.py).
+    Half-precision logits (mixed precision on a GPU) are computed in float32, as PyTorch's
+    autocast does for its cross-entropy; their gradient comes back in their own dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, y: Tensor) -> Tensor:
+        ctx.dtype = logits.dtype
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        ctx.save_for_backward(logits, y)
+        return torch.logsumexp(logits, dim=-1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        logits, y = ctx.saved_tensors
+        g = torch.softmax(logits, dim=-1)  # (a new buffer: the saved logits stay untouched)
+        g.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(grad, -1.0).unsqueeze(-1))
+        return g.mul_(grad.unsqueeze(-1)).to(ctx.dtype), None
+
+
+def lm_step_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy in nats, ``(T, B, V), (T, B) -> (T, B)`` (``CrossEntropyNats``)."""
+    return CrossEntropyNats.apply(logits.flatten(0, 1), y.flatten()).view_as(y)
+
+
+def copy_step_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """The copy tasks' sigmoid cross-entropy in nats, summed over channels, not masked:
+    ``(T, B, C), (T, B, C) binary -> (T, B)``."""
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
 
 
 def masked_task_loss(

@@ -24,6 +24,7 @@ from torch import Tensor
 from dnirnn.data import repeat_copy
 from dnirnn.data.ptb_corpus import Corpus, batchify
 from dnirnn.data.recall import Recall
+from dnirnn.model import copy_step_loss, lm_step_loss
 
 LN2 = math.log(2.0)
 
@@ -40,43 +41,9 @@ class Batch:
     last: bool
 
 
-class CrossEntropyNats(torch.autograd.Function):
-    """``F.cross_entropy(logits, y, reduction="none")`` for ``(N, V)`` logits, holding less.
-
-    PyTorch's composes a log-softmax, whose ``(N, V)`` output it saves, with an nll whose
-    backward makes a dense ``(N, V)`` gradient before the log-softmax's backward makes
-    another, and the logits stay alive while the caller holds them. This one saves only the
-    logits, and its backward builds ``softmax - onehot``, scaled by the incoming gradient, in
-    one ``(N, V)`` buffer. PTB word (``35 x 20`` rows of 10,000): 2 buffers of 28 MB at the
-    backward's peak, where there were 4. Equal to PyTorch's to rounding (tests/test_tasks.py).
-    Half-precision logits (mixed precision on a GPU) are computed in float32, as PyTorch's
-    autocast does for its cross-entropy; their gradient comes back in their own dtype.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, y: Tensor) -> Tensor:
-        ctx.dtype = logits.dtype
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
-        ctx.save_for_backward(logits, y)
-        return torch.logsumexp(logits, dim=-1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        logits, y = ctx.saved_tensors
-        g = torch.softmax(logits, dim=-1)  # (a new buffer: the saved logits stay untouched)
-        g.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(grad, -1.0).unsqueeze(-1))
-        return g.mul_(grad.unsqueeze(-1)).to(ctx.dtype), None
-
-
-def lm_step_loss(logits: Tensor, y: Tensor) -> Tensor:
-    """Cross-entropy in nats, ``(T, B, V), (T, B) -> (T, B)`` (``CrossEntropyNats``)."""
-    return CrossEntropyNats.apply(logits.flatten(0, 1), y.flatten()).view_as(y)
-
-
 # each task's per-step loss (the engine's ``StepLoss``), by the name models are given
 GROWS = ("length", "delay")  # what the copy curriculum raises (``CopyTask``)
-TASKS = {"lm": lm_step_loss, "copy": repeat_copy.step_loss, "recall": lm_step_loss}
+TASKS = {"lm": lm_step_loss, "copy": copy_step_loss, "recall": lm_step_loss}
 TOKEN_TASKS = ("lm", "recall")  # token inputs (an embedding); the others read features
 
 

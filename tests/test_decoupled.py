@@ -22,11 +22,10 @@ from dnirnn.decoupled import (
     split_core,
 )
 from dnirnn.dni import DNIRNN, window_update
-from dnirnn.model import CoreConfig, LSTMCore, Window
+from dnirnn.model import CoreConfig, LSTMCore, Window, lm_step_loss
 from dnirnn.optim import Optimizers
 from dnirnn.options import SynthesizerOptions
 from dnirnn.synthesizers import build_synthesizer
-from dnirnn.tasks import lm_step_loss
 
 V, H, B, T = 6, 5, 3, 4
 

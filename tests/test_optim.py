@@ -15,9 +15,8 @@ from torch import nn
 from dnirnn.dni import DNIRNN, window_update
 from dnirnn.lit import DNIModule
 from dnirnn.main import main
-from dnirnn.model import CoreConfig, LSTMCore, Window
+from dnirnn.model import CoreConfig, LSTMCore, Window, lm_step_loss
 from dnirnn.optim import Optimizers, advance, build_optimizer, build_scheduler, check_optimizer
-from dnirnn.tasks import lm_step_loss
 
 from .test_training import ROOT, TINY, _resume_matches, fit
 

@@ -11,9 +11,9 @@ from dnirnn.data.repeat_copy import (
     bits_per_step,
     level_size,
     next_level,
-    step_loss,
     to_human_readable,
 )
+from dnirnn.model import copy_step_loss as step_loss
 
 BITS = 5
 CASES = [(1, 1), (1, 3), (2, 2), (3, 1), (4, 3), (7, 10), (6, 12)]
@@ -295,7 +295,7 @@ def test_lm_step_loss_is_pytorchs_cross_entropy_in_value_and_gradient(float64):
     """``CrossEntropyNats`` (one (N, V) buffer in its backward) equals ``F.cross_entropy``
     with ``reduction="none"``: values and gradients under any incoming gradient, logits far
     from zero included (the log-sum-exp's shift)."""
-    from dnirnn.tasks import lm_step_loss
+    from dnirnn.model import lm_step_loss
 
     torch.manual_seed(0)
     logits = torch.randn(5, 3, 11) * 4
@@ -317,7 +317,7 @@ def test_lm_step_loss_is_pytorchs_cross_entropy_in_value_and_gradient(float64):
 def test_lm_step_loss_computes_half_precision_logits_in_float32():
     """bfloat16 logits (mixed precision): the loss is float32 cross-entropy of their values,
     their gradient comes back in bfloat16."""
-    from dnirnn.tasks import lm_step_loss
+    from dnirnn.model import lm_step_loss
 
     torch.manual_seed(0)
     logits = (torch.randn(4, 2, 9) * 3).to(torch.bfloat16).requires_grad_(True)

@@ -1,7 +1,8 @@
 """Copy and Repeat Copy (Graves et al. 2014, NTM), laid out as DeepMind's dnc/repeat_copy.py.
 
 Everything is time-major: observations (T, B, C_in), targets (T, B, C_out), mask (T, B).
-The task owns its cost (:func:`step_loss`, :func:`bits_per_step`), its rendering
+The task owns its error (:func:`bits_per_step`, over the per-step loss of ``dnirnn.model``),
+its rendering
 (:func:`to_human_readable`) and its curriculum (:func:`next_level`, :func:`level_size`).
 """
 
@@ -11,7 +12,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from dnirnn.model import copy_step_loss
 
 __all__ = [
     "Episode",
@@ -19,7 +21,6 @@ __all__ = [
     "bits_per_step",
     "level_size",
     "next_level",
-    "step_loss",
     "to_human_readable",
 ]
 
@@ -196,23 +197,11 @@ class RepeatCopy:
 # ---------------------------------------------------------------------------------------
 
 
-def step_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sigmoid cross-entropy in nats, summed over channels, not masked.
-
-    Args:
-        logits: (T, B, C_out) pre-sigmoid outputs.
-        target: (T, B, C_out) binary targets.
-
-    Returns:
-        (T, B) loss per step.
-    """
-    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
-
-
 def bits_per_step(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The curriculum's error: masked cross-entropy in bits per answer step.
 
-    ``sum(step_loss * mask) / ln 2 / sum(mask)``. No host sync; a mask of all zeros gives 0.
+    ``sum(copy_step_loss * mask) / ln 2 / sum(mask)`` (``dnirnn.model``). No host sync; a
+    mask of all zeros gives 0.
 
     Args:
         logits: (T, B, C_out).
@@ -222,7 +211,7 @@ def bits_per_step(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     Returns:
         Scalar tensor.
     """
-    total = (step_loss(logits, target) * mask).sum()
+    total = (copy_step_loss(logits, target) * mask).sum()
     return total / _LN2 / mask.sum().clamp_min(1.0)
 
 
