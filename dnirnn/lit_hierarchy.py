@@ -177,7 +177,9 @@ class HierarchyModule(RecurrentModule):
 
     def configure_task(self, world: int) -> None:
         self.check_task(self.task, world)
-        self.engine.loss_norm = self.task.loss_norm(self.hparams.window)
+        e = self.engine  # (its modules, made in __init__; the task's loss scale)
+        self.engine = TwoTimescaleRNN(e.cfg, e.step_loss, self.task.loss_norm(self.hparams.window),
+                                      parts=e)
 
     def configure_optimizers(self):
         """One Adam per part (none for a least-squares synthesizer), in the order

@@ -179,8 +179,11 @@ class DecoupledModule(RecurrentModule):
         world = self.trainer.world_size
         self.owned = list(range(self.hparams.groups)) if world == 1 else [
             self.trainer.global_rank]
-        for g in self.groups:
-            g.loss_norm = self.task.loss_norm(self.hparams.window)
+        norm = self.task.loss_norm(self.hparams.window)  # (the groups whole, with its scale)
+        self.groups = nn.ModuleList(
+            Group(g.layers, g.step_loss, norm, synthesizer=g.synthesizer, interface=g.interface,
+                  sg_scale=g.sg_scale, interface_scale=g.interface_scale, context=g.context)
+            for g in self.groups)
 
     def configure_optimizers(self):
         return None  # (each group's optimizers are built by ``_runner_list``)

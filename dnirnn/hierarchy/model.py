@@ -129,13 +129,23 @@ class TwoTimescaleRNN(nn.Module):
         cfg: shape and schedule.
         step_loss: per-step loss ``(logits (T, B, O), y) -> (T, B)`` in nats (``dni.StepLoss``).
         loss_norm: constant divisor of the summed loss, as in ``dni.DNIRNN``.
+        parts: an engine whose modules this one takes as they are (the Lightning module
+            builds them first, then the engine whole once the task's ``loss_norm`` is known).
     """
 
-    def __init__(self, cfg: HierarchyConfig, step_loss: StepLoss, loss_norm: float) -> None:
+    PARTS = ("encoder", "fast", "slow", "readout", "fast_synthesizer", "slow_synthesizer",
+             "interface_synthesizer")
+
+    def __init__(self, cfg: HierarchyConfig, step_loss: StepLoss, loss_norm: float,
+                 parts: TwoTimescaleRNN | None = None) -> None:
         super().__init__()
         if not loss_norm > 0:
             raise ValueError(f"loss_norm must be > 0, got {loss_norm}")
         self.cfg, self.step_loss, self.loss_norm = cfg, step_loss, float(loss_norm)
+        if parts is not None:  # (the modules of an engine made before the task was known)
+            for name in self.PARTS:
+                setattr(self, name, getattr(parts, name))
+            return
         width = cfg.embed_size or cfg.fast_hidden
         self.encoder = (
             nn.Embedding(cfg.input_size, width) if cfg.embed else nn.Linear(cfg.input_size, width)
