@@ -27,8 +27,11 @@ $(VENV)/.installed: pyproject.toml setup.py Makefile
 demo: install
 	$(BIN)/dnirnn fit --config recipes/copy_dni.yaml
 
+# The suite runs on every core (pytest-xdist), a test file to a worker: on the 2-core CI
+# machine, 2 workers of one thread each. TEST_JOBS=0 runs it in this process.
+TEST_JOBS ?= auto
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile tests
 
 lint: install
 	$(BIN)/ruff check setup.py dnirnn tests scripts
