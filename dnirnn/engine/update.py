@@ -153,8 +153,8 @@ def adam_step(opt: torch.optim.Optimizer) -> None:
 
 
 def step(opts: Optimizers) -> Tensor:
-    """Step 6 for theta: clip and step the core's optimizer (the engine's lean calls,
-    ``dnirnn.optim``). Returns theta's gradient norm before clipping."""
+    """Step 6 for theta: clip and step the core's optimizer (the lean calls above). Returns
+    theta's gradient norm before clipping."""
     norm = grad_norm(opts._core_params, opts.core_clip)
     adam_step(opts.core)
     return norm.detach()

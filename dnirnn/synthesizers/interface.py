@@ -28,9 +28,18 @@ from torch import Tensor, nn
 
 from dnirnn.engine.update import adam_step, grad_norm, zero_grad
 from dnirnn.optim import Optimizers
-from dnirnn.synthesizers.network import features
 
 AllReduce = Callable[[Tensor], None]
+
+
+def features(synth: nn.Module, state_flat: Tensor, context: Tensor | None) -> Tensor:
+    """The synthesizer's input: ``[s; context]`` ``(B, S + C)``; checks the context."""
+    if not synth.context_size:
+        return state_flat
+    if context is None:
+        raise ValueError("this synthesizer was built with context_size > 0: pass context")
+    return torch.cat([state_flat, context.to(state_flat.dtype)], dim=-1)
+
 
 
 @dataclass

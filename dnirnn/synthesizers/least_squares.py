@@ -57,6 +57,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from dnirnn.synthesizers.interface import features
+
 AllReduce = Callable[[Tensor], None]  # in-place sum over data-parallel ranks
 INPUTS = ("state", "h")
 
@@ -122,12 +124,8 @@ class LeastSquaresSynthesizer(nn.Module):
     def _x(self, state_flat: Tensor, context: Tensor | None) -> Tensor:
         if self.inputs == "h":  # [h_1..h_L, c_1..c_L]: the first half
             state_flat = state_flat[:, : self.state_size // 2]
-        parts = [state_flat]
-        if self.context_size:
-            if context is None:
-                raise ValueError("this synthesizer was built with context_size > 0: pass context")
-            parts.append(context.to(state_flat.dtype))
-        return torch.cat([*parts, torch.ones_like(state_flat[:, :1])], dim=-1)  # (B, n)
+        x = features(self, state_flat, context)
+        return torch.cat([x, torch.ones_like(x[:, :1])], dim=-1)  # (B, n)
 
     def forward(
         self, state_flat: Tensor, context: Tensor | None = None, position: int = 0

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from dnirnn.options import KINDS
+from dnirnn.synthesizers.interface import features
 
 SYNTHESIZER_KINDS = KINDS  # (declared with the options: dnirnn.options)
 
@@ -86,13 +87,3 @@ class Synthesizer(nn.Module):
     def end_step(self, all_reduce=None) -> Tensor:
         """Fitted window by window by its optimizer: nothing to do at a step's end."""
         return torch.ones((), dtype=torch.bool, device=self.maps[0][-1].weight.device)
-
-
-def features(synth: nn.Module, state_flat: Tensor, context: Tensor | None) -> Tensor:
-    """The synthesizer's input: ``[s; context]`` ``(B, S + C)``; checks the context."""
-    if not synth.context_size:
-        return state_flat
-    if context is None:
-        raise ValueError("this synthesizer was built with context_size > 0: pass context")
-    return torch.cat([state_flat, context.to(state_flat.dtype)], dim=-1)
-
