@@ -153,7 +153,7 @@ class SyntheticGradientDiagnostics(L.Callback):
             answer = task.answer_phase(k * pl_module.hparams.window)
             row["phase"] = "answer" if answer else "input"
         if engine.boundary in ("dni", "dni_aux"):
-            g = engine.synthetic_gradient_flat(s_k, span[k].context, span[k].position)
+            g = engine.synthetic_gradient(s_k, span[k].context, span[k].position)
         elif engine.boundary == "oracle" and k == 1:
             s = unflatten_state(s_k, engine.core.cfg.num_layers)
             g = engine.oracle_gradient(s, span[k:][: engine.oracle_windows])

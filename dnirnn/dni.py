@@ -25,6 +25,7 @@ from dnirnn.engine.update import (
     backward,
     bootstrap_target,
     fit,
+    grad_norm,
     state_pairs,
     step,
     truncate,
@@ -82,11 +83,8 @@ class DNIRNN(nn.Module):
         boundary: one of ``BOUNDARIES``.
         synthesizer: ``M_phi`` (see ``dnirnn.synthesizers``); required for ``dni`` and
             ``dni_aux``.
-        targets: what the boundary injects and the synthesizer regresses
-            (``dnirnn.options.TargetOptions``: beta as ``scale``, the Aux weight, the
-            oracle's look-ahead W, λ as ``lam`` and the ``horizon`` H of the λ-return;
-            ``horizon`` None with ``lam``: to the episode's end, a stream's step end; the
-            ``chain`` that makes them: each boundary's own, or one per block of H).
+        targets: what the boundary injects and the synthesizer regresses (``TargetOptions``:
+            beta, the Aux weight, the oracle's look-ahead, the λ-return and its chain).
         guard: caps each synthetic gradient relative to its targets' running RMS (or None).
         aux: the Aux head, already made (``dni_aux``; None: a new ``nn.Linear``).
         resumable: the kept windows record what rebuilds their graphs on resume (streams,
@@ -94,6 +92,8 @@ class DNIRNN(nn.Module):
         depth: K, the windows the core's backward runs through: 1 (the window's own), or
             K > 1: TBPTT(T, K·T), and with a synthesizer or the oracle the hybrid, whose
             ``g_{k+1}`` credits only the oldest of the K windows (docs/design.md §1).
+        update_every: windows summed into one update of theta: 1 (the paper), U, or "span"
+            (one a training step: an episode's on the copy tasks); a span's last updates.
     """
 
     def __init__(
@@ -108,6 +108,7 @@ class DNIRNN(nn.Module):
         aux: nn.Module | None = None,
         resumable: bool = False,
         depth: int = 1,
+        update_every: int | str = 1,
     ) -> None:
         super().__init__()
         if boundary not in BOUNDARIES:
@@ -117,7 +118,7 @@ class DNIRNN(nn.Module):
         if not loss_norm > 0:
             raise ValueError(f"loss_norm must be > 0, got {loss_norm}")
         targets = TargetOptions.of(targets)
-        check_targets(boundary, targets, depth)
+        check_targets(boundary, targets, depth, update_every)
         self.core, self.synthesizer = core, synthesizer
         self.step_loss, self.loss_norm = step_loss, float(loss_norm)
         self.boundary, self.sg_scale = boundary, float(targets.scale)
@@ -129,7 +130,7 @@ class DNIRNN(nn.Module):
         self.aux = aux if aux is not None else (  # the Aux head A: o_t (H) -> g_{k+1} (S)
             nn.Linear(core.cfg.hidden_size, core.state_size) if boundary == "dni_aux" else None
         )
-        self.depth = depth
+        self.depth, self.update_every = depth, update_every
         self.targets = (KeptWindows(core, self.core_parameters(), self.sg_horizon,
                                     1.0 if self.sg_lambda is None else self.sg_lambda,
                                     self.sg_scale, resumable, depth,
@@ -162,18 +163,12 @@ class DNIRNN(nn.Module):
         """``(l_k, nats, count)``: the window's task objective and its metric sums."""
         return masked_task_loss(self.step_loss, self.loss_norm, logits, window)
 
-    def synthetic_gradient(
-        self, state: State, context: Tensor | None = None, position: int = 0
-    ) -> Tensor:
-        """``M_phi(s)`` at boundary ``position`` for a detached state: ``(B, S)``, no graph
-        (capped by the guard, if any: this is the gradient the core receives)."""
-        return self.sg(flatten_state(state), context, position)
-
-    def synthetic_gradient_flat(
-        self, state_flat: Tensor, context: Tensor | None = None, position: int = 0
-    ) -> Tensor:
-        """As ``synthetic_gradient``, for a flat state ``(B, S)``."""
-        return self.sg(state_flat, context, position)
+    def synthetic_gradient(self, state: State | Tensor, context: Tensor | None = None,
+                           position: int = 0) -> Tensor:
+        """``M_phi(s)`` at boundary ``position`` for a detached state (or its flat ``(B, S)``):
+        ``(B, S)``, no graph (capped by the guard, if any: the gradient the core receives)."""
+        flat = state if isinstance(state, Tensor) else flatten_state(state)
+        return self.sg(flat, context, position)
 
     def oracle_gradient(self, state: State, future: Sequence[Window]) -> Tensor:
         """The TRUE gradient of the next windows' task loss w.r.t. ``state``: ``(B, S)``
@@ -186,13 +181,10 @@ class DNIRNN(nn.Module):
     # ---- steps 1-4 ----------------------------------------------------------------------
 
     def window_gradients(self, window: Window, state: State, **kw) -> WindowGradients:
-        """Steps 1-4: forward the window, inject g_{k+1}, ONE backward pass.
-
-        Accumulates into the core parameters' ``.grad`` (zero them first) and leaves
-        ``delta_k`` in the start leaves' ``.grad``. Nothing is stepped. ``window_update``
-        runs the same steps, with the forward written out (no frame between it and the
-        core); the keywords are ``window_backward``'s.
-        """
+        """Steps 1-4: forward the window, inject g_{k+1}, ONE backward pass. Accumulates
+        into the core parameters' ``.grad`` (zero them first) and leaves ``delta_k`` in the
+        start leaves' ``.grad``; nothing is stepped. ``window_update`` runs the same steps,
+        the forward written out; the keywords are ``window_backward``'s."""
         start = truncate(state)  # 1.
         with self.keeping(window, kw.get("keep_graph", False)) as record:
             logits, outputs, end = self.core(window.x, start)  # 2.
@@ -311,22 +303,26 @@ def window_update(
     episode_end: bool = False,
     future: Sequence[Window] = (),
     next_context: Tensor | None = None,
+    accumulate: bool = False,
+    update: bool = True,
 ) -> WindowResult:
     """One DNI window update (steps 1-6, docs/design.md §1) of ``net`` from ``s_k`` =
     ``state`` (carried, or zeros at an episode start), with the core and synthesizer
     optimizers ``opts``. ``episode_start``: ``s_k`` is a fresh start, not a boundary whose
     synthetic gradient was used (the synthesizer is not trained on it); ``episode_end``,
-    ``future``, ``next_context``: as ``DNIRNN.window_backward``'s. The synthesizer is fitted
-    to every target that is ready (step 5; least squares only collects the pairs, solved by
-    ``net.end_step`` once per training step). Returns a ``WindowResult`` of detached
-    tensors; carry ``result.state`` into the next window."""
+    ``future``, ``next_context``: as ``DNIRNN.window_backward``'s. ``accumulate``: add to the
+    earlier windows' gradients (not zeroed); ``update``: step theta after this window (False:
+    ``grad_norm`` is the sum's so far, unclipped). The synthesizer is fitted to every target
+    that is ready (step 5; least squares collects the pairs, solved by ``net.end_step`` once
+    per training step). Returns detached tensors; carry ``result.state`` on."""
     deep = net.depth > 1
     targets = net.targets if net.trains_synthesizer or deep else None
     if targets is not None and episode_start:
         targets.clear()  # (nothing waits across an episode start)
     fit_now = net.fits_per_window and not episode_start
     keep = targets is not None and (deep or not episode_start)
-    zero_grad(opts._core_params)
+    if not accumulate:
+        zero_grad(opts._core_params)
     start = truncate(state)  # 1.
     with net.keeping(window, keep) as record:
         logits, outputs, end = net.core(window.x, start)  # 2.
@@ -338,7 +334,7 @@ def window_update(
     if deep:  # 4. continued through the kept windows; g_{k+1} reaches the oldest only
         wg.link.waiting = not episode_start
         delta = targets.deepen_window(wg.link)
-    core_norm = step(opts)  # 6. (theta)
+    core_norm = step(opts) if update else grad_norm(opts._core_params, None)  # 6. (theta)
     ready = []
     if keep:
         ready = targets.push(wg.link, episode_end)
@@ -374,7 +370,8 @@ def train_span(
     """One training step: ``window_update`` on each window of a span, then ``net.end_step``.
 
     The one loop that drives the engine (the Lightning module, the benchmark, the scripts and
-    the tests call it). ``reset``: the span starts an episode (``state`` is zeros); ``last``:
+    the tests call it), updating theta every ``net.update_every`` windows and after the last.
+    ``reset``: the span starts an episode (``state`` is zeros); ``last``:
     the episode ends with it (``g = 0`` after its last window). The oracle looks ahead
     through the span's later windows; each window's synthesizer context at its end is the
     next window's. ``all_reduce``: an in-place sum over data-parallel ranks, or None.
@@ -383,6 +380,7 @@ def train_span(
     """
     net.rebuild_targets()  # (after a resume with horizon targets in flight)
     oracle, n = net.boundary == "oracle", len(windows)
+    every = n if net.update_every == "span" else net.update_every
     results = []
     for k, w in enumerate(windows):
         res = window_update(
@@ -392,6 +390,7 @@ def train_span(
             future=windows[k + 1 :] if oracle else (),
             # (after the last window: an episode's end, g = 0, or a stream: no context)
             next_context=windows[k + 1].context if k + 1 < n else None,
+            accumulate=k % every != 0, update=(k + 1) % every == 0 or k == n - 1,
         )
         state = res.state
         results.append(res)

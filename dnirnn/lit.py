@@ -52,13 +52,18 @@ class DNIModule(RecurrentModule):
     The flat options are the ones typed most; the others are in groups (``dnirnn.options``):
     ``core`` (``CoreOptions``), ``synthesizer`` (``SynthesizerOptions``), ``targets``
     (``TargetOptions``) and ``optim`` (``OptimOptions``): ``--model.synthesizer.fit=rls``.
-    Every option but ``depth`` is ``RecurrentModule``'s (every model takes them).
+    Every option but ``depth`` and ``update_every`` is ``RecurrentModule``'s (every model
+    takes them).
 
     Args:
         depth: the windows each update's backward runs through (docs/design.md §1): 1, the
             window's own; K > 1, TBPTT(T, K·T), and with ``dni`` or ``oracle`` the hybrid,
             whose synthetic gradient credits only what the K windows do not reach. Holds K
             windows' graphs (as ``targets.horizon`` K does).
+        update_every: the windows whose gradients are summed into one update of the core: 1
+            (every window: the paper, TBPTT), U, or "span" (one update a training step: once
+            an episode on the copy tasks, as full BPTT; with the oracle, full BPTT's
+            gradient). Holds no more memory (the gradient's buffer exists anyway).
         boundary: "tbptt", "dni", "dni_aux" or "oracle" (see ``dnirnn.dni``).
         lr: core learning rate (of ``optim.optimizer``; the schedule anneals it).
         synthesizer: the synthesizer M and its fit (``SynthesizerOptions``; ``dni``, ``dni_aux``).
@@ -70,15 +75,17 @@ class DNIModule(RecurrentModule):
                                  "grad_norm")}
     fit_keys = {"sg_loss", "sg_cos"}  # means over the boundaries fitted (``fitted``)
 
-    def __init__(self, depth: int = 1, **kwargs: Any) -> None:
+    def __init__(self, depth: int = 1, update_every: int | str = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.save_options(locals())
         hp = self.hparams
         need(hp.task in TASKS, "model.task", hp.task, f"must be one of {tuple(TASKS)}")
         check_flat(hp, ("depth",))
-        check_dni(hp.boundary, self.synthesizer_options, self.targets_options, depth)
+        check_dni(hp.boundary, self.synthesizer_options, self.targets_options, depth,
+                  update_every)
         self.spec = EngineSpec(hp.task, hp.input_size, hp.output_size, hp.hidden_size,
-                               hp.num_layers, hp.boundary, depth, hp.lr, self.core_options,
+                               hp.num_layers, hp.boundary, depth, update_every, hp.lr,
+                               self.core_options,
                                self.synthesizer_options, self.targets_options,
                                self.optim_options)
         # Outside a Trainer (tests, scripts) the engine has the loss scale 1; ``setup`` builds
@@ -95,6 +102,10 @@ class DNIModule(RecurrentModule):
             raise ValueError("model.depth > 1 runs in one process (its deeper backward adds "
                              "gradients that the data-parallel all-reduce does not see): use "
                              "--trainer.devices=1, or --model.depth=1")
+        if self.hparams.update_every != 1 and world > 1:
+            raise ValueError("model.update_every runs in one process (data parallel averages "
+                             "each window's gradient, not their sum): use --trainer.devices=1, "
+                             "or --model.update_every=1")
 
     def configure_task(self, world: int) -> None:
         e = self.engine  # (the parts made in __init__; the loss scale of the global batch)

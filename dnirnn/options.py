@@ -348,20 +348,25 @@ def agree(groups: dict[str, Group | None], names: tuple[str, ...], by: str) -> N
 
 
 def check_dni(boundary: str, synthesizer: SynthesizerOptions, targets: TargetOptions,
-              depth: int = 1) -> None:
+              depth: int = 1, update_every: int | str = 1) -> None:
     """``DNIModule``'s checks across groups."""
     from dnirnn.dni import BOUNDARIES
 
     need(boundary in BOUNDARIES, "model.boundary", boundary, f"must be one of {BOUNDARIES}")
     need(synthesizer.context != "target", "model.synthesizer.context", synthesizer.context,
           "'target' is the decoupled stack's interface context; use 'none' or 'phase'")
-    check_targets(boundary, targets, depth)
+    check_targets(boundary, targets, depth, update_every)
 
 
-def check_targets(boundary: str, targets: TargetOptions, depth: int = 1) -> None:
-    """The targets and the deeper backward against the boundary (the engine's checks)."""
+def check_targets(boundary: str, targets: TargetOptions, depth: int = 1,
+                  update_every: int | str = 1) -> None:
+    """The targets, the deeper backward and the update cadence against the boundary (the
+    engine's checks)."""
     need(_positive_int(depth), "model.depth", depth, "must be an integer >= 1 (1: the "
          "window's own backward)")
+    need(update_every == "span" or _positive_int(update_every), "model.update_every",
+         update_every, "must be an integer >= 1 (windows whose gradients make one update of "
+         "the core; 1: every window) or 'span' (one update a training step)")
     need(targets.lam is None or boundary != "dni_aux", "model.targets.lam", targets.lam,
           "λ-return targets are not defined for dni_aux (its targets include the Aux loss): "
           "set --model.targets.lam=null, or use --model.boundary=dni")

@@ -65,7 +65,7 @@ def boundaries(module: DNIModule, task: CopyTask, position: int):
     for k in range(1, len(windows)):
         s = truth.states[k]
         with torch.no_grad():
-            g = engine.synthetic_gradient_flat(s, windows[k].context, windows[k].position)
+            g = engine.synthetic_gradient(s, windows[k].context, windows[k].position)
         phase = "answer" if task.answer_phase(k * module.hparams.window) else "input"
         out.append((k, phase, s, truth.targets[k], g))
     return out

@@ -198,7 +198,7 @@ def test_block_targets_on_a_stream(horizon, per_step, monkeypatch):
     for k, target in got.items():
         h = block_horizon(k, horizon)
         want = future_gradients(net, windows[k:k + h], states[k], lam=lam, beta=beta,
-                                predict=lambda f, j: net.synthetic_gradient_flat(f, None, 0),
+                                predict=lambda f, j: net.synthetic_gradient(f, None, 0),
                                 episode_end=False).targets[0]
         torch.testing.assert_close(target, want, rtol=1e-10, atol=1e-12)
 

@@ -70,7 +70,7 @@ def truncated_lambda_return(net, windows, states, k, horizon, lam, beta):
     ends = k + len(span) == len(windows)
 
     def predict(flat, j):
-        return net.synthetic_gradient_flat(flat, None, k + j)
+        return net.synthetic_gradient(flat, None, k + j)
 
     return future_gradients(net, span, states[k], lam=lam, beta=beta, predict=predict,
                           episode_end=ends).targets[0]
@@ -98,7 +98,7 @@ def test_a_horizon_covering_the_episode_equals_the_span_pass(horizon, monkeypatc
     net = net_with(random_synthesizer(2 * 5, positions=8), lam=0.8, horizon=horizon)
     got = run_episode(net, frozen_opts(net), windows, monkeypatch)
     span = future_gradients(net, windows, net.core.zero_state(B), lam=0.8, beta=1.0,
-                          predict=lambda f, k: net.synthetic_gradient_flat(f, None, k),
+                          predict=lambda f, k: net.synthetic_gradient(f, None, k),
                           episode_end=True)
     for k in range(1, len(windows)):
         torch.testing.assert_close(got[k], span.targets[k], rtol=1e-10, atol=1e-12)

@@ -267,7 +267,7 @@ def test_lambda_zero_is_the_online_bootstrapped_target():
     net = net_with(synth)
     windows = episode(7, 2)
     span = future_gradients(net, windows, net.core.zero_state(B), lam=0.0, beta=1.0,
-                          predict=lambda f, k: net.synthetic_gradient_flat(f, None, k),
+                          predict=lambda f, k: net.synthetic_gradient(f, None, k),
                           episode_end=True)
     state = net.core.zero_state(B)
     for k, w in enumerate(windows):
@@ -364,7 +364,7 @@ def test_synthesizer_learns_the_future_gradient_on_copy():
             truth = future_gradients(net, windows, core.zero_state(16), lam=1.0, beta=1.0,
                                    predict=None, episode_end=True)
             for k in range(1, len(windows)):
-                g = net.synthetic_gradient_flat(truth.states[k], None, k)
+                g = net.synthetic_gradient(truth.states[k], None, k)
                 phase = "answer" if task.answer_phase(2 * k) else "input"
                 cos[phase].append(
                     float(F.cosine_similarity(g.flatten(), truth.targets[k].flatten(), 0)))

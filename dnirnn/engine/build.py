@@ -42,6 +42,7 @@ class EngineSpec:
     num_layers: int = 1
     boundary: str = "dni"
     depth: int = 1
+    update_every: int | str = 1
     lr: float = 1e-3
     core: CoreOptions = field(default_factory=CoreOptions)
     synthesizer: SynthesizerOptions = field(default_factory=SynthesizerOptions)
@@ -86,7 +87,8 @@ def assemble(spec: EngineSpec, parts: Parts, *, loss_norm: float = 1.0, world: i
         parts.synthesizer.rank = rank
     targets = replace(spec.targets, aux_weight=spec.targets.aux_weight / world)
     return DNIRNN(parts.core, TASKS[spec.task], loss_norm, spec.boundary, parts.synthesizer,
-                  targets, parts.guard, aux=parts.aux, resumable=resumable, depth=spec.depth)
+                  targets, parts.guard, aux=parts.aux, resumable=resumable, depth=spec.depth,
+                  update_every=spec.update_every)
 
 
 def make_optimizers(net: DNIRNN, spec: EngineSpec) -> list[torch.optim.Optimizer]:
