@@ -76,6 +76,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "hybrid4": ("copy_dni", {"depth": 4}),  # the recipe's synthesizer + TBPTT(T, 4T)
     "tbptt_deep2": ("copy_tbptt", {"depth": 2}),  # TBPTT(T, 2T)
     "hybrid2": ("copy_dni", {"depth": 2, "targets.horizon": 2}),
+    # the same two with one update of the core an episode (update_every: span)
+    "tbptt_deep2_ep": ("copy_tbptt", {"depth": 2, "update_every": "span"}),
+    "hybrid2_ep": ("copy_dni", {"depth": 2, "targets.horizon": 2, "update_every": "span"}),
     # the recipe with its targets made by one chain per block of H windows (horizons H..2H-1)
     "dni_h4_block": ("copy_dni", {**LS, "targets.lam": 1.0, "targets.horizon": 4,
                                   "targets.chain": "block"}),
@@ -88,6 +91,8 @@ STYLE = {  # variant: (marker, label) for the plot
     "dni_span": ("D", "DNI, span (full BPTT for the synthesizer)"),
     "tbptt_deep4": ("s", "TBPTT(T, 4T)"), "hybrid4": ("P", "hybrid, depth 4"),
     "tbptt_deep2": ("s", "TBPTT(T, 2T)"), "hybrid2": ("P", "hybrid, depth 2"),
+    "tbptt_deep2_ep": ("s", "TBPTT(T, 2T), one update an episode"),
+    "hybrid2_ep": ("P", "hybrid, depth 2, one update an episode"),
     "dni_h4_block": ("^", "DNI H=4, block chain"),
 }
 
@@ -105,10 +110,11 @@ def model_args(recipe: str, overrides: dict, window: int) -> dict:
 
 
 def shown(args: dict) -> dict:
-    """The options a row records, dotted: window, boundary, depth, the synthesizer and
-    targets."""
+    """The options a row records, dotted: window, boundary, depth, the update cadence, the
+    synthesizer and targets."""
     out = {k: args[k] for k in ("window", "boundary") if k in args}
     out["depth"] = args.get("depth", 1)
+    out["update_every"] = args.get("update_every", 1)
     for group in ("synthesizer", "targets"):
         out.update({f"{group}.{k}": v for k, v in args.get(group, {}).items()})
     return dict(sorted(out.items()))
