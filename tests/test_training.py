@@ -189,6 +189,13 @@ def test_resume_copy_continues_exactly(tmp_path):
                     "--trainer.callbacks.init_args.check_every=3")
 
 
+def test_resume_with_one_update_every_few_windows_continues_exactly(tmp_path):
+    """``update_every``: every training step ends with an update, so nothing waits in the
+    gradients at a checkpoint (the hybrid recipe, 2 windows an update)."""
+    _resume_matches("copy_dni", tmp_path, 8, 4, "--data.init_args.steps_per_epoch=4",
+                    "--model.update_every=2")
+
+
 @needs_ptb
 def test_resume_ptb_mid_epoch_continues_exactly(tmp_path):
     """Carried state and stream position restored mid-epoch, across an epoch boundary too
