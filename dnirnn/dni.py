@@ -25,7 +25,6 @@ from dnirnn.engine.update import (
     backward,
     bootstrap_target,
     fit,
-    grad_norm,
     state_pairs,
     step,
     truncate,
@@ -312,7 +311,7 @@ def window_update(
     synthetic gradient was used (the synthesizer is not trained on it); ``episode_end``,
     ``future``, ``next_context``: as ``DNIRNN.window_backward``'s. ``accumulate``: add to the
     earlier windows' gradients (not zeroed); ``update``: step theta after this window (False:
-    ``grad_norm`` is the sum's so far, unclipped). The synthesizer is fitted to every target
+    no step, ``grad_norm`` 0). The synthesizer is fitted to every target
     that is ready (step 5; least squares collects the pairs, solved by ``net.end_step`` once
     per training step). Returns detached tensors; carry ``result.state`` on."""
     deep = net.depth > 1
@@ -334,7 +333,8 @@ def window_update(
     if deep:  # 4. continued through the kept windows; g_{k+1} reaches the oldest only
         wg.link.waiting = not episode_start
         delta = targets.deepen_window(wg.link)
-    core_norm = step(opts) if update else grad_norm(opts._core_params, None)  # 6. (theta)
+    zero = torch.zeros((), device=wg.loss.device, dtype=wg.loss.dtype)
+    core_norm = step(opts) if update else zero  # 6. (theta; the sum's finiteness: at its step)
     ready = []
     if keep:
         ready = targets.push(wg.link, episode_end)
@@ -343,7 +343,6 @@ def window_update(
     if fit_now:  # 5. and 6. (phi): delta_k, with M_phi(s_k) made beside g_{k+1}
         ready = [Ready(wg.start_flat, delta, window.context, window.position)]
     sg_loss, sg_cos, fitted = net.fit_ready(opts, ready, wg.prediction)
-    zero = torch.zeros((), device=wg.loss.device, dtype=wg.loss.dtype)
     target_norm = torch.linalg.vector_norm(delta)
     sg_norm = zero if wg.g_next is None else torch.linalg.vector_norm(wg.g_next)
     finite = torch.isfinite(torch.stack([  # loss, core gradients, targets, L_SG
@@ -352,9 +351,8 @@ def window_update(
         loss=wg.loss, nats=wg.nats, count=wg.count, state=wg.state,
         sg_loss=sg_loss.detach(), aux_loss=wg.aux_loss, sg_norm=sg_norm,
         target_norm=target_norm, sg_cos=sg_cos,
-        grad_norm=core_norm, finite=finite, fitted=fitted,
+        grad_norm=core_norm, finite=finite, fitted=fitted, updated=update,
     )
-
 
 
 def train_span(

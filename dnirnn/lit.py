@@ -74,6 +74,7 @@ class DNIModule(RecurrentModule):
     train_keys = {k: k for k in ("sg_loss", "aux_loss", "sg_norm", "target_norm", "sg_cos",
                                  "grad_norm")}
     fit_keys = {"sg_loss", "sg_cos"}  # means over the boundaries fitted (``fitted``)
+    update_keys = {"grad_norm"}  # the mean over the core's updates (``update_every``)
 
     def __init__(self, depth: int = 1, update_every: int | str = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -85,9 +86,8 @@ class DNIModule(RecurrentModule):
                   update_every)
         self.spec = EngineSpec(hp.task, hp.input_size, hp.output_size, hp.hidden_size,
                                hp.num_layers, hp.boundary, depth, update_every, hp.lr,
-                               self.core_options,
-                               self.synthesizer_options, self.targets_options,
-                               self.optim_options)
+                               self.core_options, self.synthesizer_options,
+                               self.targets_options, self.optim_options)
         # Outside a Trainer (tests, scripts) the engine has the loss scale 1; ``setup`` builds
         # it again, whole, from the same parts once the task and the processes are known.
         self.engine = assemble(self.spec, make_parts(self.spec))

@@ -209,7 +209,9 @@ class WindowResult:
         sg_cos: mean cosine between ``M_phi(s_j)`` (before the fit) and its target ``G_j``
             over the boundaries fitted in this update (0 if none).
         fitted: how many boundaries the synthesizer was fitted to in this update.
-        grad_norm: the core's gradient norm before clipping.
+        updated: whether the core stepped after this window (``update_every``).
+        grad_norm: the core's gradient norm before clipping, of the update this window
+            makes (0 if it makes none: ``updated``).
         finite: whether the loss, the core gradients, delta_k and L_SG (hence the fitted
             targets) were all finite.
     """
@@ -226,6 +228,7 @@ class WindowResult:
     grad_norm: Tensor
     finite: Tensor
     fitted: int = 0
+    updated: bool = True
 
 
 # ---- the tasks' per-step losses (each a ``StepLoss``; ``dnirnn.tasks.TASKS`` names them) --

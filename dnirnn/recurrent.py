@@ -86,6 +86,9 @@ class RecurrentModule(L.LightningModule):
     # the keys among those that are means over the boundaries fitted in the step (each
     # result's ``fitted`` counts them), not over the updates: not logged when none was fitted
     fit_keys: set[str] = set()
+    # the keys that are means over the windows that updated the core (each result's
+    # ``updated``; every window with ``update_every`` 1)
+    update_keys: set[str] = set()
     # evaluation's memory bound: each forward call of validation / test is given as many
     # steps as keep its logits (steps x batch x outputs) within this many bytes (``eval_span``)
     eval_logits_bytes: int = 16 * 2**20
@@ -271,6 +274,9 @@ class RecurrentModule(L.LightningModule):
                 if fitted is None:  # no synthesizer was fitted this step (TBPTT, or none ready)
                     continue
                 metrics[f"train/{key}"] = (stacked(attr) * fitted).sum()
+            elif key in self.update_keys:
+                u = torch.tensor([float(r.updated) for r in results]).to(results[0].loss)
+                metrics[f"train/{key}"] = (stacked(attr) * u).sum() / u.sum()
             else:
                 metrics[f"train/{key}"] = stacked(attr).mean()
         loss = metrics.pop("train/loss")

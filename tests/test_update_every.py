@@ -56,11 +56,17 @@ def test_one_update_an_episode_with_the_oracle_is_full_bptt(depth, window):
     windows = split_windows(x, y, window)
     net = make("oracle", depth, "span", oracle_windows=len(windows))
     s0 = random_state(net)
-    want = stepped(net, full_bptt_grads(net, x, y, s0))
+    grads = full_bptt_grads(net, x, y, s0)
+    want = stepped(net, grads)
     results, _ = train_span(net, sgd(net), windows, s0, reset=True, last=True)
     for p, w in zip(net.core_parameters(), want):
         torch.testing.assert_close(p.detach(), w, rtol=1e-9, atol=1e-11)
     assert all(bool(r.finite) for r in results)
+    # the last window makes the one update, and reports its norm before clipping
+    assert [r.updated for r in results] == [False] * (len(windows) - 1) + [True]
+    assert all(float(r.grad_norm) == 0.0 for r in results[:-1])
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    torch.testing.assert_close(results[-1].grad_norm, norm, rtol=1e-9, atol=1e-11)
 
 
 def test_an_update_every_window_is_not_full_bptt():
@@ -125,8 +131,11 @@ def test_update_every_through_the_cli(tmp_path, cli_sandbox):
             "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}"]
     main([*args, "--model.update_every=span"])
     (metrics,) = root.glob("version_*/metrics.csv")
-    losses = [float(r["train/loss"]) for r in csv.DictReader(open(metrics)) if r["train/loss"]]
+    rows = [r for r in csv.DictReader(open(metrics)) if r["train/loss"]]
+    losses = [float(r["train/loss"]) for r in rows]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    # train/grad_norm is logged from the updating windows (their mean: recurrent.py)
+    assert all(float(r["train/grad_norm"]) > 0 for r in rows)
     with pytest.raises(SystemExit) as e:
         main([*args[:-1], f"--trainer.default_root_dir={tmp_path / 'bad'}",
               "--model.update_every=0"])

@@ -41,7 +41,6 @@ def features(synth: nn.Module, state_flat: Tensor, context: Tensor | None) -> Te
     return torch.cat([state_flat, context.to(state_flat.dtype)], dim=-1)
 
 
-
 @dataclass
 class Prediction:
     """``M_phi(s)`` evaluated without a graph, with what its manual backward needs.
