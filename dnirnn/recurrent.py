@@ -274,7 +274,7 @@ class RecurrentModule(L.LightningModule):
                 if fitted is None:  # no synthesizer was fitted this step (TBPTT, or none ready)
                     continue
                 metrics[f"train/{key}"] = (stacked(attr) * fitted).sum()
-            elif key in self.update_keys:
+            elif key in self.update_keys and not all(r.updated for r in results):
                 u = torch.tensor([float(r.updated) for r in results]).to(results[0].loss)
                 metrics[f"train/{key}"] = (stacked(attr) * u).sum() / u.sum()
             else:
