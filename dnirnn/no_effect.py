@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 
 SYNTHESIZER = ("kind", "fit", "positions", "context", "hidden", "layers", "lr", "clip",
-               "guard", "rls_forget", "rls_ridge", "rls_input", "rls_share")
-RLS = ("rls_forget", "rls_ridge", "rls_input", "rls_share")
+               "guard", "rls_forget", "rls_ridge", "rls_input", "rls_share", "rls_solve_every")
+RLS = ("rls_forget", "rls_ridge", "rls_input", "rls_share", "rls_solve_every")
 
 
 def unread(model: dict[str, Any]) -> dict[str, str]:

@@ -147,6 +147,8 @@ class SynthesizerOptions(Group):
             half only: a quarter of the normal matrix, for fewer samples per unknown).
         rls_share: ``rls``: weight in [0, 1] with which a boundary's pairs also join the
             statistics of the neighbouring positions (0: none).
+        rls_solve_every: ``rls``: training steps between two solves of the maps (1: every
+            step; k: the maps held fixed for k steps while the statistics take every pair).
     """
 
     GROUP: ClassVar[str] = "model.synthesizer"
@@ -163,6 +165,7 @@ class SynthesizerOptions(Group):
     rls_ridge: float = 0.1
     rls_input: str = "state"
     rls_share: float = 0.0
+    rls_solve_every: int = 1
 
     def __post_init__(self) -> None:
         self.need(self.kind in KINDS, "kind", f"must be one of {KINDS}")
@@ -187,6 +190,8 @@ class SynthesizerOptions(Group):
         self.need(self.rls_ridge > 0, "rls_ridge", "must be > 0")
         self.need(self.rls_input in ("state", "h"), "rls_input", "must be 'state' or 'h'")
         self.need(0 <= self.rls_share <= 1, "rls_share", "must be in [0, 1] (0: no sharing)")
+        self.need(_positive_int(self.rls_solve_every), "rls_solve_every",
+                  "must be an integer >= 1 (1: the maps re-solved every training step)")
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,63 @@ def test_rls_state_dict_resumes_exactly_with_positions_of_every_age():
     assert torch.equal(a.W, b.W)
 
 
+@pytest.mark.usefixtures("float64")
+def test_rls_solved_every_k_steps_holds_its_maps_between_solves():
+    """``solve_every = 3``: the maps stay those of the last solve for two steps (the zero map
+    before the first), and each third step they are, bit for bit, the maps of a synthesizer
+    solved every step from the same pairs (the statistics take every pair either way). A
+    position seen only between two solves is solved at the next one."""
+    g = torch.Generator().manual_seed(5)
+    every, held = (LeastSquaresSynthesizer(4, positions=3, forget=0.7, solve_every=k)
+                   for k in (1, 3))
+    schedule = [(0,), (0, 1), (0,), (2,), (0,), (0,)]
+    for t, positions in enumerate(schedule):
+        before = held.W.clone()
+        for p in positions:
+            s, d = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+            every.observe(s, d, position=p)
+            held.observe(s, d, position=p)
+        assert bool(every.end_step()) and bool(held.end_step())
+        assert torch.equal(held.A, every.A) and torch.equal(held.b, every.b)
+        if (t + 1) % 3:
+            assert torch.equal(held.W, before)  # held since the last solve
+        else:
+            assert torch.equal(held.W, every.W)  # every position seen since then re-solved
+    assert held.W[2].abs().sum() > 0  # (position 2, seen at step 4 only, solved at step 6)
+    with pytest.raises(ValueError, match="solve_every"):
+        LeastSquaresSynthesizer(4, solve_every=0)
+    with pytest.raises(ValueError, match="rls_solve_every"):
+        SynthesizerOptions(fit="rls", kind="linear", rls_solve_every=0)
+    built = build_synthesizer(4, SynthesizerOptions(fit="rls", kind="linear", rls_solve_every=5))
+    assert built.solve_every == 5
+
+
+def test_rls_solved_every_k_steps_resumes_exactly_between_solves():
+    """A checkpoint taken between two solves holds the held maps and which positions are
+    behind: the loaded synthesizer predicts with the held maps and solves at the same step,
+    bit-identical to the uninterrupted one."""
+    g = torch.Generator().manual_seed(8)
+    a, b = (LeastSquaresSynthesizer(6, positions=3, forget=0.7, solve_every=4)
+            for _ in range(2))
+    for positions in [(0, 1), (0,), (0,), (1,), (2,), (0,)]:  # a solve after step 4
+        for p in positions:
+            a.observe(torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g),
+                      position=p)
+        a.end_step()
+    state = a.state_dict()
+    assert {"W_held", "solve"} <= set(state)
+    b.load_state_dict(state)
+    assert torch.equal(a.W, b.W) and torch.equal(a.A, b.A)
+    held = a.W.clone()
+    for _ in range(2):  # the 8th step solves positions 0 and 2 (seen since the 4th)
+        s, d = torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g)
+        for ls in (a, b):
+            ls.observe(s, d, position=0)
+            ls.end_step()
+        assert torch.equal(a.W, b.W)
+    assert not torch.equal(a.W[2], held[2]) and torch.equal(a.W[1], held[1])
+
+
 def test_rls_loads_a_checkpoint_of_the_earlier_layout():
     rls = LeastSquaresSynthesizer(3, positions=2)
     old = {"A": torch.eye(4, dtype=torch.float64).expand(2, 4, 4).clone(),

@@ -48,6 +48,12 @@ is re-solved on load from the same ``A, b`` by the same code, bit for bit, so re
 Cost: ``observe`` two GEMMs, ``O(B n (n + S))`` per window; ``end_step`` per position seen in
 the step, a Cholesky factorisation ``n^3 / 3`` and two triangular solves ``2 n^2 S``
 (n = 257 for 128 LSTM units: ~40 MFLOP per position per step).
+
+``solve_every = k`` re-solves the maps only every k training steps (the statistics still take
+every step's pairs, and forget as before): a synthesizer k times slower than the core, held
+fixed between its refreshes (a frozen synthesizer refreshed every k steps, as Marschall, Cho
+& Savin 2020 freeze a target), and a solve's cost spread over k steps. The held maps are then
+checkpointed beside the statistics they are not yet solved from.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ class LeastSquaresSynthesizer(nn.Module):
         ridge: r / mean(diag A) > 0, the relative ridge.
         inputs: "state" (regress on the whole flat state) or "h" (its hidden half).
         share: w in [0, 1], the weight of a pair in its neighbouring positions' statistics.
+        solve_every: k >= 1, the training steps between two solves of the maps.
     """
 
     fit = "rls"
@@ -86,6 +93,7 @@ class LeastSquaresSynthesizer(nn.Module):
         ridge: float = 0.1,
         inputs: str = "state",
         share: float = 0.0,
+        solve_every: int = 1,
     ) -> None:
         super().__init__()
         if inputs not in INPUTS:
@@ -98,9 +106,12 @@ class LeastSquaresSynthesizer(nn.Module):
             raise ValueError(f"rls ridge must be > 0, got {ridge}")
         if positions < 1:
             raise ValueError(f"synthesizer positions must be >= 1, got {positions}")
+        if int(solve_every) != solve_every or solve_every < 1:
+            raise ValueError(f"rls solve_every must be an integer >= 1, got {solve_every}")
         self.state_size, self.context_size, self.positions = state_size, context_size, positions
         self.forget, self.ridge = float(forget), float(ridge)
         self.inputs, self.share = inputs, float(share)
+        self.solve_every = int(solve_every)
         n = (state_size if inputs == "state" else state_size // 2) + context_size + 1
         f64 = torch.float64
         # (the state dict holds A's upper triangle, b and age: see _save_to_state_dict)
@@ -110,6 +121,8 @@ class LeastSquaresSynthesizer(nn.Module):
         self.register_buffer("W", torch.zeros(positions, n, state_size), persistent=False)
         self._seen: set[int] = set()  # positions observed since the last end_step (host ints)
         self._age: list[int] = [0] * positions  # host copy of ``age`` (no sync per observe)
+        self._stale: set[int] = set()  # positions observed since their map was last solved
+        self._steps = 0  # end_step calls (solve_every > 1: a solve when it divides them)
         self.rank = 0  # data-parallel rank (set by the training module; see the docstring)
 
     def _apply(self, fn, recurse=True):  # keep the statistics float64 through .to(dtype)
@@ -175,7 +188,12 @@ class LeastSquaresSynthesizer(nn.Module):
             if all_reduce is not None:  # every rank's pairs, so the ranks stay identical
                 all_reduce(self.A[p])
                 all_reduce(self.b[p])
-            ok = ok & self._solve(p)
+        self._stale.update(seen)
+        self._steps += 1
+        if self._steps % self.solve_every == 0:
+            stale, self._stale = sorted(self._stale), set()
+            for p in stale:
+                ok = ok & self._solve(p)
         return ok
 
     def _solve(self, p: int) -> Tensor:
@@ -191,7 +209,7 @@ class LeastSquaresSynthesizer(nn.Module):
         self.W[p] = W.to(self.W.dtype)
         return (info == 0) & torch.isfinite(W).all()
 
-    # ---- checkpoint: A's triangle, b and age; W re-solved on load ------------------------
+    # ---- checkpoint: A's triangle, b and age; W re-solved on load (held: stored) --------
 
     def _triu(self) -> tuple[Tensor, Tensor]:
         n = self.A.shape[-1]
@@ -203,6 +221,10 @@ class LeastSquaresSynthesizer(nn.Module):
         destination[prefix + "A_upper"] = self.A[:, i, j]  # (P, n (n + 1) / 2)
         destination[prefix + "b"] = self.b if keep_vars else self.b.detach()
         destination[prefix + "age"] = torch.tensor(self._age)  # steps since last folded in
+        if self.solve_every > 1:  # the held maps, and which positions they are behind on
+            destination[prefix + "W_held"] = self.W if keep_vars else self.W.detach()
+            destination[prefix + "solve"] = torch.tensor(
+                [self._steps] + [int(p in self._stale) for p in range(self.positions)])
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -210,7 +232,7 @@ class LeastSquaresSynthesizer(nn.Module):
                                       unexpected_keys, error_msgs)
         keys = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix)
                 and "." not in k[len(prefix):]}
-        mine = {prefix + k for k in ("A_upper", "b", "age", "A", "W")}
+        mine = {prefix + k for k in ("A_upper", "b", "age", "A", "W", "W_held", "solve")}
         unexpected_keys[:] = [k for k in unexpected_keys if k not in mine]
         if "A" in keys and "W" in keys:  # a checkpoint of the earlier layout: A, b, W in full
             with torch.no_grad():
@@ -234,6 +256,12 @@ class LeastSquaresSynthesizer(nn.Module):
             self.A[:, j, i] = upper.to(self.A)
             self.b.copy_(state_dict[keys["b"]])
         self._age = [int(a) for a in state_dict[keys["age"]].tolist()]
-        self._seen = set()
+        self._seen, self._stale, self._steps = set(), set(), 0
         for p in range(self.positions):
             self._solve(p)
+        if self.solve_every > 1 and "W_held" in keys and "solve" in keys:
+            solve = [int(v) for v in state_dict[keys["solve"]].tolist()]
+            with torch.no_grad():
+                self.W.copy_(state_dict[keys["W_held"]])
+            self._steps = solve[0]
+            self._stale = {p for p, s in enumerate(solve[1:]) if s}
