@@ -82,6 +82,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # the recipe with its targets made by one chain per block of H windows (horizons H..2H-1)
     "dni_h4_block": ("copy_dni", {**LS, "targets.lam": 1.0, "targets.horizon": 4,
                                   "targets.chain": "block"}),
+    # the recipe with its least-squares maps re-solved every 10 training steps
+    "recipe_solve10": ("copy_dni", {"synthesizer.rls_solve_every": 10}),
 }
 STYLE = {  # variant: (marker, label) for the plot
     "tbptt": ("o", "TBPTT at T"), "tbptt_2T": ("o", "TBPTT at 2T"),
@@ -94,6 +96,7 @@ STYLE = {  # variant: (marker, label) for the plot
     "tbptt_deep2_ep": ("s", "TBPTT(T, 2T), one update an episode"),
     "hybrid2_ep": ("P", "hybrid, depth 2, one update an episode"),
     "dni_h4_block": ("^", "DNI H=4, block chain"),
+    "recipe_solve10": ("P", "the recipe, maps solved every 10 steps"),
 }
 
 

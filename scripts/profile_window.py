@@ -16,6 +16,11 @@ parts add up to the step):
 - ``optimizer``: the core's clip and Adam step;
 - ``other``: the rest of ``train_span`` (bookkeeping, norms, finiteness checks).
 
+Beside the measured ratio to TBPTT at T, ``flop_ceiling``'s: the ratio a FLOP-bound machine
+would allow the method (its multiply-accumulates against TBPTT's), and the measured ratio
+over it ("of the ceiling"; above 1 where TBPTT's own step is bound by per-window overheads
+rather than by its FLOPs, at small batches).
+
 Times are CPU time of the process (``time.process_time``: one thread, so another process on
 the machine disturbs it far less than wall time), medians over the steps after ``--warmup``.
 Every variant's ratio to TBPTT at T is measured in the same run::
@@ -116,7 +121,7 @@ def _train(clock: Clock, variant: str, length: int, batch: int, window: int, ste
 
     import dnirnn.dni as dni
 
-    module, engine, opts, task, _ = build_variant(variant, length, batch, window)
+    module, engine, opts, task, args = build_variant(variant, length, batch, window)
     rows = []
     for s in range(steps):
         windows = module.windows(task.batch("train", s))
@@ -128,22 +133,75 @@ def _train(clock: Clock, variant: str, length: int, batch: int, window: int, ste
         rows.append({"total": time.process_time() - t0, **clock.totals})
     keep = rows[warmup:]
     out = {"variant": variant, "length": length, "batch": batch, "window": window,
-           "windows_per_episode": len(windows), "steps": len(keep)}
+           "windows_per_episode": len(windows), "steps": len(keep),
+           "ceiling": flop_ceiling(args, [w.x.shape[0] for w in windows], task.input_size,
+                                   task.output_size, batch)}
     out["ms"] = {k: round(1e3 * statistics.median(r[k] for r in keep), 2)
                  for k in ("total", *PARTS)}
     return out
 
 
+def flop_ceiling(args: dict, lengths: list[int], inputs: int, outputs: int,
+                 batch: int) -> float | None:
+    """The steps per second against TBPTT at T that a FLOP-bound machine would allow this
+    method: TBPTT's multiply-accumulates per episode over the method's (None: not modelled,
+    the oracle). Counted per sequence, matrix products only:
+
+    - the window's forward and backward: ``3 (t 4H(I + H) + t H V)`` for t steps (LSTM of H
+      units on I inputs, readout to V; backward = 2x forward), as TBPTT's;
+    - the deeper backward (``depth`` K): per kept window walked, a parameter VJP
+      ``2 t 4H(I + H)``, up to K - 1 a window;
+    - a state-only product (the targets' chain, the hybrid's transport of g): ``t 4H H``,
+      what it needs (through oneDNN's fused kernel it costs a parameter VJP: see the profile);
+    - the least-squares synthesizer (n = S + 1 inputs, S = 2H): two predictions ``2 n S`` a
+      window, the statistics ``n^2 + n S`` a fitted boundary, a solve ``n^3 / 3 + 2 n^2 S``
+      per position per ``rls_solve_every`` steps (over the batch); float64 counted twice;
+    - the Adam-fitted mlp (the paper's): ``7 S h`` a window (two forwards, the weight
+      gradients and the hidden layer's input gradient).
+    """
+    if args.get("boundary") == "oracle" or args.get("num_layers", 1) != 1:
+        return None
+    H, I, V = args["hidden_size"], inputs, outputs
+    lstm = [t * 4 * H * (I + H) for t in lengths]
+    base = sum(3 * (f + t * H * V) for f, t in zip(lstm, lengths))
+    cost, K = base, int(args.get("depth", 1))
+    cost += sum(2 * lstm[j - i] for j in range(len(lengths)) for i in range(1, min(K, j + 1)))
+    if args.get("boundary", "tbptt") == "tbptt":
+        return base / cost
+    state_only = [t * 4 * H * H for t in lengths]
+    synth, targets = args.get("synthesizer", {}), args.get("targets", {})
+    S, n, w = 2 * H, 2 * H + 1, len(lengths)
+    horizon = 1 if targets.get("lam") is None else (targets.get("horizon") or w)
+    if K > 1 and horizon not in (1, K):
+        return None  # (a deeper backward beside a targets' chain: not modelled)
+    for j in range(w - 1):  # the windows that inject g_{j+1}
+        if K > 1:  # the hybrid: g carried back to the oldest of the K windows (once there)
+            cost += sum(state_only[j - i] for i in range(K - 1 if j >= K - 1 else 1))
+        elif horizon > 1:  # the one-window DNI's H-window targets: H - 1 products a window
+            cost += sum(state_only[j - i] for i in range(min(horizon - 1, j + 1)))
+    if synth.get("fit") == "rls":
+        solve = (n**3 / 3 + 2 * n * n * S) * min(w, synth.get("positions", 1))
+        cost += w * (2 * n * S + 2 * (n * n + n * S))
+        cost += 2 * solve / batch / synth.get("rls_solve_every", 1)
+    else:
+        cost += w * 7 * S * (synth.get("hidden") or S)
+    return base / cost
+
+
 def table(rows: list[dict]) -> str:
     base = next((r for r in rows if r["variant"] == "tbptt"), None)
-    head = ["variant", "CPU ms / step", "steps/s vs TBPTT at T", *PARTS]
+    head = ["variant", "CPU ms / step", "steps/s vs TBPTT at T", "FLOP ceiling",
+            "of the ceiling", *PARTS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        ms = r["ms"]
-        ratio = "–" if base is None else f"{base['ms']['total'] / ms['total']:.2f}x"
+        ms, ceiling = r["ms"], r.get("ceiling")
+        ratio = None if base is None else base["ms"]["total"] / ms["total"]
         parts = [f"{ms[p]:.0f} ({100 * ms[p] / ms['total']:.0f}%)" if ms[p] >= 0.5 else "–"
                  for p in PARTS]
-        lines.append(f"| {r['variant']} | {ms['total']:.0f} | {ratio} | " + " | ".join(parts)
+        cells = ["–" if ratio is None else f"{ratio:.2f}x",
+                 "–" if ceiling is None else f"{ceiling:.2f}x",
+                 "–" if None in (ratio, ceiling) else f"{ratio / ceiling:.2f}"]
+        lines.append(f"| {r['variant']} | {ms['total']:.0f} | " + " | ".join(cells + parts)
                      + " |")
     return "\n".join(lines)
 
