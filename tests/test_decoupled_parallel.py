@@ -218,7 +218,7 @@ def test_a_killed_worker_stops_the_run_within_seconds(tmp_path):
     text = err.read_text()
     assert code == 1, text[-3000:]
     assert waited < 15, f"the run took {waited:.1f} s to stop"
-    assert "dnirnn: error: layer group 0 " in text and "layer group 1" in text
+    assert "dnirnn: error: layer group 0 " in text and "layer group 1" in text, text[-3000:]
     assert "--ckpt_path" in text and "Traceback" not in text
 
 
