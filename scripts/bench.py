@@ -68,36 +68,19 @@ from dataclasses import asdict, dataclass, field
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-
-from dnirnn.data.ptb_corpus import Corpus
-from dnirnn.data.vocab import Vocab
-from dnirnn.datamodules import _TaskDataModule
-from dnirnn.dni import train_span
-from dnirnn.engine.build import (
-    EngineSpec,
-    assemble,
-    engine_optimizers,
-    make_optimizers,
-    make_parts,
+from bench_variants import CLOCKS, VARIANTS, runner, sync, use_clock
+from flops import (
+    least_squares_macs,
+    linear_synthesizer_macs,
+    lstm_macs,
+    mlp_synthesizer_macs,
+    readout_macs,
 )
-from dnirnn.lit import DNIModule
-from dnirnn.model import split_windows
-from dnirnn.optim import adam
-from dnirnn.options import OptimOptions, SynthesizerOptions
-from dnirnn.tasks import LanguageModelTask
 
 PRESETS = {
     "small": {"vocab": 50, "hidden": 128, "batch": 32},
     "paper": {"vocab": 50, "hidden": 1024, "batch": 256},
 }
-VARIANTS = (
-    "floor", "bare", "engine_tbptt", "engine_dni", "engine_dni_aux",
-    "tbptt", "dni", "dni_aux", "dni_linear", "dni_rls", "dni_rls_h4", "dni_rls_h4_block",
-    "dni_rls_lambda", "tbptt_deep4", "hybrid4", "naive_lightning",
-)
 RATIOS = {  # name: (numerator, denominator)
     "dni_over_tbptt": ("dni", "tbptt"),
     "dni_aux_over_tbptt": ("dni_aux", "tbptt"),
@@ -116,7 +99,6 @@ RATIOS = {  # name: (numerator, denominator)
     "dni_over_engine_dni": ("dni", "engine_dni"),
     "naive_lightning_over_bare": ("naive_lightning", "bare"),
 }
-LR, CLIP = 1e-3, 1.0
 
 
 @dataclass
@@ -163,33 +145,7 @@ class BenchConfig:
         return self.steps * self.batch
 
 
-# ---- timing and memory ---------------------------------------------------------------------
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-_clock = CLOCKS["wall"]  # set by ``measure`` from ``BenchConfig.clock``
-
-
-class _Clock:
-    """Seconds between ``start()`` and ``stop()``, with device syncs: wall time, or the
-    process's CPU time (``--clock cpu``: on a shared CPU, the time this process ran, not the
-    time it waited for a core; one thread, so CPU time is the busy time)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.t0, self.elapsed = device, None, None
-
-    def start(self) -> None:
-        _sync(self.device)
-        self.t0 = _clock()
-
-    def stop(self) -> None:
-        _sync(self.device)
-        self.elapsed = _clock() - self.t0
+# ---- memory ------------------------------------------------------------------------------
 
 
 def _rss_bytes() -> int:
@@ -212,12 +168,12 @@ def memory_method(device: torch.device) -> str:
 def peak_memory(device: torch.device, fn: Callable[[], object]) -> int:
     """Peak memory (bytes) used by ``fn()`` above what was in use before it."""
     if device.type == "cuda":
-        _sync(device)
+        sync(device)
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
-        _sync(device)
+        sync(device)
         return max(0, torch.cuda.max_memory_allocated(device) - base)
     _malloc_trim()
     base = peak = _rss_bytes()
@@ -239,260 +195,26 @@ def peak_memory(device: torch.device, fn: Callable[[], object]) -> int:
     return max(0, max(peak, _rss_bytes()) - base)
 
 
-# ---- data ----------------------------------------------------------------------------------
-
-
-def make_stream(cfg: BenchConfig, steps: int, seed: int) -> torch.Tensor:
-    """A random ``(steps + 1, batch)`` token stream (inputs are rows ``:-1``, targets ``1:``)."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(cfg.vocab, (steps + 1, cfg.batch), generator=g)
-
-
-def make_task(cfg: BenchConfig, steps: int, seed: int) -> LanguageModelTask:
-    """A ``LanguageModelTask`` over a synthetic corpus of random tokens, long enough for
-    ``steps`` time steps per column plus one spare span (so no epoch ends while measured)."""
-    g = torch.Generator().manual_seed(seed)
-    n = (steps + cfg.span + 2) * cfg.batch
-    corpus = Corpus(
-        train=torch.randint(cfg.vocab, (n,), generator=g),
-        valid=torch.randint(cfg.vocab, (64,), generator=g),
-        test=torch.randint(cfg.vocab, (64,), generator=g),
-        vocab=Vocab([f"t{i}" for i in range(cfg.vocab)]),
-        level="char",
-    )
-    return LanguageModelTask(corpus, cfg.batch, eval_batch_size=2)
-
-
-class _TaskData(_TaskDataModule):
-    """A dnirnn data module over an in-memory task."""
-
-    def __init__(self, task: LanguageModelTask) -> None:
-        super().__init__()
-        self.task = task
-
-    def _epoch_length(self) -> int:
-        return self.task.num_batches("train", self._module().chunk)
-
-
-# ---- variants: plain PyTorch ---------------------------------------------------------------
-
-
-class BareLM(nn.Module):
-    def __init__(self, vocab: int, hidden: int) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, hidden)
-        self.lstm = nn.LSTM(hidden, hidden)
-        self.readout = nn.Linear(hidden, vocab)
-
-    def forward(self, x, state):
-        out, state = self.lstm(self.embed(x), state)
-        return self.readout(out), state
-
-
-def run_bare(cfg: BenchConfig, T: int, device: torch.device, *, step: bool = True) -> float:
-    """Bare PyTorch TBPTT (``step``) or its forward+backward floor; returns timed seconds."""
-    stream = make_stream(cfg, cfg.warmup + cfg.steps, cfg.seed).to(device)
-    model = BareLM(cfg.vocab, cfg.hidden).to(device)
-    opt = adam(model.parameters(), LR)
-    params = list(model.parameters())
-    h = torch.zeros(1, cfg.batch, cfg.hidden, device=device)
-    state = (h, torch.zeros_like(h))
-    clock = _Clock(device)
-    for t0 in range(0, cfg.warmup + cfg.steps, T):
-        if t0 == cfg.warmup:
-            clock.start()
-        x, y = stream[t0 : t0 + T], stream[t0 + 1 : t0 + T + 1]
-        state = (state[0].detach(), state[1].detach())
-        logits, state = model(x, state)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if step:
-            torch.nn.utils.clip_grad_norm_(params, CLIP, foreach=True)
-            opt.step()
-    clock.stop()
-    return clock.elapsed
-
-
-def engine_spec(cfg: BenchConfig, boundary: str) -> EngineSpec:
-    """The bench's model as ``DNIModule`` takes it: the paper's synthesizer (an Adam-fitted
-    mlp), Adam on the core, both clipped."""
-    return EngineSpec("lm", cfg.vocab, cfg.vocab, cfg.hidden, 1, boundary, lr=LR,
-                      synthesizer=SynthesizerOptions(kind="mlp", fit="adam",
-                                                     hidden=cfg.synthesizer_hidden, layers=1,
-                                                     lr=1e-4, clip=CLIP),
-                      optim=OptimOptions(clip=CLIP))
-
-
-def run_engine(cfg: BenchConfig, T: int, device: torch.device, boundary: str) -> float:
-    """The dnirnn engine without Lightning (``dnirnn.engine.build``): ``train_span`` over the
-    stream's windows."""
-    stream = make_stream(cfg, cfg.warmup + cfg.steps, cfg.seed).to(device)
-    spec = engine_spec(cfg, boundary)
-    net = assemble(spec, make_parts(spec), loss_norm=float(cfg.batch * T)).to(device)
-    opts = engine_optimizers(spec, make_optimizers(net, spec))
-    clock = _Clock(device)
-    state = net.core.zero_state(cfg.batch)
-    for s0 in range(0, cfg.warmup + cfg.steps, cfg.span):  # one "training_step" per span
-        if s0 == cfg.warmup:
-            clock.start()
-        windows = split_windows(stream[s0 : s0 + cfg.span], stream[s0 + 1 : s0 + cfg.span + 1], T)
-        state = train_span(net, opts, windows, state, reset=s0 == 0)[1]
-    clock.stop()
-    return clock.elapsed
-
-
-# ---- variants: Lightning -------------------------------------------------------------------
-
-
-class _TimerCallback(L.Callback):
-    """Starts the clock at the training_step of ``start_batch``, stops it at train end."""
-
-    def __init__(self, device: torch.device, start_batch: int) -> None:
-        self.clock, self.start_batch = _Clock(device), start_batch
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.start_batch:
-            self.clock.start()
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.clock.stop()
-
-
-def _trainer(device: torch.device, max_steps: int, timer: L.Callback, **kw) -> L.Trainer:
-    return L.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-        max_steps=max_steps, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer], **kw,
-    )
-
-
-def run_dnimodule(cfg: BenchConfig, T: int, device: torch.device, boundary: str,
-                  synthesizer: str = "mlp", fit: str = "adam", **options) -> float:
-    """The real dnirnn training path: ``DNIModule`` fitted by a Lightning Trainer."""
-    task = make_task(cfg, cfg.warmup + cfg.steps, cfg.seed)
-    module = DNIModule(task="lm", input_size=cfg.vocab, output_size=cfg.vocab,
-                       hidden_size=cfg.hidden, boundary=boundary, window=T,
-                       windows_per_step=cfg.span // T, lr=LR, optim={"clip": CLIP},
-                       synthesizer={"kind": synthesizer, "hidden": cfg.synthesizer_hidden,
-                                    "fit": fit, "positions": 1, **options.pop("synth", {})},
-                       **options)
-    timer = _TimerCallback(device, cfg.warmup // cfg.span)
-    trainer = _trainer(device, (cfg.warmup + cfg.steps) // cfg.span, timer)
-    trainer.fit(module, datamodule=_TaskData(task))
-    return timer.clock.elapsed
-
-
-class _Windows(Dataset):
-    """One TBPTT window ``(x, y)`` per item, as Lightning's TBPTT docs feed them."""
-
-    def __init__(self, stream: torch.Tensor, T: int) -> None:
-        self.stream, self.T = stream, T
-
-    def __len__(self) -> int:
-        return (self.stream.shape[0] - 1) // self.T
-
-    def __getitem__(self, i: int):
-        t0 = i * self.T
-        return self.stream[t0 : t0 + self.T], self.stream[t0 + 1 : t0 + self.T + 1]
-
-
-class NaiveTBPTT(L.LightningModule):
-    """Lightning's documented TBPTT pattern: automatic optimisation, one window per step."""
-
-    def __init__(self, vocab: int, hidden: int) -> None:
-        super().__init__()
-        self.model = BareLM(vocab, hidden)
-        self.hidden = None
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        logits, hidden = self.model(x, self.hidden)
-        self.hidden = tuple(h.detach() for h in hidden)  # truncate
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-        self.log("train_loss", loss)
-        return loss
-
-    def configure_optimizers(self):
-        return adam(self.parameters(), LR)
-
-
-def run_naive_lightning(cfg: BenchConfig, T: int, device: torch.device) -> float:
-    stream = make_stream(cfg, cfg.warmup + cfg.steps, cfg.seed)  # on the host, as in the docs
-    loader = DataLoader(_Windows(stream, T), batch_size=None, shuffle=False, num_workers=0)
-    timer = _TimerCallback(device, cfg.warmup // T)
-    trainer = _trainer(device, (cfg.warmup + cfg.steps) // T, timer, gradient_clip_val=CLIP)
-    trainer.fit(NaiveTBPTT(cfg.vocab, cfg.hidden), train_dataloaders=loader)
-    return timer.clock.elapsed
-
-
-def runner(name: str) -> Callable[[BenchConfig, int, torch.device], float]:
-    if name == "floor":
-        return lambda cfg, T, dev: run_bare(cfg, T, dev, step=False)
-    if name == "bare":
-        return run_bare
-    if name.startswith("engine_"):
-        boundary = name.removeprefix("engine_")
-        return lambda cfg, T, dev: run_engine(cfg, T, dev, boundary)
-    if name in ("tbptt", "dni", "dni_aux"):
-        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, name)
-    if name == "dni_linear":
-        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear")
-    if name == "dni_rls":
-        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
-                                                 fit="rls")
-    if name == "dni_rls_h4":
-        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
-                                                 fit="rls", synth={"guard": 2.0},
-                                                 targets={"lam": 1.0, "horizon": 4})
-    if name == "dni_rls_h4_block":
-        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
-                                                 fit="rls", synth={"guard": 2.0},
-                                                 targets={"lam": 1.0, "horizon": 4,
-                                                          "chain": "block"})
-    if name == "tbptt_deep4":
-        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "tbptt", depth=4)
-    if name == "hybrid4":
-        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
-                                                 fit="rls", synth={"guard": 2.0},
-                                                 targets={"lam": 1.0, "horizon": 4}, depth=4)
-    if name == "dni_rls_lambda":
-        return lambda cfg, T, dev: run_dnimodule(cfg, T, dev, "dni", synthesizer="linear",
-                                                 fit="rls", synth={"guard": 2.0},
-                                                 targets={"lam": 1.0})
-    if name == "naive_lightning":
-        return run_naive_lightning
-    raise ValueError(name)
-
-
 # ---- the benchmark -------------------------------------------------------------------------
 
 
 def flop_bound(cfg: BenchConfig, T: int) -> dict[str, float]:
-    """The best ``dni*_over_tbptt`` a FLOP-bound device allows: core / (core + synthesizer).
+    """The best ``dni*_over_tbptt`` a FLOP-bound device allows: core / (core + synthesizer),
+    per sequence per window (``scripts/flops.py``'s counts).
 
-    Multiply-accumulates per sequence (column) per window, counting the matrix products only
-    (backward = 2x forward for the core): the core is ``3 T (4H(E+H) + HV)`` (LSTM with
-    embedding width E = H, readout to V symbols). A synthesizer on the flat state S = 2H costs
-    two forwards (``g_{k+1}`` and the prediction at ``s_k``) plus the weight gradients and,
-    for the mlp, the hidden layer's input gradient: ``7 S h`` for the mlp of width h,
-    ``3 S^2`` for the linear one. Adam on the synthesizer's parameters is not counted.
-
-    The least-squares synthesizer (``rls``, n = S + 1 inputs with the bias) costs two
-    forwards ``2 S n``, the per-window statistics ``n^2 + n S`` and, once per training step
-    (``span / T`` windows of B sequences), a Cholesky factorisation ``n^3 / 3`` and the solve
-    ``2 n^2 S``. The statistics and the solve are float64, counted twice (a float64
-    multiply-accumulate takes the time of two float32 ones on a FLOP-bound CPU: half the
-    vector width).
+    The core is ``3 T (4H(E+H) + HV)`` (forward and backward of an LSTM with embedding width
+    E = H and a readout to V symbols; backward = 2x forward). A synthesizer on the flat state
+    S = 2H: the mlp of width h ``7 S h``, the linear one fitted by Adam ``3 S^2``, the
+    least-squares one (``rls``) its predictions and statistics every window and one solve a
+    training step (``span / T`` windows of B sequences). Adam on the synthesizer's
+    parameters is not counted.
     """
-    H, V, S, h = cfg.hidden, cfg.vocab, 2 * cfg.hidden, cfg.synthesizer_hidden
-    core = 3 * T * (4 * H * (H + H) + H * V)
-    n, per_step = S + 1, cfg.batch * (cfg.span // T)
-    rls = 2 * S * n + 2 * (n * n + n * S) + 2 * (n**3 / 3 + 2 * n * n * S) / per_step
-    return {"dni": core / (core + 7 * S * h), "dni_linear": core / (core + 3 * S * S),
+    H, V, S = cfg.hidden, cfg.vocab, 2 * cfg.hidden
+    core = 3 * (lstm_macs(T, H, H) + readout_macs(T, H, V))
+    rls = least_squares_macs(S, boundaries=1, solves=1 / (cfg.batch * (cfg.span // T)))
+    return {"dni": core / (core + mlp_synthesizer_macs(S, cfg.synthesizer_hidden)),
+            "dni_linear": core / (core + linear_synthesizer_macs(S)),
             "dni_rls": core / (core + rls)}
-
 
 
 @contextlib.contextmanager
@@ -514,8 +236,7 @@ def _quiet():
 
 def measure(cfg: BenchConfig, log: Callable[[str], None] = lambda s: None) -> dict:
     """Runs the benchmark; returns the JSON-able result (see ``--json``)."""
-    global _clock
-    _clock = CLOCKS[cfg.clock]
+    use_clock(cfg.clock)
     device = torch.device(cfg.device)
     times: dict[int, dict[str, list[float]]] = {t: {v: [] for v in cfg.variants}
                                                 for t in cfg.windows}

@@ -41,6 +41,8 @@ import sys
 import time
 from pathlib import Path
 
+from flops import least_squares_macs, lstm_macs, mlp_synthesizer_macs, readout_macs
+
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("forward+backward", "predict", "targets chain", "deeper backward", "observe",
          "solve", "optimizer", "other")
@@ -145,7 +147,7 @@ def flop_ceiling(args: dict, lengths: list[int], inputs: int, outputs: int,
                  batch: int) -> float | None:
     """The steps per second against TBPTT at T that a FLOP-bound machine would allow this
     method: TBPTT's multiply-accumulates per episode over the method's (None: not modelled,
-    the oracle). Counted per sequence, matrix products only:
+    the oracle). Counted per sequence, matrix products only (``scripts/flops.py``):
 
     - the window's forward and backward: ``3 (t 4H(I + H) + t H V)`` for t steps (LSTM of H
       units on I inputs, readout to V; backward = 2x forward), as TBPTT's;
@@ -162,15 +164,15 @@ def flop_ceiling(args: dict, lengths: list[int], inputs: int, outputs: int,
     if args.get("boundary") == "oracle" or args.get("num_layers", 1) != 1:
         return None
     H, I, V = args["hidden_size"], inputs, outputs
-    lstm = [t * 4 * H * (I + H) for t in lengths]
-    base = sum(3 * (f + t * H * V) for f, t in zip(lstm, lengths))
+    lstm = [lstm_macs(t, H, I) for t in lengths]
+    base = sum(3 * (f + readout_macs(t, H, V)) for f, t in zip(lstm, lengths))
     cost, K = base, int(args.get("depth", 1))
     cost += sum(2 * lstm[j - i] for j in range(len(lengths)) for i in range(1, min(K, j + 1)))
     if args.get("boundary", "tbptt") == "tbptt":
         return base / cost
-    state_only = [t * 4 * H * H for t in lengths]
+    state_only = [lstm_macs(t, H, 0) for t in lengths]
     synth, targets = args.get("synthesizer", {}), args.get("targets", {})
-    S, n, w = 2 * H, 2 * H + 1, len(lengths)
+    S, w = 2 * H, len(lengths)
     horizon = 1 if targets.get("lam") is None else (targets.get("horizon") or w)
     if K > 1 and horizon not in (1, K):
         return None  # (a deeper backward beside a targets' chain: not modelled)
@@ -180,11 +182,10 @@ def flop_ceiling(args: dict, lengths: list[int], inputs: int, outputs: int,
         elif horizon > 1:  # the one-window DNI's H-window targets: H - 1 products a window
             cost += sum(state_only[j - i] for i in range(min(horizon - 1, j + 1)))
     if synth.get("fit") == "rls":
-        solve = (n**3 / 3 + 2 * n * n * S) * min(w, synth.get("positions", 1))
-        cost += w * (2 * n * S + 2 * (n * n + n * S))
-        cost += 2 * solve / batch / synth.get("rls_solve_every", 1)
+        solves = min(w, synth.get("positions", 1)) / batch / synth.get("rls_solve_every", 1)
+        cost += least_squares_macs(S, boundaries=w, solves=solves)
     else:
-        cost += w * 7 * S * (synth.get("hidden") or S)
+        cost += w * mlp_synthesizer_macs(S, synth.get("hidden") or S)
     return base / cost
 
 
