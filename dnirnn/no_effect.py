@@ -21,8 +21,9 @@ from typing import Any
 import yaml
 
 SYNTHESIZER = ("kind", "fit", "positions", "context", "hidden", "layers", "lr", "clip",
-               "guard", "rls_forget", "rls_ridge", "rls_input", "rls_share", "rls_solve_every")
-RLS = ("rls_forget", "rls_ridge", "rls_input", "rls_share", "rls_solve_every")
+               "guard", "rls_forget", "rls_ridge", "rls_input", "rls_share", "rls_solve_every",
+               "rls_ridge_to")
+RLS = ("rls_forget", "rls_ridge", "rls_input", "rls_share", "rls_solve_every", "rls_ridge_to")
 
 
 def unread(model: dict[str, Any]) -> dict[str, str]:

@@ -143,6 +143,9 @@ class SynthesizerOptions(Group):
             of its position's targets (null: no cap).
         rls_forget: ``rls``: weight of a regression pair one training step older, in (0, 1].
         rls_ridge: ``rls``: ridge, relative to the mean diagonal of the normal matrix.
+        rls_ridge_to: ``rls``: what the ridge is relative to: "mean" (the mean diagonal of
+            the normal matrix, one ridge for every feature) or "feature" (each feature's
+            own diagonal entry: the fit unchanged by a feature's scale).
         rls_input: ``rls``: what the maps regress on: "state" (h and c) or "h" (the hidden
             half only: a quarter of the normal matrix, for fewer samples per unknown).
         rls_share: ``rls``: weight in [0, 1] with which a boundary's pairs also join the
@@ -163,6 +166,7 @@ class SynthesizerOptions(Group):
     guard: float | None = None
     rls_forget: float = 0.8
     rls_ridge: float = 0.1
+    rls_ridge_to: str = "mean"
     rls_input: str = "state"
     rls_share: float = 0.0
     rls_solve_every: int = 1
@@ -188,6 +192,8 @@ class SynthesizerOptions(Group):
                   "must be > 0, or null for no cap")
         self.need(0 < self.rls_forget <= 1, "rls_forget", "must be in (0, 1]")
         self.need(self.rls_ridge > 0, "rls_ridge", "must be > 0")
+        self.need(self.rls_ridge_to in ("mean", "feature"), "rls_ridge_to",
+                  "must be 'mean' or 'feature'")
         self.need(self.rls_input in ("state", "h"), "rls_input", "must be 'state' or 'h'")
         self.need(0 <= self.rls_share <= 1, "rls_share", "must be in [0, 1] (0: no sharing)")
         self.need(_positive_int(self.rls_solve_every), "rls_solve_every",

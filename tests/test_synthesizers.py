@@ -118,6 +118,48 @@ def test_rls_hidden_inputs_and_shared_neighbours_equal_their_ridge_solutions():
         LeastSquaresSynthesizer(S, share=1.5)
 
 
+@pytest.mark.usefixtures("float64")
+def test_rls_ridge_per_feature_is_its_closed_form_and_blind_to_a_feature_s_scale():
+    """``ridge_to="feature"`` solves ``(A + r diag(A))^{-1} b``: scaling one input feature by
+    s scales its row of W by 1 / s and leaves the predictions as they were; the mean-diagonal
+    ridge's predictions move."""
+    S, ridge, scale = 4, 0.3, 50.0
+    g = torch.Generator().manual_seed(7)
+    s_, d = torch.randn(40, S, generator=g), torch.randn(40, S, generator=g)
+    scaled = s_.clone()
+    scaled[:, 1] *= scale
+    fits = {}
+    for to in ("feature", "mean"):
+        for name, x in (("plain", s_), ("scaled", scaled)):
+            rls = LeastSquaresSynthesizer(S, forget=1.0, ridge=ridge, ridge_to=to)
+            rls.observe(x, d)
+            assert bool(rls.end_step())
+            fits[to, name] = rls
+    X = torch.cat([s_, torch.ones(40, 1)], -1)
+    A = X.T @ X
+    torch.testing.assert_close(fits["feature", "plain"].W[0],
+                               torch.linalg.solve(A + ridge * torch.diag(A.diagonal()), X.T @ d),
+                               rtol=1e-10, atol=1e-12)
+    row = torch.ones(S + 1, 1)
+    row[1] = 1 / scale
+    torch.testing.assert_close(fits["feature", "scaled"].W[0], fits["feature", "plain"].W[0] * row,
+                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fits["feature", "scaled"](scaled), fits["feature", "plain"](s_),
+                               rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(fits["mean", "scaled"](scaled), fits["mean", "plain"](s_),
+                              rtol=1e-3, atol=1e-3)
+    dead = LeastSquaresSynthesizer(S, ridge=ridge, ridge_to="feature")  # a feature never on
+    dead.observe(s_ * torch.tensor([1.0, 0.0, 1.0, 1.0]), d)
+    assert bool(dead.end_step()) and dead.W[0, 1].abs().max() == 0
+    with pytest.raises(ValueError, match="ridge_to"):
+        LeastSquaresSynthesizer(S, ridge_to="median")
+    with pytest.raises(ValueError, match="rls_ridge_to"):
+        SynthesizerOptions(fit="rls", kind="linear", rls_ridge_to="median")
+    built = build_synthesizer(S, SynthesizerOptions(fit="rls", kind="linear",
+                                                     rls_ridge_to="feature"))
+    assert built.ridge_to == "feature"
+
+
 def test_rls_statistics_stay_float64_and_live_in_the_state_dict():
     rls = LeastSquaresSynthesizer(4, positions=2).to(torch.float32)
     assert rls.A.dtype == rls.b.dtype == torch.float64 and rls.W.dtype == torch.float32

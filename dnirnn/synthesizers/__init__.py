@@ -39,6 +39,6 @@ def build_synthesizer(size: int, options: SynthesizerOptions = SynthesizerOption
     if o.fit == "rls":
         return LeastSquaresSynthesizer(size, context_size, o.positions, o.rls_forget,
                                        o.rls_ridge, o.rls_input, o.rls_share,
-                                       o.rls_solve_every)
+                                       o.rls_solve_every, o.rls_ridge_to)
     return Synthesizer(size, o.kind, size if o.hidden is None else o.hidden, o.layers,
                        context_size, o.positions)

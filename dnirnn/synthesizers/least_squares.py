@@ -10,7 +10,12 @@ far (each boundary sample of each window), with the old ones forgotten geometric
     W_p = argmin_W  sum_i f^{a_i} ||x_i W - delta_i||^2  +  r_p ||W||_F^2
         = (A_p + r_p I)^{-1} b_p,
     A_p = sum_i f^{a_i} x_i^T x_i,   b_p = sum_i f^{a_i} x_i^T delta_i,
-    r_p = ridge * mean(diag A_p)
+    r_p = ridge * mean(diag A_p)          (ridge_to = "mean")
+
+or, with ``ridge_to = "feature"``, a ridge per input feature relative to its own energy,
+``(A_p + ridge * diag(A_p))^{-1} b_p``: the fit is then unchanged when one feature is scaled
+(its row of ``W_p`` scales inversely), where the mean-diagonal ridge shrinks the weights of
+the low-energy features most.
 
 where ``a_i`` counts the training steps since pair ``i`` was seen (``forget = f`` per step).
 Why an exact fit: docs/design.md §1, "The synthesizer"; it follows the core at once and
@@ -67,6 +72,7 @@ from dnirnn.synthesizers.interface import features
 
 AllReduce = Callable[[Tensor], None]  # in-place sum over data-parallel ranks
 INPUTS = ("state", "h")
+RIDGE_TO = ("mean", "feature")
 
 
 class LeastSquaresSynthesizer(nn.Module):
@@ -76,6 +82,8 @@ class LeastSquaresSynthesizer(nn.Module):
         positions: P, one map per boundary index within an episode (1: one shared map).
         forget: f in (0, 1], the weight of a pair one training step older.
         ridge: r / mean(diag A) > 0, the relative ridge.
+        ridge_to: "mean" (r relative to the mean diagonal of A) or "feature" (each feature's
+            ridge relative to its own diagonal entry of A).
         inputs: "state" (regress on the whole flat state) or "h" (its hidden half).
         share: w in [0, 1], the weight of a pair in its neighbouring positions' statistics.
         solve_every: k >= 1, the training steps between two solves of the maps.
@@ -94,6 +102,7 @@ class LeastSquaresSynthesizer(nn.Module):
         inputs: str = "state",
         share: float = 0.0,
         solve_every: int = 1,
+        ridge_to: str = "mean",
     ) -> None:
         super().__init__()
         if inputs not in INPUTS:
@@ -104,12 +113,14 @@ class LeastSquaresSynthesizer(nn.Module):
             raise ValueError(f"rls forget must be in (0, 1], got {forget}")
         if not ridge > 0:
             raise ValueError(f"rls ridge must be > 0, got {ridge}")
+        if ridge_to not in RIDGE_TO:
+            raise ValueError(f"rls ridge_to must be one of {RIDGE_TO}, got {ridge_to!r}")
         if positions < 1:
             raise ValueError(f"synthesizer positions must be >= 1, got {positions}")
         if int(solve_every) != solve_every or solve_every < 1:
             raise ValueError(f"rls solve_every must be an integer >= 1, got {solve_every}")
         self.state_size, self.context_size, self.positions = state_size, context_size, positions
-        self.forget, self.ridge = float(forget), float(ridge)
+        self.forget, self.ridge, self.ridge_to = float(forget), float(ridge), ridge_to
         self.inputs, self.share = inputs, float(share)
         self.solve_every = int(solve_every)
         n = (state_size if inputs == "state" else state_size // 2) + context_size + 1
@@ -202,9 +213,14 @@ class LeastSquaresSynthesizer(nn.Module):
         A = self.A[p]
         upper = A.triu()
         A.copy_(upper + upper.triu(1).T)
-        r = self.ridge * A.diagonal().mean() + 1e-300
-        chol, info = torch.linalg.cholesky_ex(A + r * torch.eye(A.shape[-1], dtype=A.dtype,
-                                                                device=A.device))
+        if self.ridge_to == "mean":
+            r = self.ridge * A.diagonal().mean() + 1e-300
+            chol, info = torch.linalg.cholesky_ex(A + r * torch.eye(A.shape[-1], dtype=A.dtype,
+                                                                    device=A.device))
+        else:  # (a feature never nonzero: the mean diagonal's ridge, its weights 0)
+            d = A.diagonal()
+            r = self.ridge * torch.where(d > 0, d, d.mean()) + 1e-300
+            chol, info = torch.linalg.cholesky_ex(A + torch.diag_embed(r))
         W = torch.cholesky_solve(self.b[p], chol)
         self.W[p] = W.to(self.W.dtype)
         return (info == 0) & torch.isfinite(W).all()
