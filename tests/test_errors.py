@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,15 @@ def test_output_folder_under_a_file(tmp_path, capsys):
                  *TINY)
     assert "cannot be written" in line and "Not a directory" in line
     assert Path(tmp_path / "file").is_file()
+
+
+def test_every_test_docs_errors_names_is_in_a_file_it_lists():
+    """docs/errors.md names, per row, the test that states it, and lists the files they are in:
+    every named test is defined in one of those files (the table cannot drift from the tests)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    files = set(re.findall(r"`(tests/test_\w+\.py)`", text))
+    named = set(re.findall(r"`(test_\w+)`", text))
+    assert len(files) >= 5 and len(named) >= 20
+    defined = {name for f in files for name in re.findall(
+        r"^def (test_\w+)", (Path(__file__).resolve().parents[1] / f).read_text(), re.M)}
+    assert named <= defined, sorted(named - defined)
