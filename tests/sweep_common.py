@@ -1,12 +1,15 @@
 """The sweep tests' shared pieces: grid files, a grid of blocks and templates, a fake
-``python -m dnirnn`` and a two-cell grid (tests/test_sweep.py, tests/test_sweep_report.py)."""
+``python -m dnirnn``, a two-cell grid and a fake finished run folder (tests/test_sweep.py,
+tests/test_sweep_report.py, tests/test_plots.py)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 from dnirnn.sweep.grid import load_grid
+from dnirnn.sweep.runner import write_json
 
 
 def grid_file(tmp_path: Path, text: str, name: str = "g.yaml") -> Path:
@@ -72,3 +75,22 @@ axes: {{variant: {{a: {{model.window: 2}}, b: {{model.window: 3}}}}}}
 {extra}
 """))
     return g.cells
+
+
+def fake_cell(cell, rows: list[dict], summary: dict | None = None, diag: list[dict] = (),
+              test: dict | None = None, seconds: float = 10.0) -> None:
+    run = cell.root / "version_0"
+    run.mkdir(parents=True)
+    keys = sorted({k for r in rows for k in r})
+    with open(run / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, keys)
+        w.writeheader()
+        w.writerows(rows)
+    (run / "summary.json").write_text(json.dumps(summary or {}))
+    (run / "diagnostics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in diag))
+    if test is not None:
+        (cell.root / "test" / "version_0").mkdir(parents=True)
+        (cell.root / "test" / "version_0" / "summary.json").write_text(
+            json.dumps({"metrics": test}))
+    write_json(cell.root / "done.json", {"spec": cell.spec(), "seconds": seconds,
+                                         "command": f"dnirnn fit {cell.name}"})

@@ -14,7 +14,7 @@ from dnirnn.optim import Optimizers
 from dnirnn.synthesizers import Synthesizer
 
 from .conftest import mse_steps
-from .test_engine import IN, OUT, B, H, data, random_state
+from .engine_common import IN, OUT, B, H, data, random_state
 
 pytestmark = pytest.mark.usefixtures("float64")
 

@@ -15,7 +15,7 @@ from dnirnn.sweep import plots as sweep_plots
 from dnirnn.sweep.grid import load_grid
 from dnirnn.sweep.report import write_report
 
-from .test_sweep import fake_cell, grid_file
+from .sweep_common import fake_cell, grid_file
 
 LOSSES = [3.0, 1.0, 2.5, 1.5, 0.5, 2.0, 1.0]
 

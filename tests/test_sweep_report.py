@@ -5,8 +5,6 @@ Grids and the runner: tests/test_sweep.py."""
 
 from __future__ import annotations
 
-import csv
-import json
 import re
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from dnirnn.sweep.parts import Metric
 from dnirnn.sweep.report import CellData, entry, write_report
 from dnirnn.sweep.runner import write_json
 
-from .sweep_common import GRID, grid_file, two_cells
+from .sweep_common import GRID, fake_cell, grid_file, two_cells
 
 
 @pytest.fixture(autouse=True)
@@ -28,25 +26,6 @@ def in_tmp(monkeypatch, tmp_path):
 
 
 # ---- the report, from fake run folders ------------------------------------------------------
-
-def fake_cell(cell, rows: list[dict], summary: dict | None = None, diag: list[dict] = (),
-              test: dict | None = None, seconds: float = 10.0) -> None:
-    run = cell.root / "version_0"
-    run.mkdir(parents=True)
-    keys = sorted({k for r in rows for k in r})
-    with open(run / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, keys)
-        w.writeheader()
-        w.writerows(rows)
-    (run / "summary.json").write_text(json.dumps(summary or {}))
-    (run / "diagnostics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in diag))
-    if test is not None:
-        (cell.root / "test" / "version_0").mkdir(parents=True)
-        (cell.root / "test" / "version_0" / "summary.json").write_text(
-            json.dumps({"metrics": test}))
-    write_json(cell.root / "done.json", {"spec": cell.spec(), "seconds": seconds,
-                                         "command": f"dnirnn fit {cell.name}"})
-
 
 @pytest.mark.parametrize("layout", ["now", "before"])
 def test_parameter_counts_count_least_squares_maps_not_statistics(tmp_path, layout):
