@@ -1,6 +1,6 @@
 """The hierarchy tests' shared pieces: a tiny float64 net, its data and state, optimizers that
 record the gradients they are given, and ``reference_forward``, the whole two-level system as
-one graph (tests/test_hierarchy.py, tests/test_hierarchy_training.py)."""
+one graph (tests/test_hierarchy.py, tests/test_hierarchy_schedule.py)."""
 
 
 

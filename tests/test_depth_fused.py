@@ -10,7 +10,7 @@ import torch
 from dnirnn.model import split_windows
 
 from .test_depth import episode, make, tbptt_by_recomputation
-from .test_engine import data, random_state
+from .engine_common import data, random_state
 
 
 @pytest.mark.parametrize("depth, window", [(2, 2), (4, 2)])

@@ -1,236 +1,286 @@
-"""The two-timescale hierarchy's schedule, shapes and training (docs/design.md §1), float64,
-tiny: the tick schedule, invalid schedules refused, no gradient injected at an episode's end,
-smoke training, and the least-squares synthesizers solving their span's regressions. The
-gradient equivalences are in tests/test_hierarchy.py."""
+"""The hierarchy in training (issue 6): its recipes and the delayed-recall task through the
+CLI, shrunk to seconds; exact resume with the carried fast and slow states; the recall
+layout as documented; and config errors that name the field and the fix."""
 
+from __future__ import annotations
 
-import copy
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from dnirnn.hierarchy import (
-    HierarchyConfig,
-    HierarchyOptimizers,
-    SlowWindow,
-    TwoTimescaleRNN,
-    fast_window_gradients,
-    hierarchy_update,
-    slow_window_gradients,
+from dnirnn.data.recall import Recall
+from dnirnn.lit_hierarchy import HierarchyModule
+from dnirnn.main import main
+from dnirnn.options import InterfaceOptions, SlowSynthesizerOptions, SynthesizerOptions
+from dnirnn.synthesizers.least_squares import LeastSquaresSynthesizer
+from dnirnn.tasks import RecallTask
+
+from . import ptb_files
+from .test_training import _resume_matches, fit, rows, train_losses
+
+ROOT = Path(__file__).resolve().parents[1]
+PTB = ptb_files.PTB  # (DNIRNN_DATA, the per-user cache, ../shared/data/ptb)
+needs_ptb = pytest.mark.skipif(
+    ptb_files.PTB_ROOT is None, reason=ptb_files.WHERE
 )
-from dnirnn.model import Window, flatten_state, split_windows
-from dnirnn.optim import Optimizers
-from dnirnn.options import SynthesizerOptions
-
-from .conftest import mse_steps
-from .hierarchy_common import (
-    OUT,
-    B,
-    adam_optimizers,
-    data,
-    make_net,
-    random_state,
-    randomise,
-    recorders,
-    reference_forward,
-    synth_options,
-    total_loss,
-)
-
-pytestmark = pytest.mark.usefixtures("float64")  # exactness is checked in float64
+RECIPES = ["recall_tbptt", "recall_dni", "recall_hier_dni", "ptb_char_hier_dni"]
+HIER_TINY = ["--model.hidden_size=8", "--model.slow_hidden=8", "--model.core.embed_size=8",
+             *(f"--model.{g}.hidden=8" for g in ("synthesizer", "slow_synthesizer", "interface"))]
+# PTB: slow windows of 4 ticks = 16 steps, two fast windows per training step
+PTB_TINY = ["--model.slow_window=4", "--model.windows_per_step=2", "--model.eval_chunk=64",
+            "--trainer.limit_val_batches=2"]
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
 
-# ---- 4. shapes and the tick schedule --------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _sandbox(cli_sandbox):
+    """Every test here runs in the CLI sandbox (tests/conftest.py)."""
 
 
-@pytest.mark.parametrize("embed", [False, True])
-def test_tick_schedule_and_shapes(embed):
-    """The slow core ticks right after fast steps k, 2k, ..., reading the fast top h there;
-    the top-down input is constant within a segment, is m_0 = top h of the initial slow state
-    for the first segment and the last tick's top h after; the training forward, the eval
-    forward and the one-step-at-a-time reference agree."""
-    kw = dict(input_size=7, embed=True, embed_size=3) if embed else {}
-    net = make_net(k=3, fast_window=6, slow_window=4, **kw)
-    cfg = net.cfg
-    g = torch.Generator().manual_seed(5)
-    x = torch.randint(0, 7, (cfg.span, B), generator=g) if embed else data(cfg.span).x
-    d, state = Window(x, data(cfg.span).y), random_state(net)
-    events = []
-    net.fast.register_forward_hook(lambda mod, a, out: events.append(("fast", a[0], out[1])))
-    net.slow.register_forward_hook(lambda mod, a, out: events.append(("slow", a[0], out[1])))
-
-    opts = recorders(net)
-    res = hierarchy_update(net, opts, d, state)
-    steps, ticks, m_expected, h_top = 0, [], state.slow[0][-1], None
-    for kind, inp, (h, _) in events:
-        if kind == "fast":
-            assert inp.shape[0] == cfg.k  # one nn.LSTM call per segment
-            m_in = inp[..., -cfg.slow_hidden:]  # (k, B, H_s)
-            assert torch.equal(m_in, m_expected.expand_as(m_in))
-            steps, h_top = steps + inp.shape[0], h[-1]
-        else:
-            ticks.append(steps)
-            assert torch.equal(inp[0], h_top)  # u_i = fast top h after step ik
-            m_expected = h[-1]
-    assert ticks == [cfg.k * i for i in range(1, cfg.slow_window + 1)]
-    assert torch.equal(res.state.m, m_expected)
-
-    ref_logits, _ = reference_forward(net, d.x, state)
-    logits, end = net(d.x, state)
-    torch.testing.assert_close(logits, ref_logits, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(res.loss, total_loss(net, logits, d), rtol=1e-12, atol=1e-12)
-    for a, b in zip((*res.state.fast, *res.state.slow), (*end.fast, *end.slow)):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    assert res.state.fast[0].shape == res.state.fast[1].shape == (2, B, cfg.fast_hidden)
-    assert res.state.slow[0].shape == res.state.slow[1].shape == (2, B, cfg.slow_hidden)
-    assert not res.state.fast[0].requires_grad and not res.state.slow[0].requires_grad
-    assert logits.shape == (cfg.span, B, OUT) and res.count == cfg.span * B
-    for f in ("loss", "nats", "fast_sg_loss", "slow_sg_loss", "interface_sg_loss",
-              "interface_sg_cos", "fast_grad_norm", "slow_grad_norm"):
-        v = getattr(res, f)
-        assert v.shape == () and torch.isfinite(v), f
-    assert bool(res.finite)
+def tiny(recipe: str) -> list[str]:
+    if "hier" in recipe:
+        return HIER_TINY + (PTB_TINY if recipe.startswith("ptb") else [])
+    return ["--model.hidden_size=8", "--model.synthesizer.hidden=8",
+            "--model.core.embed_size=8"]
 
 
-def test_invalid_schedules_and_arguments():
-    with pytest.raises(ValueError, match="model.window=4: .* multiple of k=3"):
-        HierarchyConfig(input_size=1, output_size=1, k=3, fast_window=4)
-    with pytest.raises(ValueError, match="model.slow_window=3: .*fast window boundary"):
-        HierarchyConfig(input_size=1, output_size=1, k=2, fast_window=4, slow_window=3)
-    with pytest.raises(ValueError, match="interface_synthesizer must be SynthesizerOptions"):
-        HierarchyConfig(input_size=1, output_size=1, interface_synthesizer="linear")
-    with pytest.raises(ValueError, match="sg_scale"):
-        HierarchyConfig(input_size=1, output_size=1, sg_scale=-1.0)
-    net = make_net()
-    d, state = data(net.cfg.span + net.cfg.k), random_state(net)
-    with pytest.raises(ValueError, match="span"):
-        hierarchy_update(net, adam_optimizers(net), d, state)
-    with pytest.raises(ValueError, match="multiple of k"):
-        net(d.x[:-1], state)
-    with pytest.raises(ValueError, match="share"):
-        HierarchyOptimizers(
-            Optimizers(torch.optim.SGD(net.parameters(), lr=0.1)),
-            Optimizers(torch.optim.SGD(net.slow_parameters(), lr=0.1)))
+# ---- every new recipe runs, shrunk ----------------------------------------------------------
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_new_recipe_runs_end_to_end(recipe, tmp_path):
+    if recipe.startswith("ptb") and not (Path(PTB) / "ptb.train.txt").exists():
+        pytest.skip(ptb_files.WHERE)
+    extra = ["--trainer.max_steps=3", "--trainer.log_every_n_steps=1", *tiny(recipe)]
+    if recipe.startswith("ptb"):
+        extra += ["--trainer.val_check_interval=3"]
+    else:
+        extra += ["--data.init_args.steps_per_epoch=3"]
+    version = fit(recipe, tmp_path / "run", *extra)
+    losses = train_losses(version)
+    assert sorted(losses) == [0, 1, 2] and all(map(torch.isfinite, torch.tensor(
+        list(losses.values()))))
+    names = set(rows(version)[0])
+    assert {"train/target_norm", "train/grad_norm"} <= names
+    sg = {"train/sg_loss", "train/sg_cos"}  # means over the boundaries fitted: none in TBPTT
+    assert not sg & names if recipe == "recall_tbptt" else sg <= names, sorted(names)
+    if "hier" in recipe:
+        assert {"train/interface_sg_loss", "train/interface_sg_cos", "train/slow_sg_loss",
+                "train/slow_grad_norm"} <= names
+    key = "val/bpc" if recipe.startswith("ptb") else "val/bits_per_step"
+    assert [r[key] for r in rows(version) if r.get(key)], "validation ran and was logged"
+    assert (version / "checkpoints" / "last.ckpt").exists()
+    config = yaml.safe_load((version / "config.yaml").read_text())
+    cls = "dnirnn.lit_hierarchy.HierarchyModule" if "hier" in recipe else "dnirnn.lit.DNIModule"
+    assert config["model"]["class_path"] == cls
 
 
-def test_episode_end_injects_no_gradient_at_the_end():
-    """At an episode's end g_f = g_s = 0 and the final message gets no interface gradient:
-    the last fast window and the slow window see only true (here: absent) futures."""
-    # one fast window and one tick, both at the very end: every synthetic gradient is there
-    nets = [make_net(k=8, fast_window=8, slow_window=1) for _ in range(2)]
-    for i, synth in enumerate(
-            (nets[1].fast_synthesizer, nets[1].slow_synthesizer, nets[1].interface_synthesizer)):
-        randomise(synth, seed=30 + i)
-    d, state = data(nets[0].cfg.span), random_state(nets[0])
-    hist = []
-    for net in nets:
-        opts = recorders(net)
-        res = hierarchy_update(net, opts, d, state, episode_end=True)
-        hist.append(opts.fast.core.history[0] + opts.slow.core.history[0])
-        assert res.interface_sg_loss == 0  # the final message is no regression sample
-    for a, b in zip(*hist):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+# ---- exact resume ----------------------------------------------------------------------------
+
+def test_resume_hierarchy_recall_continues_exactly(tmp_path):
+    _resume_matches("recall_hier_dni", tmp_path, 6, 3, "--data.init_args.steps_per_epoch=4",
+                    "--model.slow_hidden=8")
 
 
-# ---- 5. smoke training ----------------------------------------------------------------------
+RLS_HIER = tuple(f"--model.{g}.{k}" for g in ("synthesizer", "slow_synthesizer", "interface")
+                 for k in ("kind=linear", "fit=rls"))
 
 
-def sine_stream(n_steps: int, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-step prediction of two sines with a random phase per sequence: (N, B, 2) x2."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(n_steps + 1.0)[:, None, None]
-    signal = torch.sin(torch.tensor([0.3, 0.11]) * t + 6.3 * torch.rand(1, batch, 2, generator=g))
-    return signal[:-1], signal[1:]
+def test_resume_hierarchy_with_least_squares_synthesizers_continues_exactly(tmp_path):
+    """The three synthesizers' least-squares statistics (A, b) travel in the checkpoint:
+    the steps after the resume solve from the same statistics as the uninterrupted run."""
+    _resume_matches("recall_hier_dni", tmp_path, 6, 3, "--data.init_args.steps_per_epoch=4",
+                    "--model.slow_hidden=8", *RLS_HIER)
 
 
-def test_smoke_training_run():
-    """30 span updates of the whole system (Adam everywhere, carried state): every loss and
-    gradient norm finite, the task loss falls, and the interface synthesizer, which starts at
-    exactly 0, ends up pointing along the slow core's true gradient (positive cosine).
-    Synthesizer learning rates are small: the targets are gradients of a normalised loss,
-    of order 1e-3, and Adam's step does not shrink with them."""
+def test_least_squares_hierarchy_checkpoint(tmp_path):
+    version = fit("recall_hier_dni", tmp_path / "run", "--trainer.max_steps=2",
+                  "--data.init_args.steps_per_epoch=2", *HIER_TINY, "--model.slow_hidden=6",
+                  *RLS_HIER)
+    ckpt = torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)
+    assert len(ckpt["optimizer_states"]) == 2  # the two cores; least squares needs none
+    # the statistics travel (A's upper triangle, b: float64); W is re-solved from them
+    stats = {name: ckpt["state_dict"][f"engine.{name}_synthesizer.b"]
+             for name in ("fast", "slow", "interface")}
+    for name in stats:
+        assert ckpt["state_dict"][f"engine.{name}_synthesizer.A_upper"].dtype == torch.float64
+        assert stats[name].dtype == torch.float64
+        assert f"engine.{name}_synthesizer.W" not in ckpt["state_dict"]
+    assert stats["fast"].abs().sum() > 0 and stats["interface"].abs().sum() > 0  # fitted
+    # an episode here is ONE span: M_s would predict at the episode's end (no future) and
+    # be fitted at its start (a fresh state), so it is never fitted and stays the zero map
+    assert stats["slow"].abs().sum() == 0
+
+
+@needs_ptb
+def test_resume_hierarchy_ptb_mid_epoch_continues_exactly(tmp_path):
+    """Carried fast AND slow states, stream position and the five optimizers restored
+    mid-epoch and across an epoch boundary (an epoch here is 3 steps: 20,000 columns of 250
+    characters, 64 per step = one slow window)."""
+    _resume_matches("ptb_char_hier_dni", tmp_path, 8, 4, f"--data.init_args.root={PTB}",
+                    "--data.init_args.batch_size=20000", "--model.slow_window=16",
+                    "--model.windows_per_step=8", "--model.slow_hidden=8",
+                    "--model.eval_chunk=64", "--trainer.limit_val_batches=2",
+                    "--trainer.max_epochs=5")
+
+
+def test_checkpoint_holds_both_carried_states(tmp_path):
+    version = fit("recall_hier_dni", tmp_path / "run", "--trainer.max_steps=2",
+                  "--data.init_args.steps_per_epoch=2", *HIER_TINY, "--model.slow_hidden=6")
+    ckpt = torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)
+    shapes = [tuple(s.shape) for s in ckpt["dnirnn"]["carried"]]
+    assert shapes == [(1, 32, 8), (1, 32, 8), (1, 32, 6), (1, 32, 6)]  # (h, c) fast, slow
+    assert len(ckpt["optimizer_states"]) == 5  # fast, slow, M_f, M_s, M_if
+    # a checkpoint written before the groups (flat hparams) is refused, naming the new options
+    from dnirnn.checkpointing import CheckpointError, check_checkpoint
+
+    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+    model = HierarchyModule(**hp)
+    for group in ("core", "synthesizer", "slow_synthesizer", "interface", "targets", "optim"):
+        del ckpt["hyper_parameters"][group]
+    ckpt["hyper_parameters"].update(
+        embed_size=8, synthesizer="mlp", slow_synthesizer="mlp", interface_synthesizer="mlp",
+        synthesizer_hidden=8, synthesizer_fit="adam", interface_sg_scale=0.1, clip=10.0)
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    with pytest.raises(CheckpointError) as info:
+        check_checkpoint(tmp_path / "old.ckpt", model)
+    msg = str(info.value)
+    assert "written before the model's options were grouped" in msg and "\n" not in msg
+    for flag in ("--model.interface.scale=0.1", "--model.synthesizer.hidden=8",
+                 "--model.slow_synthesizer.hidden=8", "--model.interface.hidden=8",
+                 "--model.slow_synthesizer.kind=mlp", "--model.interface.kind=mlp"):
+        assert flag in msg, flag
+
+
+# ---- the delayed-recall task is as documented -------------------------------------------------
+
+def test_recall_layout():
+    task = RecallTask(num_symbols=5, length=20, query_steps=3, num_distractors=4, batch_size=64)
+    b = task.batch("train", 7)
+    s, d, q = 5, 4, 3
+    assert b.x.shape == b.y.shape == b.mask.shape == (20, 64)
+    assert task.input_size == s + d + 1 and task.output_size == s
+    key = b.x[0]
+    assert ((key >= 0) & (key < s)).all()  # the key: its own tokens
+    assert ((b.x[1:-q] >= s) & (b.x[1:-q] < s + d)).all()  # distractors
+    assert (b.x[-q:] == s + d).all()  # query token
+    assert torch.equal(b.y[-q:], key.expand(q, -1)) and (b.y[:-q] == 0).all()
+    assert torch.equal(b.mask, torch.cat([torch.zeros(20 - q, 64), torch.ones(q, 64)]))
+    assert b.reset and b.last
+    assert len(key.unique()) == s and len(b.x[1:-q].unique()) == d  # uniform draws hit all
+    assert Recall(5, 20, 3, 4).gap == 17 and Recall(8).chance_bits == 3.0
+
+
+def test_recall_is_deterministic_per_position_and_split():
+    a, b = RecallTask(seed=1), RecallTask(seed=1)
+    assert torch.equal(a.batch("train", 3).x, b.batch("train", 3).x)
+    assert not torch.equal(a.batch("train", 3).x, a.batch("train", 4).x)
+    assert not torch.equal(a.batch("train", 3).x, a.batch("valid", 3).x)
+    assert not torch.equal(a.batch("train", 3).x, RecallTask(seed=2).batch("train", 3).x)
+
+
+def test_recall_rejects_impossible_layouts():
+    with pytest.raises(ValueError, match="data.length"):
+        Recall(length=5, query_steps=4)
+    with pytest.raises(ValueError, match="data.num_symbols"):
+        Recall(num_symbols=1)
+
+
+# ---- evaluation is independent of the chunking -------------------------------------------------
+
+def test_eval_forward_chunks_and_tail():
     torch.manual_seed(0)
-    cfg = HierarchyConfig(input_size=2, output_size=2, k=2, fast_hidden=16, slow_hidden=8,
-                          fast_window=4, slow_window=4,
-                          fast_synthesizer=SynthesizerOptions(hidden=32),
-                          slow_synthesizer=SynthesizerOptions(hidden=32),
-                          interface_synthesizer=SynthesizerOptions(kind="linear", hidden=32))
-    net = TwoTimescaleRNN(cfg, mse_steps, loss_norm=8)
-    opts = adam_optimizers(net, lr=3e-3, synthesizer_lr=3e-4, clip=1.0)
-    x, y = sine_stream(30 * cfg.span, 8)
-    state, task, cos = net.zero_state(8), [], []
-    for n, span in enumerate(split_windows(x, y, cfg.span)):
-        res = hierarchy_update(net, opts, span, state, episode_start=n == 0)
-        state = res.state
-        assert bool(res.finite)
-        for f in ("fast_sg_loss", "slow_sg_loss", "interface_sg_loss", "slow_grad_norm"):
-            assert torch.isfinite(getattr(res, f)), f
-        task.append((res.nats / res.count).item())
-        cos.append(res.interface_sg_cos.item())
-    assert cos[0] == 0.0
-    assert sum(task[-5:]) < 0.5 * sum(task[:5]), task
-    assert sum(cos[-10:]) / 10 > 0.2, cos
+    m = HierarchyModule(task="lm", input_size=7, output_size=7, hidden_size=6, slow_hidden=5,
+                        core={"embed_size": 4}, window=4, windows_per_step=2, k=2, slow_window=4,
+                        eval_chunk=4)
+    x = torch.randint(0, 7, (11, 3))
+    with torch.no_grad():
+        whole, _ = m.eval_forward(x, m.zero_state(3))
+        first, state = m.eval_forward(x[:4], m.zero_state(3))
+        rest, _ = m.eval_forward(x[4:], state)
+    assert whole.shape == (11, 3, 7)
+    torch.testing.assert_close(torch.cat([first, rest]), whole, rtol=0, atol=1e-6)
 
 
-def test_interface_synthesizer_loss_goes_down():
-    """Frozen cores, no recurrent synthesizers, beta_if = 0 (M_if trained but not injected)
-    and the same span every update: M_if's targets are fixed, so its regression loss falls
-    at every update from its initial value (the zero predictor's) and its cosine rises."""
-    net = make_net(fast_synthesizer=None, slow_synthesizer=None, interface_sg_scale=0.0,
-                   interface_synthesizer=synth_options("linear"))
-    opts = recorders(net)
-    # SGD: on this fixed quadratic it descends for any lr < 2 / lambda_max (|u| < 1), whatever
-    # the (tiny) scale of the targets
-    opts.interface = torch.optim.SGD(net.interface_synthesizer.parameters(), lr=0.2)
-    d, state = data(net.cfg.span), random_state(net)
-    losses, cos = [], []
-    for _ in range(20):
-        res = hierarchy_update(net, opts, d, state)
-        losses.append(res.interface_sg_loss.item())
-        cos.append(res.interface_sg_cos.item())
-    assert all(b < a for a, b in zip(losses, losses[1:])), losses
-    assert losses[-1] < 0.8 * losses[0] and cos[0] == 0.0 and cos[-1] > 0.3, (losses, cos)
+# ---- config errors: clear, before anything is written ------------------------------------------
+
+def fails(capsys, recipe: str, root: Path, *extra: str) -> str:
+    args = ["fit", "--config", str(ROOT / "recipes" / f"{recipe}.yaml"),
+            f"--trainer.default_root_dir={root}", "--wandb=false",
+            "--trainer.enable_progress_bar=false"]
+    with pytest.raises(SystemExit) as info:
+        main(args + list(extra))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "dnirnn: error:" in err and "Traceback" not in err
+    assert not root.exists(), f"a run folder was written: {list(root.rglob('*'))}"
+    return err
 
 
-# ---- least-squares synthesizers (fit: rls) ---------------------------------------------
+@pytest.mark.parametrize("override,names", [
+    ("--model.window=6", ["model.window", "multiple of k=4"]),
+    ("--model.slow_window=3", ["model.slow_window", "multiple of the fast window"]),
+    ("--model.eval_chunk=30", ["model.eval_chunk", "multiple of k=4"]),
+    ("--model.k=0", ["model.k", "integer >= 1"]),
+    ("--model.interface.kind=bogus", ["model.interface.kind", "must be one of"]),
+    ("--model.interface=bogus", ["model.interface is a group", "--model.interface.kind=bogus"]),
+    ("--model.boundary=oracle", ["model.boundary", "'dni'", "'tbptt'"]),
+    ("--data.init_args.length=48", ["data.length", "multiple of 32"]),
+    ("--model.synthesizer.fit=rls", ["model.synthesizer.fit", "kind=linear"]),
+    ("--model.slow_synthesizer.rls_forget=0", ["model.slow_synthesizer.rls_forget", "(0, 1]"]),
+    ("--model.core.dropout=0.1", ["model.core.dropout", "HierarchyModule does not use it"]),
+    ("--model.interface.delay=3", ["model.interface.delay", "does not use it"]),
+    # names of before the groups
+    ("--model.synthesizer_fit=rls", ["renamed model.synthesizer.fit",
+                                     "model.slow_synthesizer.fit and model.interface.fit"]),
+    ("--model.init_args.interface_sg_scale=1.0", ["renamed model.interface.scale"]),
+    ("--model.slow_synthesizer=linear", ["--model.slow_synthesizer.kind=linear"]),
+])
+def test_hierarchy_config_errors(capsys, tmp_path, override, names):
+    err = fails(capsys, "recall_hier_dni", tmp_path / "run", override)
+    for name in names:
+        assert name in err
 
-def ridge_solution(inputs: torch.Tensor, target: torch.Tensor, ridge: float) -> torch.Tensor:
-    """``argmin_W ||[x; 1] W - target||^2 + r ||W||^2``, ``r = ridge * mean(diag A)``."""
-    x = torch.cat([inputs, torch.ones(len(inputs), 1)], -1)
-    a = x.T @ x
-    return torch.linalg.solve(a + ridge * a.diagonal().mean() * torch.eye(len(a)), x.T @ target)
+
+def test_each_synthesizer_is_built_from_its_own_group():
+    """The engine takes the three synthesizers' groups as they are: widths and fits may
+    differ between M_f, M_s and M_if."""
+    m = HierarchyModule(task="lm", input_size=9, output_size=9, hidden_size=4, slow_hidden=4,
+                        synthesizer=SynthesizerOptions(hidden=5),
+                        slow_synthesizer=SlowSynthesizerOptions(kind="linear", fit="rls",
+                                                                rls_ridge=0.5),
+                        interface=InterfaceOptions(hidden=7))
+    net = m.engine
+    assert {p.shape for p in net.fast_synthesizer.parameters()} >= {torch.Size([5, 8])}
+    assert {p.shape for p in net.interface_synthesizer.parameters()} >= {torch.Size([7, 4])}
+    assert isinstance(net.slow_synthesizer, LeastSquaresSynthesizer)
+    assert net.slow_synthesizer.ridge == 0.5
 
 
-def test_least_squares_synthesizers_solve_the_regressions_of_their_span():
-    """With ``fit = rls`` the span's fits only collect pairs (every synthesizer is
-    still the zero map after ``hierarchy_update``); ``end_step`` then leaves M_f, M_s and M_if
-    at the closed-form ridge solutions of exactly the pairs the window functions give:
-    (s_w, delta_w) for every fast window, (z_{i0}, delta_s), and (u_i, dL/du_i)."""
-    rls = synth_options("linear", fit="rls", rls_ridge=0.05)
-    net = make_net(fast_synthesizer=rls, slow_synthesizer=rls, interface_synthesizer=rls)
-    d, state = data(net.cfg.span), random_state(net)
+@needs_ptb
+def test_training_step_must_be_whole_slow_windows(capsys, tmp_path):
+    err = fails(capsys, "ptb_char_hier_dni", tmp_path / "run", f"--data.init_args.root={PTB}",
+                "--model.windows_per_step=4")
+    assert "model.windows_per_step" in err and "use a multiple of 8" in err
 
-    twin, fast_in, fast_target = copy.deepcopy(net), [], []
-    slow, s = SlowWindow.open(state.slow), state.fast
-    for window in split_windows(d.x, d.y, net.cfg.fast_window, d.mask):
-        fw = fast_window_gradients(twin, window, s, slow)
-        fast_in.append(flatten_state(fw.start).detach())
-        fast_target.append(fw.target)
-        s = fw.state
-    sw = slow_window_gradients(twin, slow)
 
-    opts = recorders(net)  # frozen cores: the engine's windows see the twin's parameters
-    assert opts.fast.synthesizer is None and opts.interface is None  # no optimizer to fit
-    hierarchy_update(net, opts, d, state)
-    assert all(m.W.abs().sum() == 0 for m in net.synthesizers())  # solved once per step
-    assert bool(net.end_step())
-    pairs = {
-        "fast": (torch.cat(fast_in), torch.cat(fast_target)),
-        "slow": (flatten_state(state.slow), sw.target),
-        "interface": (sw.messages.flatten(0, 1), sw.message_grads.flatten(0, 1)),
-    }
-    for name, (inputs, target) in pairs.items():
-        fitted = getattr(net, f"{name}_synthesizer")
-        assert target.abs().sum() > 0, name
-        torch.testing.assert_close(fitted.W[0], ridge_solution(inputs, target, 0.05),
-                                   rtol=1e-10, atol=1e-12, msg=name)
+def test_hierarchy_on_copy_is_refused(capsys, tmp_path):
+    err = fails(capsys, "recall_hier_dni", tmp_path / "run",
+                "--data=dnirnn.datamodules.CopyDataModule")
+    assert "model.task" in err and "token inputs" in err
+    m = HierarchyModule(task="lm", input_size=9, output_size=9, hidden_size=4, slow_hidden=4)
+    from dnirnn.tasks import CopyTask
+    with pytest.raises(ValueError, match="copy episodes change length"):
+        m.check_task(CopyTask(), 1)
+    with pytest.raises(ValueError, match="trainer.devices=1"):
+        m.check_task(RecallTask(), 2)
+
+
+def test_single_level_rejects_hierarchy_fields(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(ROOT / "recipes" / "recall_dni.yaml"), "--model.k=4",
+              f"--trainer.default_root_dir={tmp_path / 'run'}", "--wandb=false"])
+    assert info.value.code == 2
+    assert "k" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

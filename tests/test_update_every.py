@@ -16,7 +16,7 @@ from dnirnn.model import CoreConfig, LSTMCore, Window, split_windows
 from dnirnn.optim import Optimizers
 
 from .conftest import mse_steps
-from .test_engine import IN, OUT, B, H, data, random_state
+from .engine_common import IN, OUT, B, H, data, random_state
 
 pytestmark = pytest.mark.usefixtures("float64")
 
