@@ -9,8 +9,8 @@ import torch
 
 from dnirnn.model import split_windows
 
-from .test_depth import episode, make, tbptt_by_recomputation
 from .engine_common import data, random_state
+from .test_depth import episode, make, tbptt_by_recomputation
 
 
 @pytest.mark.parametrize("depth, window", [(2, 2), (4, 2)])
