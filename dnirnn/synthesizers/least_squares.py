@@ -213,14 +213,10 @@ class LeastSquaresSynthesizer(nn.Module):
         A = self.A[p]
         upper = A.triu()
         A.copy_(upper + upper.triu(1).T)
-        if self.ridge_to == "mean":
-            r = self.ridge * A.diagonal().mean() + 1e-300
-            chol, info = torch.linalg.cholesky_ex(A + r * torch.eye(A.shape[-1], dtype=A.dtype,
-                                                                    device=A.device))
-        else:  # (a feature never nonzero: the mean diagonal's ridge, its weights 0)
-            d = A.diagonal()
-            r = self.ridge * torch.where(d > 0, d, d.mean()) + 1e-300
-            chol, info = torch.linalg.cholesky_ex(A + torch.diag_embed(r))
+        d = A.diagonal()  # (per feature: one never nonzero takes the mean's ridge, weight 0)
+        scale = d.mean() if self.ridge_to == "mean" else torch.where(d > 0, d, d.mean())
+        r = self.ridge * scale + 1e-300
+        chol, info = torch.linalg.cholesky_ex(A + torch.diag_embed(r.expand_as(d)))
         W = torch.cholesky_solve(self.b[p], chol)
         self.W[p] = W.to(self.W.dtype)
         return (info == 0) & torch.isfinite(W).all()
