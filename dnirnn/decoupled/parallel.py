@@ -144,11 +144,22 @@ def as_peer_lost(error: BaseException) -> PeerLost | None:
         return error
     if not _WATCHDOGS:
         return None
-    why = next((w for w in (dog.lost() for dog in _WATCHDOGS) if w), None)
+    why = _reason()
     if why is None and not any(s in str(error) for s in _GONE):
         return None
+    # a killed process's sockets close before its exit shows (``os.getppid``, ``poll``):
+    # give the watchdogs a moment to name the layer group that is gone
+    deadline = time.monotonic() + 2.0
+    while why is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        why = _reason()
     rank = int(os.environ.get("LOCAL_RANK", "0"))
     return peer_lost(rank, f"stopped: {why or 'a layer group stopped answering'}", error)
+
+
+def _reason() -> str | None:
+    """What a watchdog sees gone (a layer group's process, named), or None."""
+    return next((w for w in (dog.lost() for dog in _WATCHDOGS) if w), None)
 
 
 def _watch(dog: Watchdog) -> None:
