@@ -152,8 +152,8 @@ def bootstrap_maps(module: DNIModule, batches, horizon: int, ridge: float
         for rows, windows in batches:
             s_k = rows[k - 1][2]
 
-            def predict(flat, j, _end=end, _dtype=s_k.dtype):
-                return (lin(flat) @ W[_end]).to(_dtype)
+            def predict(flat, j, _k=k):  # M at boundary k + j of the episode (fitted already)
+                return (lin(flat) @ W[_k + j]).to(flat.dtype)
 
             span = windows[k:end]
             truth = future_gradients(engine, span, unflatten_state(s_k, layers),
@@ -179,15 +179,16 @@ def by_distance(module, train_batches, test, args) -> dict[str, dict[str, list[f
         return f"{lo}" if lo == hi else f"{lo}-{min(hi, K - 2)}"
 
     scores: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    batch = train_batches[0][0][0][2].shape[0]  # (episodes a batch)
     for ridge in (float(r) for r in args.ridges.split(",")):
         for n in (args.train, *(int(f) for f in args.few.split(",") if f)):
-            fit_on = train_batches[:n]
+            fit_on, pairs = train_batches[:n], batch * n
             exact = {k: ridge_fit(torch.cat([lin(rows[k - 1][2]) for rows, _ in fit_on]),
                                   torch.cat([rows[k - 1][3] for rows, _ in fit_on]), ridge)
                      for k in range(1, K)}
-            variants = {f"exact, {32 * n} pairs, ridge {ridge:g}": exact}
+            variants = {f"exact, {pairs} pairs, ridge {ridge:g}": exact}
             if args.bootstrap:
-                variants[f"bootstrap {args.bootstrap}, {32 * n} pairs, ridge {ridge:g}"] = \
+                variants[f"bootstrap {args.bootstrap}, {pairs} pairs, ridge {ridge:g}"] = \
                     bootstrap_maps(module, fit_on, args.bootstrap, ridge)
             for name, W in variants.items():
                 for rows, _ in test:
@@ -203,7 +204,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="a copy / repeat-copy run folder")
     ap.add_argument("--checkpoint", default="last.ckpt", help="the checkpoint file's name")
-    ap.add_argument("--train", type=int, default=96, help="training batches of 32 episodes")
+    ap.add_argument("--train", type=int, default=96, help="training batches (of the run's size)")
     ap.add_argument("--test", type=int, default=32, help="held-out batches")
     ap.add_argument("--features", type=int, default=1024)
     ap.add_argument("--ridges", default="0.001,0.01,0.1")
@@ -230,7 +231,8 @@ def main() -> None:
     meta = {"run": str(args.run), "checkpoint": args.checkpoint,
             "fit_checkpoint": args.fit_checkpoint or args.checkpoint,
             "level": [task.length, task.repeats], "delay": task.delay,
-            "train_episodes": 32 * args.train, "test_episodes": 32 * args.test,
+            "train_episodes": task.batch_size * args.train,
+            "test_episodes": task.batch_size * args.test,
             "boundaries": len(batches[0][0])}
     print(json.dumps(meta))
     if args.by == "phase":
